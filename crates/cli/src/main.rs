@@ -1,0 +1,189 @@
+//! `stagetime`: submit revision runs in the original JSON format, and get, list or watch them.
+//!
+//! Exit codes: 0 success (for `watch`: the run succeeded, possibly with allowed failures);
+//! 1 the watched run ended Failed or Cancelled; 2 invalid input; 3 not found; 4 server
+//! unavailable or any other error.
+#![forbid(unsafe_code)]
+
+mod file;
+mod table;
+
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use stagetime_proto::{
+    revisionrun::{
+        StatusGetRequest, stage_time_application_service_client::StageTimeApplicationServiceClient,
+        statuses_client::StatusesClient,
+    },
+    stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient},
+};
+use tonic::{Code, transport::Channel};
+
+/// stageTime command line.
+#[derive(Parser, Debug)]
+#[command(name = "stagetime", version, about)]
+struct Cli {
+    /// Server address.
+    #[arg(
+        long,
+        env = "STAGETIME_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Submit a revision run from a JSON file in the original format; prints its id.
+    Submit {
+        /// The request file (protobuf JSON of CreateRevisionRunRequest).
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+    },
+    /// Show one revision run.
+    Get {
+        /// Revision run id.
+        id: String,
+    },
+    /// One-line status by revision run id or commit id (the compatibility API).
+    Status {
+        /// Revision run id or commit id.
+        id: String,
+    },
+    /// List revision runs, newest first.
+    List {
+        /// Only this repository.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Follow a revision run with a live table until it ends.
+    Watch {
+        /// Revision run id.
+        id: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            let code = match error
+                .downcast_ref::<tonic::Status>()
+                .map(tonic::Status::code)
+            {
+                Some(Code::InvalidArgument) => 2,
+                Some(Code::NotFound) => 3,
+                _ if error.downcast_ref::<std::io::Error>().is_some()
+                    || error.downcast_ref::<serde_json::Error>().is_some() =>
+                {
+                    2
+                }
+                _ => 4,
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn channel(server: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(server.to_string())?.connect().await?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Submit { file } => {
+            let request = file::parse(&std::fs::read_to_string(&file)?)?;
+            let mut client = StageTimeApplicationServiceClient::new(channel(&cli.server).await?);
+            let reply = client.create_revision_run(request).await?.into_inner();
+            let id = reply
+                .success
+                .map(|s| String::from_utf8_lossy(&s.data).into_owned())
+                .unwrap_or_default();
+            println!("{id}");
+        }
+        Command::Get { id } => {
+            let mut client = RevisionRunsClient::new(channel(&cli.server).await?);
+            let rr = client.get(pb::GetRequest { id }).await?.into_inner();
+            print!("{}", table::render(&rr));
+        }
+        Command::Status { id } => {
+            let mut client = StatusesClient::new(channel(&cli.server).await?);
+            let reply = client
+                .get_status(StatusGetRequest {
+                    revision_run_id: id,
+                })
+                .await?
+                .into_inner();
+            if let Some(s) = reply.status {
+                println!("{}  {}  {}", s.id, s.updated, s.status);
+            }
+        }
+        Command::List { repo, limit } => {
+            let mut client = RevisionRunsClient::new(channel(&cli.server).await?);
+            let page = client
+                .list(pb::ListRequest {
+                    repo_name: repo.unwrap_or_default(),
+                    page_size: limit,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            println!("{:40}  {:28}  {:5}  CREATED", "ID", "PHASE", "STAGE");
+            for rr in page.revision_runs {
+                let stage = rr.current_stage.map_or("-".to_string(), |s| s.to_string());
+                println!(
+                    "{:40}  {:28}  {:5}  {}",
+                    rr.id,
+                    table::phase_name(rr.phase),
+                    stage,
+                    rr.created
+                );
+            }
+        }
+        Command::Watch { id } => return watch(&cli.server, id).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn watch(server: &str, id: String) -> anyhow::Result<ExitCode> {
+    let mut client = RevisionRunsClient::new(channel(server).await?);
+    let mut stream = client
+        .watch(pb::WatchRequest {
+            id,
+            after_event_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    let live = std::io::stdout().is_terminal();
+    let mut last = None;
+    while let Some(event) = stream.message().await? {
+        let Some(rr) = event.revision_run else {
+            continue;
+        };
+        if live {
+            // Redraw in place: clear the screen and move the cursor home.
+            print!("\x1b[2J\x1b[H");
+        }
+        print!("{}", table::render(&rr));
+        if !live {
+            println!();
+        }
+        last = Some(rr);
+    }
+    let phase = last.map(|rr| pb::Phase::try_from(rr.phase).unwrap_or(pb::Phase::Unspecified));
+    Ok(match phase {
+        Some(pb::Phase::Succeeded | pb::Phase::SucceededWithAllowedFailures) => ExitCode::SUCCESS,
+        Some(pb::Phase::Failed | pb::Phase::Cancelled) => ExitCode::from(1),
+        _ => ExitCode::from(4),
+    })
+}

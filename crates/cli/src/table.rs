@@ -1,0 +1,59 @@
+//! Text rendering of a revision run: a header line and one row per run.
+
+use stagetime_proto::stagetime::v1::{Phase, RevisionRun};
+
+/// Human name of a phase.
+pub fn phase_name(phase: i32) -> &'static str {
+    match Phase::try_from(phase).unwrap_or(Phase::Unspecified) {
+        Phase::Unspecified => "Unknown",
+        Phase::Pending => "Pending",
+        Phase::Running => "Running",
+        Phase::Succeeded => "Succeeded",
+        Phase::SucceededWithAllowedFailures => "SucceededWithAllowedFailures",
+        Phase::Failed => "Failed",
+        Phase::Cancelled => "Cancelled",
+    }
+}
+
+/// The status table of one revision run.
+pub fn render(rr: &RevisionRun) -> String {
+    let mut out = format!(
+        "REVISION RUN {}  repo={} commit={}  phase={}  stage={}  updated={}\n",
+        rr.id,
+        rr.repo_name,
+        rr.commit_id,
+        phase_name(rr.phase),
+        rr.current_stage.map_or("-".to_string(), |s| s.to_string()),
+        rr.updated,
+    );
+    let mut rows: Vec<[String; 6]> =
+        vec![["STAGE", "STAGE STATE", "RUN", "CANFAIL", "STATE", "REASON"].map(str::to_string)];
+    for stage in &rr.stages {
+        for run in &stage.runs {
+            rows.push([
+                stage.number.to_string(),
+                stage.state.clone(),
+                run.name.clone(),
+                run.canfail.to_string(),
+                run.state.clone(),
+                run.reason.clone(),
+            ]);
+        }
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

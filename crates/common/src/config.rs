@@ -1,0 +1,182 @@
+//! Configuration groups shared by every binary (clap derive, each flag with its env fallback).
+//!
+//! The env names are the original system's (`REDIS_SERVER`, `REDIS_PORT`, …), so existing
+//! deployments keep working.
+
+use std::net::SocketAddr;
+
+use clap::{Args, ValueEnum};
+
+/// How to reach Redis (with the RedisJSON module) and which names to use in it.
+#[derive(Args, Debug, Clone)]
+pub struct RedisArgs {
+    /// Full Redis URL (`redis://[:password@]host:port[/db]`); overrides server, port and password.
+    #[arg(id = "redis_url", long = "redis-url", env = "REDIS_URL")]
+    pub url: Option<String>,
+    /// Redis host.
+    #[arg(
+        id = "redis_server",
+        long = "redis-server",
+        env = "REDIS_SERVER",
+        default_value = "127.0.0.1"
+    )]
+    pub server: String,
+    /// Redis port.
+    #[arg(
+        id = "redis_port",
+        long = "redis-port",
+        env = "REDIS_PORT",
+        default_value_t = 6379
+    )]
+    pub port: u16,
+    /// Redis password (empty = none).
+    #[arg(
+        id = "redis_password",
+        long = "redis-password",
+        env = "REDIS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// Prefix of every key stageTime writes.
+    #[arg(
+        id = "redis_prefix",
+        long = "redis-prefix",
+        env = "REDIS_PREFIX",
+        default_value = "stagetime"
+    )]
+    pub prefix: String,
+    /// Stream that carries "stage N is open" messages from server/informer to the creator.
+    #[arg(
+        id = "redis_stream",
+        long = "redis-stream",
+        env = "REDIS_STREAM",
+        default_value = "stagetime-revisionruns"
+    )]
+    pub stream: String,
+}
+
+impl RedisArgs {
+    /// The connection URL built from the flags (the password is percent-encoded).
+    pub fn connection_url(&self) -> String {
+        if let Some(url) = self.url.as_deref().filter(|u| !u.is_empty()) {
+            return url.to_string();
+        }
+        match self.password.as_deref().filter(|p| !p.is_empty()) {
+            Some(password) => format!(
+                "redis://:{}@{}:{}",
+                percent_encode(password),
+                self.server,
+                self.port
+            ),
+            None => format!("redis://{}:{}", self.server, self.port),
+        }
+    }
+}
+
+fn percent_encode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// How to reach the Kubernetes API server.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KubeArgs {
+    /// Kubeconfig file; without it the in-cluster config or `~/.kube/config` is used.
+    #[arg(id = "kubeconfig", long = "kubeconfig", env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+}
+
+impl KubeArgs {
+    /// Builds a client from the kubeconfig flag, or infers the config (in-cluster, then default file).
+    pub async fn client(&self) -> Result<kube::Client, kube::Error> {
+        let config = match &self.kubeconfig {
+            Some(path) if !path.as_os_str().is_empty() => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(kube::Error::InferKubeconfig)?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .map_err(kube::Error::InferKubeconfig)?
+            }
+            _ => kube::Config::infer()
+                .await
+                .map_err(kube::Error::InferConfig)?,
+        };
+        kube::Client::try_from(config)
+    }
+}
+
+/// Log output format.
+#[derive(ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging flags (the filter itself comes from `RUST_LOG`, default `info`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct LogArgs {
+    /// Log output format.
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub format: LogFormat,
+}
+
+/// The admin endpoint: `/healthz`, `/readyz`, `/metrics`, on its own port apart from the API.
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// Address of the admin HTTP server.
+    #[arg(
+        long = "admin-addr",
+        env = "ADMIN_ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub addr: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis(password: Option<&str>, url: Option<&str>) -> RedisArgs {
+        RedisArgs {
+            url: url.map(str::to_string),
+            server: "redis.example".into(),
+            port: 6380,
+            password: password.map(str::to_string),
+            prefix: "stagetime".into(),
+            stream: "s".into(),
+        }
+    }
+
+    #[test]
+    fn url_from_parts_encodes_password() {
+        assert_eq!(
+            redis(None, None).connection_url(),
+            "redis://redis.example:6380"
+        );
+        assert_eq!(
+            redis(Some("p@ss:w/rd"), None).connection_url(),
+            "redis://:p%40ss%3Aw%2Frd@redis.example:6380"
+        );
+        assert_eq!(
+            redis(Some(""), None).connection_url(),
+            "redis://redis.example:6380"
+        );
+    }
+
+    #[test]
+    fn explicit_url_wins() {
+        assert_eq!(
+            redis(Some("x"), Some("redis://other:1")).connection_url(),
+            "redis://other:1"
+        );
+    }
+}

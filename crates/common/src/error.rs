@@ -1,0 +1,99 @@
+//! Errors of the common crate.
+
+/// Result with [`Error`] by default.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can fail in the store, streams and helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Redis command failed.
+    #[error("redis {op}: {source}")]
+    Redis {
+        /// The operation.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// No revision run with this id.
+    #[error("revision run {id} not found")]
+    NotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// A stored document could not be decoded.
+    #[error("malformed document {key}: {reason}")]
+    MalformedDocument {
+        /// Redis key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// A stream message lacks fields or has bad ones.
+    #[error("malformed stream message {id}: {reason}")]
+    MalformedMessage {
+        /// Stream message id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// An argument is malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// The state machine refused the observation.
+    #[error(transparent)]
+    Machine(#[from] crate::machine::MachineError),
+    /// Too many concurrent writers kept changing the document.
+    #[error("revision run {id}: gave up after {attempts} conflicting updates")]
+    Contention {
+        /// Revision run id.
+        id: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// Encoding a document failed.
+    #[error("encode document: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl Error {
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Redis { .. } => "redis",
+            Error::NotFound { .. } => "not_found",
+            Error::MalformedDocument { .. } => "malformed_document",
+            Error::MalformedMessage { .. } => "malformed_message",
+            Error::InvalidArgument { .. } => "invalid_argument",
+            Error::Machine(_) => "state_machine",
+            Error::Contention { .. } => "contention",
+            Error::Encode(_) => "encode",
+        }
+    }
+
+    /// Whether retrying later may succeed (Redis unreachable, contention).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Redis { source, .. } => {
+                source.is_io_error()
+                    || source.is_connection_dropped()
+                    || source.is_timeout()
+                    || source.is_connection_refusal()
+                    || matches!(source.kind(), redis::ErrorKind::Server(_))
+                        && source.code() == Some("LOADING")
+            }
+            Error::Contention { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Wraps a Redis error with the operation name.
+pub(crate) fn redis_err(op: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
+    move |source| Error::Redis { op, source }
+}

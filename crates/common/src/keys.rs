@@ -1,0 +1,77 @@
+//! Every Redis key and stream name stageTime uses, built in this one place.
+
+/// Key and stream names under one prefix (default `stagetime`).
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+    stage_stream: String,
+}
+
+/// Consumer group of the creators on the stage stream.
+pub const CREATOR_GROUP: &str = "stagetime-creator";
+
+impl Keys {
+    /// Names under `prefix`; `stage_stream` is the `REDIS_STREAM` name, kept as given because the
+    /// original deployments configured it explicitly.
+    pub fn new(prefix: &str, stage_stream: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            stage_stream: stage_stream.to_string(),
+        }
+    }
+
+    /// The RedisJSON document of a revision run.
+    pub fn doc(&self, id: &str) -> String {
+        format!("{}:rr:{id}", self.prefix)
+    }
+
+    /// Hash of rendered PipelineRun manifests of a revision run (field = PipelineRun name).
+    pub fn manifests(&self, id: &str) -> String {
+        format!("{}:rr:{id}:m", self.prefix)
+    }
+
+    /// Sorted set of all revision run ids by creation time (ms).
+    pub fn idx_created(&self) -> String {
+        format!("{}:idx:created", self.prefix)
+    }
+
+    /// Sorted set of the revision run ids of one repository by creation time (ms).
+    pub fn idx_repo(&self, repo: &str) -> String {
+        format!("{}:idx:repo:{repo}", self.prefix)
+    }
+
+    /// Sorted set of the revision run ids of one commit by creation time (ms).
+    pub fn idx_commit(&self, commit: &str) -> String {
+        format!("{}:idx:commit:{commit}", self.prefix)
+    }
+
+    /// The stage stream (`REDIS_STREAM`): one message per opened stage.
+    pub fn stage_stream(&self) -> &str {
+        &self.stage_stream
+    }
+
+    /// Dead-letter stream for stage messages that can never be processed.
+    pub fn dead_letter(&self) -> String {
+        format!("{}:deadletter", self.prefix)
+    }
+
+    /// Capped stream of document changes that Watch follows.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_share_the_prefix() {
+        let k = Keys::new("t1", "s");
+        assert_eq!(k.doc("a"), "t1:rr:a");
+        assert_eq!(k.manifests("a"), "t1:rr:a:m");
+        assert_eq!(k.idx_repo("r"), "t1:idx:repo:r");
+        assert_eq!(k.events(), "t1:events");
+        assert_eq!(k.stage_stream(), "s");
+    }
+}

@@ -1,0 +1,30 @@
+//! Shared core of stageTime: the domain model, the stage state machine, the Redis store and its
+//! streams, configuration groups, telemetry and the admin server.
+//!
+//! # Layout
+//! - [`model`]: the revision run document (phases, stages, runs).
+//! - [`request`]: the typed request both APIs parse into, and the deterministic id.
+//! - [`machine`]: the stage state machine as pure functions.
+//! - [`store`]: the Redis store with the atomic *record and advance* step.
+//! - [`stream`]: stage stream consumer-group helpers, dead letters, change events.
+//! - [`keys`]: every Redis key name.
+//! - [`names`]: DNS-1123 names and label values.
+//! - [`tekton`]: the PipelineRun dynamic API and its `Succeeded` condition.
+//! - [`config`], [`telemetry`], [`admin`], [`shutdown`]: what every binary shares.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod machine;
+pub mod model;
+pub mod names;
+pub mod request;
+pub mod shutdown;
+pub mod store;
+pub mod stream;
+pub mod tekton;
+pub mod telemetry;
+
+pub use error::{Error, Result};

@@ -1,0 +1,261 @@
+//! The stage state machine (DESIGN.md section 3), as pure functions over a [`RevisionRun`].
+//!
+//! Every function mutates the document in place and returns the [`Effect`]s the caller must
+//! publish atomically with the new document (the store does both in one Redis script). The rules:
+//!
+//! - a terminal run never changes; a terminal revision run never changes phase;
+//! - a stage finishes when all its runs are terminal: `Failed` if a run without canfail failed,
+//!   else `SucceededWithAllowedFailures` if any run failed, else `Succeeded`;
+//! - after a successful stage the next stage (by number) opens, or the revision run finishes;
+//!   after a failed stage every later stage is `Skipped` and the revision run is `Failed`.
+
+use crate::model::{Phase, RevisionRun, Run, RunState, StageState};
+
+/// Reason recorded for a PipelineRun deleted before it finished.
+pub const REASON_DELETED: &str = "Deleted";
+
+/// What was observed about one run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// The creator applied it.
+    Created,
+    /// Tekton reports it running (condition `Unknown` or absent).
+    Running,
+    /// Condition `Succeeded=True`.
+    Succeeded,
+    /// Condition `Succeeded=False` (or it could not be created), with Tekton's reason and message.
+    Failed {
+        /// Reason, e.g. `Failed`, `PipelineRunTimeout`, `Cancelled`.
+        reason: String,
+        /// Human message.
+        message: String,
+    },
+    /// Deleted before it was terminal.
+    Deleted,
+}
+
+/// A consequence of a transition that must be published together with the new document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// A stage got its outcome.
+    CloseStage {
+        /// Stage number.
+        stage: u32,
+        /// Its outcome.
+        outcome: StageState,
+    },
+    /// A stage opened: its PipelineRuns must be created (one stage-stream message).
+    OpenStage {
+        /// Stage number.
+        stage: u32,
+    },
+    /// The revision run reached a terminal phase.
+    Finish {
+        /// The terminal phase.
+        phase: Phase,
+    },
+}
+
+/// Result of applying an observation.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Decision {
+    /// The document changed and must be stored.
+    pub changed: bool,
+    /// Effects to publish with it.
+    pub effects: Vec<Effect>,
+}
+
+/// Why an observation could not be applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MachineError {
+    /// No run of this revision run has that PipelineRun name.
+    #[error("revision run {rr} has no run {pipeline_run}")]
+    UnknownRun {
+        /// Revision run id.
+        rr: String,
+        /// PipelineRun name.
+        pipeline_run: String,
+    },
+    /// The revision run has no stages.
+    #[error("revision run {0} has no stages")]
+    NoStages(String),
+}
+
+/// Opens the first stage of a freshly built revision run.
+pub fn start(rr: &mut RevisionRun, now: &str) -> Result<Decision, MachineError> {
+    let first = rr
+        .stages
+        .first_mut()
+        .ok_or_else(|| MachineError::NoStages(rr.id.clone()))?;
+    if first.state != StageState::Pending || rr.phase.is_terminal() {
+        return Ok(Decision::default());
+    }
+    first.state = StageState::Open;
+    first.opened_at = Some(now.to_string());
+    rr.updated_at = now.to_string();
+    Ok(Decision {
+        changed: true,
+        effects: vec![Effect::OpenStage {
+            stage: first.number,
+        }],
+    })
+}
+
+/// Records what was observed about one run and advances the stages when that finishes one.
+pub fn observe(
+    rr: &mut RevisionRun,
+    pipeline_run: &str,
+    observed: &Observed,
+    now: &str,
+) -> Result<Decision, MachineError> {
+    let (si, ri) = rr
+        .find_run(pipeline_run)
+        .ok_or_else(|| MachineError::UnknownRun {
+            rr: rr.id.clone(),
+            pipeline_run: pipeline_run.to_string(),
+        })?;
+    // Runs of a stage that never opened cannot legitimately exist; ignore whatever claims so.
+    if matches!(
+        rr.stages[si].state,
+        StageState::Pending | StageState::Skipped
+    ) {
+        return Ok(Decision::default());
+    }
+    if !apply_to_run(&mut rr.stages[si].runs[ri], observed, now) {
+        return Ok(Decision::default());
+    }
+    rr.updated_at = now.to_string();
+    if rr.phase == Phase::Pending {
+        rr.phase = Phase::Running;
+    }
+    let mut decision = Decision {
+        changed: true,
+        effects: Vec::new(),
+    };
+    if rr.phase.is_terminal() || rr.stages[si].state != StageState::Open {
+        return Ok(decision);
+    }
+    if let Some(outcome) = stage_outcome(&rr.stages[si].runs) {
+        close_and_advance(rr, si, outcome, now, &mut decision.effects);
+    }
+    Ok(decision)
+}
+
+/// Cancels a revision run: the open stage becomes `Cancelled`, stages not opened `Skipped`.
+pub fn cancel(rr: &mut RevisionRun, now: &str) -> Decision {
+    if rr.phase.is_terminal() {
+        return Decision::default();
+    }
+    for stage in &mut rr.stages {
+        match stage.state {
+            StageState::Open => {
+                stage.state = StageState::Cancelled;
+                stage.finished_at = Some(now.to_string());
+            }
+            StageState::Pending => stage.state = StageState::Skipped,
+            _ => {}
+        }
+    }
+    rr.phase = Phase::Cancelled;
+    rr.updated_at = now.to_string();
+    Decision {
+        changed: true,
+        effects: vec![Effect::Finish {
+            phase: Phase::Cancelled,
+        }],
+    }
+}
+
+/// Applies an observation to one run; returns whether it changed.
+fn apply_to_run(run: &mut Run, observed: &Observed, now: &str) -> bool {
+    if run.state.is_terminal() {
+        return false;
+    }
+    let (state, reason, message) = match observed {
+        Observed::Created if run.state == RunState::Pending => (RunState::Created, None, None),
+        Observed::Running if run.state != RunState::Running => (RunState::Running, None, None),
+        Observed::Created | Observed::Running => return false,
+        Observed::Succeeded => (RunState::Succeeded, None, None),
+        Observed::Failed { reason, message } => (
+            RunState::Failed,
+            Some(reason.clone()),
+            Some(message.clone()).filter(|m| !m.is_empty()),
+        ),
+        Observed::Deleted => (
+            RunState::Failed,
+            Some(REASON_DELETED.to_string()),
+            Some("PipelineRun was deleted before it finished".to_string()),
+        ),
+    };
+    run.state = state;
+    run.reason = reason;
+    run.message = message;
+    if state.is_terminal() {
+        run.finished_at = Some(now.to_string());
+    }
+    true
+}
+
+/// The outcome of a stage whose runs are all terminal, or `None` while any still runs.
+pub fn stage_outcome(runs: &[Run]) -> Option<StageState> {
+    if runs.is_empty() || !runs.iter().all(|r| r.state.is_terminal()) {
+        return None;
+    }
+    let failed = runs.iter().filter(|r| r.state == RunState::Failed);
+    let mut any_failed = false;
+    for run in failed {
+        if !run.canfail {
+            return Some(StageState::Failed);
+        }
+        any_failed = true;
+    }
+    Some(if any_failed {
+        StageState::SucceededWithAllowedFailures
+    } else {
+        StageState::Succeeded
+    })
+}
+
+fn close_and_advance(
+    rr: &mut RevisionRun,
+    si: usize,
+    outcome: StageState,
+    now: &str,
+    effects: &mut Vec<Effect>,
+) {
+    let stage = &mut rr.stages[si];
+    stage.state = outcome;
+    stage.finished_at = Some(now.to_string());
+    effects.push(Effect::CloseStage {
+        stage: stage.number,
+        outcome,
+    });
+    if outcome == StageState::Failed {
+        for later in &mut rr.stages[si + 1..] {
+            later.state = StageState::Skipped;
+        }
+        finish(rr, Phase::Failed, effects);
+        return;
+    }
+    match rr.stages.get_mut(si + 1) {
+        Some(next) => {
+            next.state = StageState::Open;
+            next.opened_at = Some(now.to_string());
+            effects.push(Effect::OpenStage { stage: next.number });
+        }
+        None => {
+            let all_clean = rr.stages.iter().all(|s| s.state == StageState::Succeeded);
+            let phase = if all_clean {
+                Phase::Succeeded
+            } else {
+                Phase::SucceededWithAllowedFailures
+            };
+            finish(rr, phase, effects);
+        }
+    }
+}
+
+fn finish(rr: &mut RevisionRun, phase: Phase, effects: &mut Vec<Effect>) {
+    rr.phase = phase;
+    effects.push(Effect::Finish { phase });
+}

@@ -1,0 +1,261 @@
+//! The revision run document: what is stored in Redis (one RedisJSON document per revision run)
+//! and what the APIs report. See DESIGN.md section 3 for the meaning of each phase.
+
+use serde::{Deserialize, Serialize};
+
+/// Phase of a whole revision run: `Pending` → `Running` → a terminal phase.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Accepted; no run has been created yet.
+    Pending,
+    /// At least one run exists or was recorded.
+    Running,
+    /// Every stage succeeded.
+    Succeeded,
+    /// Every stage finished; only canfail runs failed.
+    SucceededWithAllowedFailures,
+    /// A run without canfail failed; later stages were skipped.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl Phase {
+    /// Every phase, in lifecycle order.
+    pub const ALL: [Phase; 6] = [
+        Phase::Pending,
+        Phase::Running,
+        Phase::Succeeded,
+        Phase::SucceededWithAllowedFailures,
+        Phase::Failed,
+        Phase::Cancelled,
+    ];
+
+    /// A terminal phase never changes again.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Phase::Pending | Phase::Running)
+    }
+
+    /// The name used in documents, metrics and APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::SucceededWithAllowedFailures => "SucceededWithAllowedFailures",
+            Phase::Failed => "Failed",
+            Phase::Cancelled => "Cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Phase {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown phase {s:?}"))
+    }
+}
+
+/// State of one stage.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StageState {
+    /// Not opened yet.
+    Pending,
+    /// Opened: its runs are being created or are running.
+    Open,
+    /// Every run succeeded.
+    Succeeded,
+    /// Only canfail runs failed.
+    SucceededWithAllowedFailures,
+    /// A run without canfail failed.
+    Failed,
+    /// Never opened because an earlier stage failed (or the run was cancelled before it).
+    Skipped,
+    /// Was open when the revision run was cancelled.
+    Cancelled,
+}
+
+impl StageState {
+    /// Whether the stage has an outcome (it will never open or change again).
+    pub fn is_finished(self) -> bool {
+        !matches!(self, StageState::Pending | StageState::Open)
+    }
+
+    /// The name used in documents and APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageState::Pending => "Pending",
+            StageState::Open => "Open",
+            StageState::Succeeded => "Succeeded",
+            StageState::SucceededWithAllowedFailures => "SucceededWithAllowedFailures",
+            StageState::Failed => "Failed",
+            StageState::Skipped => "Skipped",
+            StageState::Cancelled => "Cancelled",
+        }
+    }
+}
+
+/// State of one PipelineRun.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunState {
+    /// Its stage is not open yet (or it is open and the creator has not applied it).
+    Pending,
+    /// Applied to the API server.
+    Created,
+    /// Tekton reports it running (`Succeeded` condition `Unknown`).
+    Running,
+    /// `Succeeded` condition `True`.
+    Succeeded,
+    /// `Succeeded` condition `False`, deleted before it finished, or it could not be created.
+    Failed,
+}
+
+impl RunState {
+    /// Succeeded or Failed: never changes again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunState::Succeeded | RunState::Failed)
+    }
+
+    /// The name used in documents and APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Pending => "Pending",
+            RunState::Created => "Created",
+            RunState::Running => "Running",
+            RunState::Succeeded => "Succeeded",
+            RunState::Failed => "Failed",
+        }
+    }
+}
+
+/// One PipelineRun of a revision run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    /// Name from the request (the Pipeline name in the compat API); unique within its stage.
+    pub name: String,
+    /// Name of the PipelineRun object (unique within the revision run).
+    pub pipeline_run: String,
+    /// Namespace of the PipelineRun.
+    pub namespace: String,
+    /// Whether the run may fail without failing its stage.
+    pub canfail: bool,
+    /// Current state.
+    pub state: RunState,
+    /// Tekton's reason for a failure (`Failed`, `PipelineRunTimeout`, `Cancelled`, `Deleted`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Tekton's message for a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it reached a terminal state (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+/// One stage: runs that start together.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Stage {
+    /// Stage number (ascending; gaps allowed).
+    pub number: u32,
+    /// Current state.
+    pub state: StageState,
+    /// The runs, never empty.
+    pub runs: Vec<Run>,
+    /// When it was opened (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<String>,
+    /// When it got its outcome (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+/// The revision whose runs these are.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    /// Repository name.
+    pub repo_name: String,
+    /// Repository URL.
+    #[serde(default)]
+    pub repo_url: String,
+    /// Commit id.
+    pub commit_id: String,
+    /// Author of the push.
+    #[serde(default)]
+    pub author: String,
+    /// Push time as sent by the client.
+    #[serde(default)]
+    pub pushed_at: String,
+}
+
+/// The whole revision run document.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRun {
+    /// Deterministic id (see [`crate::id`]).
+    pub id: String,
+    /// Incremented on every stored change; the store's compare-and-set token.
+    pub version: u64,
+    /// Repo and commit.
+    pub revision: Revision,
+    /// Current phase.
+    pub phase: Phase,
+    /// Attempt number (1 for the first; retries add attempts).
+    pub attempt: u32,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+    /// Last change (RFC 3339).
+    pub updated_at: String,
+    /// Stages in ascending order of number.
+    pub stages: Vec<Stage>,
+}
+
+impl RevisionRun {
+    /// The stage currently open, or else the last stage that has an outcome.
+    pub fn current_stage(&self) -> Option<u32> {
+        self.stages
+            .iter()
+            .find(|s| s.state == StageState::Open)
+            .or_else(|| {
+                self.stages
+                    .iter()
+                    .rev()
+                    .find(|s| s.state.is_finished() && s.state != StageState::Skipped)
+            })
+            .map(|s| s.number)
+    }
+
+    /// Finds a run by its PipelineRun name, with the index of its stage.
+    pub fn find_run(&self, pipeline_run: &str) -> Option<(usize, usize)> {
+        self.stages.iter().enumerate().find_map(|(si, stage)| {
+            stage
+                .runs
+                .iter()
+                .position(|r| r.pipeline_run == pipeline_run)
+                .map(|ri| (si, ri))
+        })
+    }
+
+    /// One-line human summary, e.g. `Running (stage 1 of 3)`.
+    pub fn summary(&self) -> String {
+        let total = self.stages.len();
+        match self.current_stage() {
+            Some(n) => {
+                let pos = self.stages.iter().position(|s| s.number == n).unwrap_or(0) + 1;
+                format!("{} (stage {n}, {pos} of {total})", self.phase)
+            }
+            None => format!("{} ({total} stages)", self.phase),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Kubernetes name and label helpers: DNS-1123 labels and label values, truncated with a hash so
+//! that distinct inputs stay distinct.
+
+use sha2::{Digest, Sha256};
+
+/// Maps arbitrary text to label-value syntax (`[A-Za-z0-9._-]`, alphanumeric at both ends),
+/// at most `max` characters. Other characters become `-`.
+pub fn sanitize_label(raw: &str, max: usize) -> String {
+    let mapped: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let truncated: String = mapped.chars().take(max).collect();
+    truncated
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+/// A DNS-1123 label (`[a-z0-9-]`, ≤ 63 chars, alphanumeric at both ends) built from `parts`
+/// joined by `-`. When the joined name is too long it is cut and a 6-hex-digit hash of the full
+/// name is appended, so the result is still deterministic and unique per input.
+pub fn dns_label(parts: &[&str]) -> String {
+    const MAX: usize = 63;
+    let joined = parts.join("-");
+    let mut clean: String = joined
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    while clean.contains("--") {
+        clean = clean.replace("--", "-");
+    }
+    let clean = clean.trim_matches('-').to_string();
+    if !clean.is_empty() && clean.len() <= MAX {
+        return clean;
+    }
+    let digest = Sha256::digest(joined.as_bytes());
+    let hash: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
+    let head: String = clean.chars().take(MAX - hash.len() - 1).collect();
+    let head = head.trim_end_matches('-');
+    if head.is_empty() {
+        format!("x-{hash}")
+    } else {
+        format!("{head}-{hash}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn is_dns_label(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    }
+
+    #[test]
+    fn short_names_are_kept() {
+        assert_eq!(dns_label(&["st", "0", "build", "abc"]), "st-0-build-abc");
+        assert_eq!(dns_label(&["st", "1", "Build_Image"]), "st-1-build-image");
+    }
+
+    #[test]
+    fn long_names_are_cut_with_a_hash() {
+        let long = "x".repeat(100);
+        let a = dns_label(&["st", "0", &long, "a"]);
+        let b = dns_label(&["st", "0", &long, "b"]);
+        assert!(is_dns_label(&a), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 63);
+    }
+
+    #[test]
+    fn label_values_are_sanitised() {
+        assert_eq!(
+            sanitize_label("stuttgart-things/app", 63),
+            "stuttgart-things-app"
+        );
+        assert_eq!(sanitize_label("__x__", 63), "x");
+        assert_eq!(
+            sanitize_label("2024-01-01T10:00:00Z", 63),
+            "2024-01-01T10-00-00Z"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn dns_label_is_always_valid(parts in proptest::collection::vec(".{0,40}", 1..5)) {
+            let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+            let name = dns_label(&refs);
+            prop_assert!(is_dns_label(&name), "{name:?}");
+            prop_assert_eq!(name.clone(), dns_label(&refs));
+        }
+
+        #[test]
+        fn label_value_is_always_valid(raw in ".{0,100}") {
+            let v = sanitize_label(&raw, 63);
+            prop_assert!(v.len() <= 63);
+            prop_assert!(v.is_empty() || (v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && v.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())));
+        }
+    }
+}

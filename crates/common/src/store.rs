@@ -1,0 +1,446 @@
+//! The Redis store: one RedisJSON document per revision run, indexes, and the atomic
+//! *record and advance* step.
+//!
+//! Every state change is a compare-and-set: the new document is computed in Rust by the
+//! [`crate::machine`] (the only place the stage rules live) and written by one Lua script that
+//! checks the document's `version` is still the one read, stores the document, and XADDs the
+//! "open stage" messages and the watch event — all or nothing. A concurrent writer that lost the
+//! race re-reads and re-decides; since the winner already closed the stage, the loser's decision
+//! is "nothing to do". So a stage can never be opened twice, or half.
+
+use std::time::Duration;
+
+use redis::{AsyncCommands, Script, aio::ConnectionManager};
+
+use crate::{
+    error::{Error, Result, redis_err},
+    keys::Keys,
+    machine::{self, Decision, Effect, Observed},
+    model::{Phase, RevisionRun},
+};
+
+/// Length the event stream is capped at (approximately), enough for watchers to resume.
+pub const EVENTS_MAXLEN: usize = 100_000;
+
+/// How often a compare-and-set is retried under contention before giving up.
+const CAS_ATTEMPTS: u32 = 64;
+
+const CREATE_LUA: &str = r#"
+-- KEYS: doc, manifests, idx:created, idx:repo, idx:commit, stage stream, events
+-- ARGV: doc json, score, id, first stage, attempt, events maxlen, manifest field/value pairs...
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('JSON.SET', KEYS[1], '$', ARGV[1])
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[3])
+redis.call('XADD', KEYS[6], '*', 'rr', ARGV[3], 'stage', ARGV[4], 'attempt', ARGV[5])
+redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[6], '*', 'rr', ARGV[3], 'version', '1')
+return 1
+"#;
+
+const CAS_LUA: &str = r#"
+-- KEYS: doc, stage stream, events
+-- ARGV: expected version, new doc json, id, attempt, events maxlen, new version, stages to open...
+local cur = redis.call('JSON.GET', KEYS[1], '$.version')
+if not cur then return -1 end
+local v = cjson.decode(cur)[1]
+if v ~= tonumber(ARGV[1]) then return 0 end
+redis.call('JSON.SET', KEYS[1], '$', ARGV[2])
+for i = 7, #ARGV do
+  redis.call('XADD', KEYS[2], '*', 'rr', ARGV[3], 'stage', ARGV[i], 'attempt', ARGV[4])
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'rr', ARGV[3], 'version', ARGV[6])
+return 1
+"#;
+
+/// Result of [`Store::create`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Created {
+    /// The revision run id.
+    pub id: String,
+    /// False when an identical request had stored it before (nothing was written now).
+    pub created: bool,
+}
+
+/// Result of [`Store::update`].
+#[derive(Clone, Debug)]
+pub struct Updated {
+    /// The document after the update (unchanged if the decision changed nothing).
+    pub rr: RevisionRun,
+    /// What the state machine decided.
+    pub decision: Decision,
+}
+
+/// Filter and page of [`Store::list`].
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Only this repository.
+    pub repo: Option<String>,
+    /// Only this phase.
+    pub phase: Option<Phase>,
+    /// Page size (0 = 50, at most 500).
+    pub page_size: usize,
+    /// Token from the previous page.
+    pub page_token: Option<String>,
+}
+
+/// A page of revision runs, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    /// The revision runs.
+    pub items: Vec<RevisionRun>,
+    /// Token of the next page, if there is one.
+    pub next_page_token: Option<String>,
+}
+
+/// Handle on the store; cheap to clone (one multiplexed, auto-reconnecting connection).
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) client: redis::Client,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) keys: Keys,
+    create_script: Script,
+    cas_script: Script,
+}
+
+/// Connection settings for multiplexed connections; `response_timeout` must exceed any BLOCK.
+pub(crate) async fn connection(
+    client: &redis::Client,
+    response_timeout: Duration,
+) -> Result<ConnectionManager> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(response_timeout));
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .map_err(redis_err("connect"))
+}
+
+/// The current time as RFC 3339 (UTC, millisecond precision).
+pub fn now_rfc3339() -> String {
+    let now = jiff::Timestamp::now();
+    now.round(jiff::Unit::Millisecond)
+        .unwrap_or(now)
+        .to_string()
+}
+
+impl Store {
+    /// Connects to Redis at `url` with key names from `keys`.
+    pub async fn connect(url: &str, keys: Keys) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(redis_err("open"))?;
+        let conn = connection(&client, Duration::from_secs(10)).await?;
+        Ok(Self {
+            client,
+            conn,
+            keys,
+            create_script: Script::new(CREATE_LUA),
+            cas_script: Script::new(CAS_LUA),
+        })
+    }
+
+    /// Key and stream names in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// `PING`, for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("ping"))?;
+        Ok(())
+    }
+
+    /// Stores a new revision run with its rendered manifests (PipelineRun name → JSON), indexes
+    /// it, and publishes "open stage <first>" — atomically. Opens the first stage itself, so
+    /// `rr` must be in its initial state. An existing document with this id is left untouched.
+    pub async fn create(
+        &self,
+        rr: &RevisionRun,
+        manifests: &[(String, String)],
+    ) -> Result<Created> {
+        let mut rr = rr.clone();
+        let now = rr.created_at.clone();
+        let decision = machine::start(&mut rr, &now)?;
+        let Some(Effect::OpenStage { stage }) = decision.effects.first().cloned() else {
+            return Err(Error::MalformedDocument {
+                key: self.keys.doc(&rr.id),
+                reason: "new revision run has no stage to open".into(),
+            });
+        };
+        rr.version = 1;
+        let json = serde_json::to_string(&rr).map_err(Error::Encode)?;
+        let score = created_score(&rr.created_at);
+        let mut invocation = self.create_script.prepare_invoke();
+        invocation
+            .key(self.keys.doc(&rr.id))
+            .key(self.keys.manifests(&rr.id))
+            .key(self.keys.idx_created())
+            .key(self.keys.idx_repo(&rr.revision.repo_name))
+            .key(self.keys.idx_commit(&rr.revision.commit_id))
+            .key(self.keys.stage_stream())
+            .key(self.keys.events())
+            .arg(json)
+            .arg(score)
+            .arg(&rr.id)
+            .arg(stage)
+            .arg(rr.attempt)
+            .arg(EVENTS_MAXLEN);
+        for (name, manifest) in manifests {
+            invocation.arg(name).arg(manifest);
+        }
+        let mut conn = self.conn.clone();
+        let created: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err("create revision run"))?;
+        Ok(Created {
+            id: rr.id,
+            created: created == 1,
+        })
+    }
+
+    /// Loads a revision run.
+    pub async fn get(&self, id: &str) -> Result<RevisionRun> {
+        let key = self.keys.doc(id);
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = redis::cmd("JSON.GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("get revision run"))?;
+        let raw = raw.ok_or_else(|| Error::NotFound { id: id.to_string() })?;
+        decode(&key, &raw)
+    }
+
+    /// The newest revision run of a commit.
+    pub async fn latest_for_commit(&self, commit: &str) -> Result<RevisionRun> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn
+            .zrevrange(self.keys.idx_commit(commit), 0, 0)
+            .await
+            .map_err(redis_err("find by commit"))?;
+        match ids.first() {
+            Some(id) => self.get(id).await,
+            None => Err(Error::NotFound {
+                id: commit.to_string(),
+            }),
+        }
+    }
+
+    /// Rendered manifests (JSON) of the given PipelineRuns, `None` where missing.
+    pub async fn manifests(
+        &self,
+        id: &str,
+        pipeline_runs: &[String],
+    ) -> Result<Vec<Option<String>>> {
+        if pipeline_runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        redis::cmd("HMGET")
+            .arg(self.keys.manifests(id))
+            .arg(pipeline_runs)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("get manifests"))
+    }
+
+    /// Records an observed run state and advances the stages, atomically and exactly once.
+    pub async fn record(
+        &self,
+        id: &str,
+        pipeline_run: &str,
+        observed: &Observed,
+    ) -> Result<Updated> {
+        self.update(id, |rr| {
+            machine::observe(rr, pipeline_run, observed, &now_rfc3339()).map_err(Error::from)
+        })
+        .await
+    }
+
+    /// Records several observations of one revision run in one atomic step.
+    pub async fn record_many(
+        &self,
+        id: &str,
+        observations: &[(String, Observed)],
+    ) -> Result<Updated> {
+        self.update(id, |rr| {
+            let now = now_rfc3339();
+            let mut total = Decision::default();
+            for (pipeline_run, observed) in observations {
+                let d = machine::observe(rr, pipeline_run, observed, &now)?;
+                total.changed |= d.changed;
+                total.effects.extend(d.effects);
+            }
+            Ok(total)
+        })
+        .await
+    }
+
+    /// Applies `decide` to the current document and stores the result with its effects by
+    /// compare-and-set, retrying from a fresh read when another writer got there first.
+    pub async fn update<F>(&self, id: &str, mut decide: F) -> Result<Updated>
+    where
+        F: FnMut(&mut RevisionRun) -> Result<Decision>,
+    {
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.get(id).await?;
+            let mut next = current.clone();
+            let decision = decide(&mut next)?;
+            if !decision.changed {
+                return Ok(Updated {
+                    rr: current,
+                    decision,
+                });
+            }
+            next.version = current.version + 1;
+            if self
+                .compare_and_set(current.version, &next, &decision)
+                .await?
+            {
+                return Ok(Updated { rr: next, decision });
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(Error::Contention {
+            id: id.to_string(),
+            attempts: CAS_ATTEMPTS,
+        })
+    }
+
+    async fn compare_and_set(
+        &self,
+        expected: u64,
+        next: &RevisionRun,
+        decision: &Decision,
+    ) -> Result<bool> {
+        let json = serde_json::to_string(next).map_err(Error::Encode)?;
+        let mut invocation = self.cas_script.prepare_invoke();
+        invocation
+            .key(self.keys.doc(&next.id))
+            .key(self.keys.stage_stream())
+            .key(self.keys.events())
+            .arg(expected)
+            .arg(json)
+            .arg(&next.id)
+            .arg(next.attempt)
+            .arg(EVENTS_MAXLEN)
+            .arg(next.version);
+        for effect in &decision.effects {
+            if let Effect::OpenStage { stage } = effect {
+                invocation.arg(*stage);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let result: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err("record and advance"))?;
+        match result {
+            1 => Ok(true),
+            0 => Ok(false),
+            _ => Err(Error::NotFound {
+                id: next.id.clone(),
+            }),
+        }
+    }
+
+    /// Lists revision runs newest first, by repository and/or phase, a page at a time.
+    pub async fn list(&self, filter: &ListFilter) -> Result<Page> {
+        let size = match filter.page_size {
+            0 => 50,
+            n => n.min(500),
+        };
+        let index = match &filter.repo {
+            Some(repo) if !repo.is_empty() => self.keys.idx_repo(repo),
+            _ => self.keys.idx_created(),
+        };
+        let cursor = filter.page_token.as_deref().map(parse_cursor).transpose()?;
+        let max = cursor
+            .as_ref()
+            .map_or_else(|| "+inf".to_string(), |(score, _)| score.to_string());
+        let mut items = Vec::new();
+        let mut offset = 0;
+        let chunk = 200;
+        let mut conn = self.conn.clone();
+        loop {
+            let entries: Vec<(String, i64)> = redis::cmd("ZREVRANGEBYSCORE")
+                .arg(&index)
+                .arg(&max)
+                .arg("-inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(offset)
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err("list index"))?;
+            offset += entries.len();
+            let exhausted = entries.len() < chunk;
+            let entries: Vec<(String, i64)> = entries
+                .into_iter()
+                .filter(|(id, score)| match &cursor {
+                    // Equal scores come in reverse lexical order; skip up to the cursor.
+                    Some((cs, cid)) => score < cs || id < cid,
+                    None => true,
+                })
+                .collect();
+            for (id, score) in entries {
+                let rr = match self.get(&id).await {
+                    Ok(rr) => rr,
+                    Err(Error::NotFound { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                if filter.phase.is_some_and(|p| p != rr.phase) {
+                    continue;
+                }
+                if items.len() == size {
+                    let (last_score, last_id): (i64, String) = items
+                        .last()
+                        .map(|r: &RevisionRun| (created_score(&r.created_at), r.id.clone()))
+                        .unwrap_or((score, id));
+                    return Ok(Page {
+                        items,
+                        next_page_token: Some(format!("{last_score}/{last_id}")),
+                    });
+                }
+                items.push(rr);
+            }
+            if exhausted {
+                return Ok(Page {
+                    items,
+                    next_page_token: None,
+                });
+            }
+        }
+    }
+}
+
+fn decode(key: &str, raw: &str) -> Result<RevisionRun> {
+    serde_json::from_str(raw).map_err(|e| Error::MalformedDocument {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn parse_cursor(token: &str) -> Result<(i64, String)> {
+    token
+        .split_once('/')
+        .and_then(|(s, id)| Some((s.parse().ok()?, id.to_string())))
+        .ok_or_else(|| Error::InvalidArgument {
+            field: "page_token".into(),
+            reason: format!("{token:?} is not a token this server returned"),
+        })
+}
+
+/// Index score of a revision run: its creation time in milliseconds (0 if unparsable).
+pub fn created_score(created_at: &str) -> i64 {
+    created_at
+        .parse::<jiff::Timestamp>()
+        .map_or(0, |t| t.as_millisecond())
+}

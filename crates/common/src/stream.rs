@@ -1,0 +1,340 @@
+//! The stage stream (consumer group of the creators), its dead-letter stream, and the event stream
+//! Watch follows.
+//!
+//! Blocking reads get a connection of their own ([`Store::blocking_reader`]): a `BLOCK` on the
+//! shared multiplexed connection would stall every other command queued behind it.
+
+use std::{collections::HashMap, time::Duration};
+
+use redis::{
+    Value,
+    aio::ConnectionManager,
+    streams::{StreamAutoClaimReply, StreamId, StreamReadReply},
+};
+
+use crate::{
+    error::{Error, Result, redis_err},
+    keys::CREATOR_GROUP,
+    store::{Store, connection},
+};
+
+/// "Stage N of revision run R (attempt A) is open": the creator creates its PipelineRuns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageMessage {
+    /// Revision run id.
+    pub rr: String,
+    /// Stage number.
+    pub stage: u32,
+    /// Attempt of the revision run.
+    pub attempt: u32,
+}
+
+/// One delivered stream entry: its id, and the parsed message or why it is malformed.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Stream entry id (ack with it).
+    pub id: String,
+    /// Parsed message, or the reason it cannot be processed (dead-letter it).
+    pub message: Result<StageMessage>,
+    /// Raw fields, kept for the dead-letter entry.
+    pub fields: Vec<(String, String)>,
+}
+
+fn field_text(value: &Value) -> String {
+    match value {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+impl Delivery {
+    fn from_entry(entry: StreamId) -> Self {
+        let mut fields: Vec<(String, String)> = entry
+            .map
+            .iter()
+            .map(|(k, v)| (k.clone(), field_text(v)))
+            .collect();
+        fields.sort();
+        let map: HashMap<&str, &str> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let message = parse_message(&entry.id, &map);
+        Self {
+            id: entry.id,
+            message,
+            fields,
+        }
+    }
+}
+
+fn parse_message(id: &str, map: &HashMap<&str, &str>) -> Result<StageMessage> {
+    let bad = |reason: String| Error::MalformedMessage {
+        id: id.to_string(),
+        reason,
+    };
+    let rr = map
+        .get("rr")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| bad("missing field rr".into()))?;
+    let number = |name: &str| -> Result<u32> {
+        let raw = map
+            .get(name)
+            .ok_or_else(|| bad(format!("missing field {name}")))?;
+        raw.parse().map_err(|_| {
+            bad(format!(
+                "field {name} is not a non-negative integer: {raw:?}"
+            ))
+        })
+    };
+    Ok(StageMessage {
+        rr: (*rr).to_string(),
+        stage: number("stage")?,
+        attempt: number("attempt")?,
+    })
+}
+
+/// A dedicated connection for blocking stream reads.
+#[derive(Clone)]
+pub struct BlockingReader {
+    conn: ConnectionManager,
+    block: Duration,
+}
+
+impl Store {
+    /// A connection for blocking reads that wait at most `block` each.
+    pub async fn blocking_reader(&self, block: Duration) -> Result<BlockingReader> {
+        let conn = connection(&self.client, block + Duration::from_secs(10)).await?;
+        Ok(BlockingReader { conn, block })
+    }
+
+    /// Creates the creators' consumer group (and the stream) if missing. Starts at the beginning
+    /// of the stream, so stages opened before any creator ran are not lost.
+    pub async fn ensure_group(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.keys.stage_stream())
+            .arg(CREATOR_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match result {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other.map_err(redis_err("create consumer group")),
+        }
+    }
+
+    /// Claims messages another consumer has held longer than `min_idle` (it probably died).
+    pub async fn claim_idle(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Delivery>> {
+        let mut conn = self.conn.clone();
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(self.keys.stage_stream())
+            .arg(CREATOR_GROUP)
+            .arg(consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("claim idle messages"))?;
+        Ok(reply
+            .claimed
+            .into_iter()
+            .map(Delivery::from_entry)
+            .collect())
+    }
+
+    /// Acknowledges a processed stage message.
+    pub async fn ack(&self, id: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("XACK")
+            .arg(self.keys.stage_stream())
+            .arg(CREATOR_GROUP)
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("ack"))?;
+        Ok(())
+    }
+
+    /// Moves a message to the dead-letter stream with the reason and acks it, in one MULTI.
+    pub async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let dlq = self.keys.dead_letter();
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&dlq)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10_000)
+            .arg("*")
+            .arg("source_id")
+            .arg(&delivery.id)
+            .arg("reason")
+            .arg(reason);
+        for (k, v) in &delivery.fields {
+            xadd.arg(format!("field.{k}")).arg(v);
+        }
+        pipe.add_command(xadd).ignore();
+        pipe.cmd("XACK")
+            .arg(self.keys.stage_stream())
+            .arg(CREATOR_GROUP)
+            .arg(&delivery.id)
+            .ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(redis_err("dead-letter"))
+    }
+
+    /// How many times a pending stage message has been delivered (0 if it is not pending).
+    pub async fn delivery_count(&self, id: &str) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(self.keys.stage_stream())
+            .arg(CREATOR_GROUP)
+            .arg(id)
+            .arg(id)
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("delivery count"))?;
+        Ok(reply.first().map_or(0, |(_, _, _, count)| *count))
+    }
+
+    /// Number of delivered but unacknowledged stage messages.
+    pub async fn pending_count(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let reply: Value = redis::cmd("XPENDING")
+            .arg(self.keys.stage_stream())
+            .arg(CREATOR_GROUP)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("pending count"))?;
+        match reply {
+            Value::Array(items) => match items.first() {
+                Some(Value::Int(n)) => Ok(u64::try_from(*n).unwrap_or(0)),
+                _ => Ok(0),
+            },
+            _ => Ok(0),
+        }
+    }
+
+    /// Id of the newest event (`0-0` when there is none), to follow events from now on.
+    pub async fn last_event_id(&self) -> Result<String> {
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(self.keys.events())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("last event id"))?;
+        Ok(reply
+            .ids
+            .first()
+            .map_or_else(|| "0-0".to_string(), |e| e.id.clone()))
+    }
+}
+
+/// A change event: the revision run `rr` was stored at `version`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeEvent {
+    /// Event stream id.
+    pub id: String,
+    /// Revision run id.
+    pub rr: String,
+}
+
+impl BlockingReader {
+    /// Reads new stage messages for `consumer`, waiting up to the reader's block time.
+    pub async fn read_stage(
+        &mut self,
+        store: &Store,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Delivery>> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(CREATOR_GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(self.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(store.keys.stage_stream())
+            .arg(">")
+            .query_async(&mut self.conn)
+            .await
+            .map_err(redis_err("read stage stream"))?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(Delivery::from_entry)
+            .collect())
+    }
+
+    /// Reads change events after `after`, waiting up to the reader's block time.
+    pub async fn read_events(&mut self, store: &Store, after: &str) -> Result<Vec<ChangeEvent>> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(500)
+            .arg("BLOCK")
+            .arg(self.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(store.keys.events())
+            .arg(after)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(redis_err("read events"))?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|e| ChangeEvent {
+                rr: e.get::<String>("rr").unwrap_or_default(),
+                id: e.id,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_good_and_reports_bad_messages() {
+        let ok: HashMap<&str, &str> = [("rr", "a"), ("stage", "2"), ("attempt", "1")].into();
+        assert_eq!(
+            parse_message("1-0", &ok).ok(),
+            Some(StageMessage {
+                rr: "a".into(),
+                stage: 2,
+                attempt: 1
+            })
+        );
+        let neg: HashMap<&str, &str> = [("rr", "a"), ("stage", "-1"), ("attempt", "1")].into();
+        let err = parse_message("1-0", &neg)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("stage"), "{err}");
+        let missing: HashMap<&str, &str> = [("stage", "1")].into();
+        assert!(parse_message("1-0", &missing).is_err());
+    }
+}

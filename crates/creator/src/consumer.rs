@@ -1,0 +1,364 @@
+//! The consumer loop: read (and reclaim) stage messages, create their PipelineRuns, ack.
+//!
+//! Order of one message: load the document → apply every run of the stage still `Pending` →
+//! record them `Created` (one atomic store update) → ack. A crash anywhere before the ack leaves
+//! the message pending; whoever reclaims it re-applies, which server-side apply makes harmless,
+//! and runs already recorded are skipped — so each PipelineRun is created once.
+
+use std::{sync::Arc, time::Duration};
+
+use kube::{
+    Api,
+    api::{DynamicObject, Patch, PatchParams},
+};
+use stagetime_common::{
+    machine::Observed,
+    model::{RunState, StageState},
+    store::Store,
+    stream::{Delivery, StageMessage},
+    tekton,
+};
+use tokio::{sync::Semaphore, task::JoinSet};
+
+use crate::{
+    error::{Error, Result, is_transient_kube},
+    metrics::Metrics,
+};
+
+/// Field manager of every apply by the creator.
+pub const FIELD_MANAGER: &str = "stagetime-creator";
+/// Reason recorded on runs that could not be created.
+pub const REASON_CREATE_FAILED: &str = "CreateFailed";
+
+/// Creator settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Consumer name in the group (the pod hostname).
+    pub consumer: String,
+    /// Namespace that overrides the rendered one (`TEKTON_NAMESPACE`).
+    pub namespace_override: Option<String>,
+    /// Stage messages processed at once.
+    pub concurrency: usize,
+    /// A message pending longer than this is reclaimed from its (presumably dead) consumer.
+    pub visibility_timeout: Duration,
+    /// After this many deliveries a message is dead-lettered.
+    pub max_deliveries: u64,
+    /// Longest wait of one blocking read.
+    pub block: Duration,
+    /// Transient failures are retried this many times in place before the message is left
+    /// pending for a later reclaim.
+    pub inline_retries: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            consumer: "stagetime-creator".into(),
+            namespace_override: None,
+            concurrency: 8,
+            visibility_timeout: Duration::from_secs(60),
+            max_deliveries: 20,
+            block: Duration::from_secs(5),
+            inline_retries: 4,
+        }
+    }
+}
+
+/// What happened to one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Processed (or nothing to do) and acked.
+    Acked,
+    /// Moved to the dead-letter stream and acked.
+    DeadLettered(String),
+    /// Left pending after a transient failure; it will be reclaimed.
+    Retry(String),
+}
+
+/// The creator: a consumer of the stage stream.
+#[derive(Clone)]
+pub struct Creator {
+    store: Store,
+    client: kube::Client,
+    settings: Arc<Settings>,
+    metrics: Metrics,
+}
+
+impl Creator {
+    /// A creator over a store and a cluster.
+    pub fn new(store: Store, client: kube::Client, settings: Settings, metrics: Metrics) -> Self {
+        Self {
+            store,
+            client,
+            settings: Arc::new(settings),
+            metrics,
+        }
+    }
+
+    /// Consumes until `shutdown`, then finishes (and acks) the messages in flight.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        self.store.ensure_group().await?;
+        let mut reader = self.store.blocking_reader(self.settings.block).await?;
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let mut tasks = JoinSet::new();
+        let mut next_reclaim = tokio::time::Instant::now();
+        tokio::pin!(shutdown);
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let mut deliveries = Vec::new();
+            if tokio::time::Instant::now() >= next_reclaim {
+                next_reclaim = tokio::time::Instant::now() + self.settings.visibility_timeout / 2;
+                match self.reclaim().await {
+                    Ok(claimed) => deliveries.extend(claimed),
+                    Err(error) => tracing::warn!(%error, "cannot reclaim idle messages"),
+                }
+            }
+            let free = permits.available_permits().max(1);
+            tokio::select! {
+                () = &mut shutdown => break,
+                read = reader.read_stage(&self.store, &self.settings.consumer, free) => match read {
+                    Ok(read) => deliveries.extend(read),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the stage stream; retrying");
+                        tokio::select! {
+                            () = &mut shutdown => break,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                },
+            }
+            self.refresh_pending().await;
+            for delivery in deliveries {
+                let permit = Arc::clone(&permits).acquire_owned().await;
+                let this = self.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    this.handle(delivery).await
+                });
+            }
+        }
+        tracing::info!(in_flight = tasks.len(), "draining in-flight stage messages");
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn refresh_pending(&self) {
+        if let Ok(n) = self.store.pending_count().await {
+            self.metrics
+                .pending
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Claims messages idle past the visibility timeout.
+    pub async fn reclaim(&self) -> Result<Vec<Delivery>> {
+        let claimed = self
+            .store
+            .claim_idle(
+                &self.settings.consumer,
+                self.settings.visibility_timeout,
+                100,
+            )
+            .await?;
+        if !claimed.is_empty() {
+            tracing::info!(count = claimed.len(), "reclaimed idle stage messages");
+        }
+        Ok(claimed)
+    }
+
+    /// Processes one delivery to its end: acked, dead-lettered, or left pending.
+    pub async fn handle(&self, delivery: Delivery) -> Outcome {
+        self.metrics.consumed.inc();
+        let message = match &delivery.message {
+            Ok(m) => m.clone(),
+            Err(e) => {
+                return self
+                    .dead_letter(&delivery, "malformed_message", &e.to_string(), None)
+                    .await;
+            }
+        };
+        let mut attempt = 0;
+        loop {
+            match self.process(&message).await {
+                Ok(()) => break,
+                Err(error) if error.is_transient() => {
+                    self.metrics.retried.inc();
+                    attempt += 1;
+                    if attempt > self.settings.inline_retries {
+                        return self.give_up_or_retry(&delivery, &message, &error).await;
+                    }
+                    tracing::warn!(%error, rr = %message.rr, stage = message.stage, attempt, "transient failure; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+                }
+                Err(error @ Error::Store(stagetime_common::Error::NotFound { .. })) => {
+                    return self
+                        .dead_letter(&delivery, "unknown_revision_run", &error.to_string(), None)
+                        .await;
+                }
+                Err(error) => {
+                    return self
+                        .dead_letter(
+                            &delivery,
+                            "permanent_error",
+                            &error.to_string(),
+                            Some(&message),
+                        )
+                        .await;
+                }
+            }
+        }
+        match self.store.ack(&delivery.id).await {
+            Ok(()) => Outcome::Acked,
+            Err(error) => Outcome::Retry(format!("ack failed: {error}")),
+        }
+    }
+
+    async fn give_up_or_retry(
+        &self,
+        delivery: &Delivery,
+        message: &StageMessage,
+        error: &Error,
+    ) -> Outcome {
+        let deliveries = self.store.delivery_count(&delivery.id).await.unwrap_or(0);
+        if deliveries >= self.settings.max_deliveries {
+            let reason = format!("gave up after {deliveries} deliveries: {error}");
+            return self
+                .dead_letter(delivery, "max_deliveries", &reason, Some(message))
+                .await;
+        }
+        tracing::warn!(%error, rr = %message.rr, stage = message.stage, "leaving message pending for a later retry");
+        Outcome::Retry(error.to_string())
+    }
+
+    /// Dead-letters a message; with `fail_runs`, first marks the stage's unfinished runs Failed so
+    /// the revision run ends instead of hanging.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        label: &'static str,
+        reason: &str,
+        fail_runs: Option<&StageMessage>,
+    ) -> Outcome {
+        tracing::error!(id = %delivery.id, reason, "dead-lettering stage message");
+        if let Some(message) = fail_runs
+            && let Err(error) = self.fail_stage(message, reason).await
+        {
+            return Outcome::Retry(format!("cannot mark runs failed: {error}"));
+        }
+        match self.store.dead_letter(delivery, reason).await {
+            Ok(()) => {
+                self.metrics.dead_lettered(label);
+                Outcome::DeadLettered(reason.to_string())
+            }
+            Err(error) => Outcome::Retry(format!("cannot dead-letter: {error}")),
+        }
+    }
+
+    async fn fail_stage(&self, message: &StageMessage, reason: &str) -> Result<()> {
+        let rr = self.store.get(&message.rr).await?;
+        let failed: Vec<(String, Observed)> = rr
+            .stages
+            .iter()
+            .filter(|s| s.number == message.stage)
+            .flat_map(|s| &s.runs)
+            .filter(|r| matches!(r.state, RunState::Pending))
+            .map(|r| (r.pipeline_run.clone(), create_failed(reason)))
+            .collect();
+        self.metrics.runs_failed.inc_by(failed.len() as u64);
+        self.store.record_many(&message.rr, &failed).await?;
+        Ok(())
+    }
+
+    /// Creates the PipelineRuns of one opened stage that are not created yet.
+    pub async fn process(&self, message: &StageMessage) -> Result<()> {
+        let rr = self.store.get(&message.rr).await?;
+        let Some(stage) = rr.stages.iter().find(|s| s.number == message.stage) else {
+            return Err(Error::MalformedManifest {
+                name: format!("{}/stage {}", message.rr, message.stage),
+                reason: "the revision run has no such stage".into(),
+            });
+        };
+        if message.attempt != rr.attempt || stage.state != StageState::Open {
+            tracing::info!(rr = %rr.id, stage = stage.number, state = ?stage.state, "stage not open (any more); nothing to create");
+            return Ok(());
+        }
+        let pending: Vec<String> = stage
+            .runs
+            .iter()
+            .filter(|r| r.state == RunState::Pending)
+            .map(|r| r.pipeline_run.clone())
+            .collect();
+        let manifests = self.store.manifests(&rr.id, &pending).await?;
+        let mut observations = Vec::new();
+        for (name, manifest) in pending.iter().zip(manifests) {
+            let observed = match self.apply(name, manifest.as_deref()).await {
+                Ok(()) => Observed::Created,
+                Err(error) if error.is_transient() => return Err(error),
+                Err(error) => {
+                    tracing::error!(%error, rr = %rr.id, pipeline_run = %name, "cannot create PipelineRun");
+                    self.metrics.runs_failed.inc();
+                    create_failed(&error.to_string())
+                }
+            };
+            observations.push((name.clone(), observed));
+        }
+        self.store.record_many(&rr.id, &observations).await?;
+        tracing::info!(rr = %rr.id, stage = stage.number, created = observations.len(), "stage created");
+        Ok(())
+    }
+
+    async fn apply(&self, name: &str, manifest: Option<&str>) -> Result<()> {
+        let malformed = |reason: String| Error::MalformedManifest {
+            name: name.to_string(),
+            reason,
+        };
+        let manifest = manifest.ok_or_else(|| malformed("no rendered manifest stored".into()))?;
+        let mut obj: DynamicObject =
+            serde_json::from_str(manifest).map_err(|e| malformed(e.to_string()))?;
+        if let Some(ns) = &self.settings.namespace_override {
+            obj.metadata.namespace = Some(ns.clone());
+        }
+        let namespace = obj.metadata.namespace.clone().unwrap_or_default();
+        let api_version = obj
+            .types
+            .as_ref()
+            .map(|t| t.api_version.clone())
+            .unwrap_or_else(|| "tekton.dev/v1".into());
+        let api: Api<DynamicObject> =
+            tekton::pipelinerun_api(self.client.clone(), &api_version, &namespace);
+        let timer = std::time::Instant::now();
+        // force: the creator alone owns the spec and metadata it renders.
+        let result = api
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
+            .await;
+        self.metrics
+            .apply_latency
+            .observe(timer.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => {
+                self.metrics.applied.inc();
+                Ok(())
+            }
+            Err(source) => {
+                if !is_transient_kube(&source) {
+                    tracing::debug!(%source, "permanent apply error");
+                }
+                Err(Error::ApplyPipelineRun {
+                    name: name.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+fn create_failed(message: &str) -> Observed {
+    Observed::Failed {
+        reason: REASON_CREATE_FAILED.to_string(),
+        message: message.to_string(),
+    }
+}

@@ -1,0 +1,135 @@
+//! stageTime creator: a consumer-group reader of the stage stream that server-side-applies each
+//! opened stage's PipelineRuns exactly once (DESIGN.md sections 2, 7, 8).
+//!
+//! # Layout
+//! - [`consumer`]: the read/reclaim loop and the processing of one message.
+//! - [`metrics`], [`error`].
+#![forbid(unsafe_code)]
+
+pub mod consumer;
+pub mod error;
+pub mod metrics;
+
+use std::{future::Future, time::Duration};
+
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use stagetime_common::{
+    admin::{AdminServer, Readiness},
+    config::{AdminArgs, KubeArgs, LogArgs, RedisArgs},
+    keys::Keys,
+    shutdown::Shutdown,
+    store::Store,
+};
+
+pub use consumer::{Creator, Outcome, Settings};
+
+/// Flags of `stagetime-creator`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "stagetime-creator",
+    version,
+    about = "Creates the PipelineRuns of opened stages"
+)]
+pub struct Args {
+    /// Consumer name in the group; defaults to the host (pod) name.
+    #[arg(
+        long = "consumer",
+        env = "HOSTNAME",
+        default_value = "stagetime-creator"
+    )]
+    pub consumer: String,
+    /// Create every PipelineRun in this namespace instead of the rendered one.
+    #[arg(long = "tekton-namespace", env = "TEKTON_NAMESPACE")]
+    pub tekton_namespace: Option<String>,
+    /// Stage messages processed at once.
+    #[arg(long = "concurrency", env = "CREATOR_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Seconds a message may stay unacknowledged before another creator reclaims it.
+    #[arg(
+        long = "visibility-timeout-seconds",
+        env = "CREATOR_VISIBILITY_TIMEOUT_SECONDS",
+        default_value_t = 60
+    )]
+    pub visibility_timeout_seconds: u64,
+    /// Deliveries after which a message that keeps failing is dead-lettered.
+    #[arg(
+        long = "max-deliveries",
+        env = "CREATOR_MAX_DELIVERIES",
+        default_value_t = 20
+    )]
+    pub max_deliveries: u64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+}
+
+/// Runs the creator until `shutdown`, then drains.
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = Store::connect(
+        &args.redis.connection_url(),
+        Keys::new(&args.redis.prefix, &args.redis.stream),
+    )
+    .await?;
+    let client = args.kube.client().await?;
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::register(&mut registry);
+    let ready = Readiness::default();
+    let admin = AdminServer::bind(args.admin.addr, registry, ready.clone()).await?;
+    tracing::info!(admin = %admin.local_addr()?, consumer = %args.consumer, "stagetime-creator starting");
+    let settings = Settings {
+        consumer: args.consumer.clone(),
+        namespace_override: args.tekton_namespace.clone().filter(|n| !n.is_empty()),
+        concurrency: args.concurrency.max(1),
+        visibility_timeout: Duration::from_secs(args.visibility_timeout_seconds.max(1)),
+        max_deliveries: args.max_deliveries.max(1),
+        ..Settings::default()
+    };
+    let creator = Creator::new(store, client, settings, metrics);
+    let shutdown = Shutdown::spawn(shutdown);
+    let admin_task = tokio::spawn(admin.serve(shutdown.clone().wait()));
+    ready.set(true);
+    creator.run(shutdown.wait()).await?;
+    admin_task.await??;
+    Ok(())
+}
+
+#[cfg(test)]
+mod args_tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn flags_are_consistent_and_have_env_names() {
+        let cmd = super::Args::command();
+        cmd.clone().debug_assert();
+        let help = cmd.clone().render_long_help().to_string();
+        for flag in cmd.get_arguments().filter(|a| a.get_long().is_some()) {
+            if matches!(flag.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            let env = flag.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert!(
+                env.is_some(),
+                "flag --{} has no env name",
+                flag.get_long().unwrap_or_default()
+            );
+            assert!(
+                help.contains(&format!("[env: {}", env.unwrap_or_default())),
+                "help lacks env of {}",
+                flag.get_id()
+            );
+        }
+    }
+}

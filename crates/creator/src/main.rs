@@ -1,0 +1,9 @@
+//! `stagetime-creator`: creates the PipelineRuns of opened stages.
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = stagetime_creator::Args::parse();
+    stagetime_common::telemetry::init(&args.log);
+    stagetime_creator::run(args, stagetime_common::shutdown::signal()).await
+}

@@ -1,0 +1,122 @@
+//! stageTime informer: watches PipelineRuns labelled `stagetime/revision-run`, records each
+//! run's state, and closes/opens stages exactly once through the store's atomic step
+//! (DESIGN.md sections 2, 3, 7, 8).
+//!
+//! # Layout
+//! - [`watch`]: the level-triggered watch loop and the reconcile after each (re)list.
+//! - [`record`]: one observation → *record and advance*, with retries.
+//! - [`metrics`].
+#![forbid(unsafe_code)]
+
+pub mod metrics;
+pub mod record;
+pub mod watch;
+
+use std::future::Future;
+
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use stagetime_common::{
+    admin::{AdminServer, Readiness},
+    config::{AdminArgs, KubeArgs, LogArgs, RedisArgs},
+    keys::Keys,
+    shutdown::Shutdown,
+    store::Store,
+};
+
+pub use record::{Recorded, Recorder};
+pub use watch::Informer;
+
+/// Flags of `stagetime-informer`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "stagetime-informer",
+    version,
+    about = "Records PipelineRun results and advances stages"
+)]
+pub struct Args {
+    /// Namespace to watch; empty watches all namespaces.
+    #[arg(
+        long = "informing-namespace",
+        env = "INFORMING_NAMESPACE",
+        default_value = ""
+    )]
+    pub informing_namespace: String,
+    /// apiVersion of the PipelineRuns to watch.
+    #[arg(
+        long = "tekton-api-version",
+        env = "TEKTON_API_VERSION",
+        default_value = "tekton.dev/v1"
+    )]
+    pub tekton_api_version: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+}
+
+/// Runs the informer until `shutdown`.
+pub async fn run(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = Store::connect(
+        &args.redis.connection_url(),
+        Keys::new(&args.redis.prefix, &args.redis.stream),
+    )
+    .await?;
+    let client = args.kube.client().await?;
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::register(&mut registry);
+    let ready = Readiness::default();
+    let admin = AdminServer::bind(args.admin.addr, registry, ready.clone()).await?;
+    tracing::info!(admin = %admin.local_addr()?, namespace = %args.informing_namespace, "stagetime-informer starting");
+    let informer = Informer::new(
+        client,
+        &args.tekton_api_version,
+        &args.informing_namespace,
+        Recorder { store, metrics },
+    );
+    let shutdown = Shutdown::spawn(shutdown);
+    let admin_task = tokio::spawn(admin.serve(shutdown.clone().wait()));
+    ready.set(true);
+    informer.run(shutdown.wait()).await;
+    admin_task.await??;
+    Ok(())
+}
+
+#[cfg(test)]
+mod args_tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn flags_are_consistent_and_have_env_names() {
+        let cmd = super::Args::command();
+        cmd.clone().debug_assert();
+        let help = cmd.clone().render_long_help().to_string();
+        for flag in cmd.get_arguments().filter(|a| a.get_long().is_some()) {
+            if matches!(flag.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            let env = flag.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert!(
+                env.is_some(),
+                "flag --{} has no env name",
+                flag.get_long().unwrap_or_default()
+            );
+            assert!(
+                help.contains(&format!("[env: {}", env.unwrap_or_default())),
+                "help lacks env of {}",
+                flag.get_id()
+            );
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The informer's metrics.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+/// What the informer saw and did.
+#[derive(Clone)]
+pub struct Metrics {
+    events: Family<KindLabels, Counter>,
+    skipped: Family<KindLabels, Counter>,
+    /// Run state changes stored.
+    pub transitions: Counter,
+    /// Stages opened by this informer.
+    pub stages_opened: Counter,
+    finished: Family<PhaseLabels, Counter>,
+    /// Times the watch stream failed and restarted.
+    pub watch_restarts: Counter,
+}
+
+impl Metrics {
+    /// Registers under `stagetime_informer_*`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            events: Family::default(),
+            skipped: Family::default(),
+            transitions: Counter::default(),
+            stages_opened: Counter::default(),
+            finished: Family::default(),
+            watch_restarts: Counter::default(),
+        };
+        let sub = registry.sub_registry_with_prefix("stagetime_informer");
+        sub.register(
+            "events",
+            "PipelineRun watch events by kind",
+            m.events.clone(),
+        );
+        sub.register(
+            "skipped",
+            "PipelineRuns skipped (foreign or malformed) by reason",
+            m.skipped.clone(),
+        );
+        sub.register(
+            "transitions",
+            "Run state changes stored",
+            m.transitions.clone(),
+        );
+        sub.register("stages_opened", "Stages opened", m.stages_opened.clone());
+        sub.register(
+            "revision_runs_finished",
+            "Revision runs finished by phase",
+            m.finished.clone(),
+        );
+        sub.register(
+            "watch_restarts",
+            "Watch stream errors followed by a restart",
+            m.watch_restarts.clone(),
+        );
+        m
+    }
+
+    /// Counts a watch event (`apply`, `delete`, `init`).
+    pub fn event(&self, kind: &'static str) {
+        self.events.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Counts a skipped object by reason.
+    pub fn skipped(&self, kind: &'static str) {
+        self.skipped.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Counts a finished revision run.
+    pub fn finished(&self, phase: &'static str) {
+        self.finished.get_or_create(&PhaseLabels { phase }).inc();
+    }
+}

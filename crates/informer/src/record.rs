@@ -1,0 +1,129 @@
+//! Turning one observed PipelineRun into the store's atomic *record and advance*.
+
+use std::time::Duration;
+
+use kube::{ResourceExt, api::DynamicObject};
+use stagetime_common::{
+    Error as StoreError,
+    machine::{Effect, Observed},
+    store::Store,
+    tekton::{self, LABEL_REVISION_RUN},
+};
+
+use crate::metrics::Metrics;
+
+/// Records observations; retries transient store failures until they pass or shutdown.
+#[derive(Clone)]
+pub struct Recorder {
+    /// The store.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// What recording one object did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Stored a change (with the number of stages it opened).
+    Changed {
+        /// Stages opened by this change.
+        opened: usize,
+    },
+    /// Nothing new.
+    Unchanged,
+    /// Not ours or malformed: skipped with a log line and a metric.
+    Skipped(&'static str),
+}
+
+impl Recorder {
+    /// Records the state of a PipelineRun that exists (added or updated).
+    pub async fn applied(&self, obj: &DynamicObject) -> Recorded {
+        self.record(obj, tekton::observed_state(obj)).await
+    }
+
+    /// Records a deleted PipelineRun: its last terminal state if it had one, else `Deleted`.
+    pub async fn deleted(&self, obj: &DynamicObject) -> Recorded {
+        let observed = match tekton::observed_state(obj) {
+            Observed::Running => Observed::Deleted,
+            terminal => terminal,
+        };
+        self.record(obj, observed).await
+    }
+
+    async fn record(&self, obj: &DynamicObject, observed: Observed) -> Recorded {
+        let name = obj.name_any();
+        let Some(rr) = obj
+            .labels()
+            .get(LABEL_REVISION_RUN)
+            .filter(|v| !v.is_empty())
+        else {
+            self.metrics.skipped("no_label");
+            tracing::info!(pipeline_run = %name, "skipping PipelineRun without revision run label");
+            return Recorded::Skipped("no_label");
+        };
+        self.record_named(rr, &name, observed).await
+    }
+
+    /// Records `observed` for PipelineRun `name` of revision run `rr`.
+    pub async fn record_named(&self, rr: &str, name: &str, observed: Observed) -> Recorded {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.store.record(rr, name, &observed).await {
+                Ok(updated) => {
+                    if !updated.decision.changed {
+                        return Recorded::Unchanged;
+                    }
+                    self.metrics.transitions.inc();
+                    let mut opened = 0;
+                    for effect in &updated.decision.effects {
+                        match effect {
+                            Effect::OpenStage { stage } => {
+                                opened += 1;
+                                self.metrics.stages_opened.inc();
+                                tracing::info!(rr, stage, "stage opened");
+                            }
+                            Effect::CloseStage { stage, outcome } => {
+                                tracing::info!(
+                                    rr,
+                                    stage,
+                                    outcome = outcome.as_str(),
+                                    "stage finished"
+                                );
+                            }
+                            Effect::Finish { phase } => {
+                                self.metrics.finished(phase.as_str());
+                                tracing::info!(rr, phase = phase.as_str(), "revision run finished");
+                            }
+                        }
+                    }
+                    tracing::debug!(rr, pipeline_run = name, ?observed, "recorded");
+                    return Recorded::Changed { opened };
+                }
+                Err(StoreError::NotFound { .. }) => {
+                    self.metrics.skipped("unknown_revision_run");
+                    tracing::info!(
+                        rr,
+                        pipeline_run = name,
+                        "skipping PipelineRun of an unknown revision run"
+                    );
+                    return Recorded::Skipped("unknown_revision_run");
+                }
+                Err(StoreError::Machine(error)) => {
+                    self.metrics.skipped("unknown_run");
+                    tracing::info!(%error, "skipping PipelineRun the revision run does not list");
+                    return Recorded::Skipped("unknown_run");
+                }
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, rr, pipeline_run = name, "store unavailable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    self.metrics.skipped("malformed_document");
+                    tracing::error!(%error, rr, pipeline_run = name, "cannot record; skipping");
+                    return Recorded::Skipped("malformed_document");
+                }
+            }
+        }
+    }
+}

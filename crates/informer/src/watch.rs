@@ -1,0 +1,152 @@
+//! The watch loop: every add/update/delete of a labelled PipelineRun is recorded, level-triggered.
+//!
+//! A (re)started watch begins with the full list of PipelineRuns, so a restarted informer
+//! re-derives every state; runs the store thinks exist but the list lacks were deleted while no
+//! informer watched, and are recorded as `Deleted` once the API server confirms they are gone.
+
+use std::collections::HashSet;
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use kube::{
+    Api, ResourceExt,
+    api::DynamicObject,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use stagetime_common::{
+    machine::Observed,
+    model::{Phase, RunState, StageState},
+    store::ListFilter,
+    tekton::{self, LABEL_REVISION_RUN},
+};
+
+use crate::record::Recorder;
+
+/// Watches PipelineRuns and records them.
+pub struct Informer {
+    client: kube::Client,
+    api_version: String,
+    api: Api<DynamicObject>,
+    recorder: Recorder,
+    namespace: String,
+}
+
+impl Informer {
+    /// An informer of `api_version` PipelineRuns in `namespace` (empty = all).
+    pub fn new(
+        client: kube::Client,
+        api_version: &str,
+        namespace: &str,
+        recorder: Recorder,
+    ) -> Self {
+        Self {
+            api: tekton::pipelinerun_api(client.clone(), api_version, namespace),
+            client,
+            api_version: api_version.to_string(),
+            recorder,
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// Watches until `shutdown`.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let config = watcher::Config::default().labels(LABEL_REVISION_RUN);
+        let mut stream = watcher(self.api.clone(), config)
+            .default_backoff()
+            .map_ok(|event| {
+                event.modify(|obj| {
+                    obj.managed_fields_mut().clear();
+                })
+            })
+            .boxed();
+        let metrics = &self.recorder.metrics;
+        let mut listed: Option<HashSet<(String, String)>> = None;
+        tokio::pin!(shutdown);
+        loop {
+            let event = tokio::select! {
+                () = &mut shutdown => return,
+                event = stream.next() => event,
+            };
+            match event {
+                None => return,
+                Some(Err(error)) => {
+                    metrics.watch_restarts.inc();
+                    tracing::warn!(%error, "PipelineRun watch failed; restarting with backoff");
+                }
+                Some(Ok(watcher::Event::Init)) => {
+                    metrics.event("init");
+                    listed = Some(HashSet::new());
+                }
+                Some(Ok(watcher::Event::InitApply(obj))) => {
+                    metrics.event("apply");
+                    if let Some(set) = listed.as_mut() {
+                        set.insert((obj.namespace().unwrap_or_default(), obj.name_any()));
+                    }
+                    self.recorder.applied(&obj).await;
+                }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    if let Some(set) = listed.take() {
+                        self.reconcile_missing(&set).await;
+                    }
+                }
+                Some(Ok(watcher::Event::Apply(obj))) => {
+                    metrics.event("apply");
+                    self.recorder.applied(&obj).await;
+                }
+                Some(Ok(watcher::Event::Delete(obj))) => {
+                    metrics.event("delete");
+                    self.recorder.deleted(&obj).await;
+                }
+            }
+        }
+    }
+
+    /// Records as `Deleted` the created runs of unfinished revision runs that the initial list
+    /// lacked and the API server confirms are gone.
+    async fn reconcile_missing(&self, listed: &HashSet<(String, String)>) {
+        for phase in [Phase::Pending, Phase::Running] {
+            let mut filter = ListFilter {
+                phase: Some(phase),
+                page_size: 200,
+                ..ListFilter::default()
+            };
+            loop {
+                let page = match self.recorder.store.list(&filter).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot list unfinished revision runs to reconcile");
+                        return;
+                    }
+                };
+                for rr in &page.items {
+                    let candidates = rr
+                        .stages
+                        .iter()
+                        .filter(|s| s.state == StageState::Open)
+                        .flat_map(|s| &s.runs)
+                        .filter(|r| matches!(r.state, RunState::Created | RunState::Running))
+                        .filter(|r| self.namespace.is_empty() || r.namespace == self.namespace)
+                        .filter(|r| {
+                            !listed.contains(&(r.namespace.clone(), r.pipeline_run.clone()))
+                        });
+                    for run in candidates {
+                        let api = tekton::pipelinerun_api(
+                            self.client.clone(),
+                            &self.api_version,
+                            &run.namespace,
+                        );
+                        if let Ok(None) = api.get_opt(&run.pipeline_run).await {
+                            tracing::info!(rr = %rr.id, pipeline_run = %run.pipeline_run, "PipelineRun vanished while unobserved");
+                            self.recorder
+                                .record_named(&rr.id, &run.pipeline_run, Observed::Deleted)
+                                .await;
+                        }
+                    }
+                }
+                match page.next_page_token {
+                    Some(token) => filter.page_token = Some(token),
+                    None => break,
+                }
+            }
+        }
+    }
+}

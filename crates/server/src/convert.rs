@@ -1,0 +1,205 @@
+//! Conversions between the typed API (`stagetime.v1`) and the domain model.
+
+use stagetime_common::{
+    model::{Phase, RevisionRun},
+    request::{
+        Param, ParamValue, PipelineRef, RevisionRequest, RunSpec, VolumeClaimTemplate, Workspace,
+    },
+};
+use stagetime_proto::stagetime::v1 as pb;
+
+use crate::{error::Error, grammar};
+
+fn invalid(field: String, reason: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn param(field: &str, p: &pb::Param) -> Result<Param, Error> {
+    if p.name.trim().is_empty() {
+        return Err(invalid(format!("{field}.name"), "required"));
+    }
+    let value = match &p.value {
+        Some(pb::param::Value::StringValue(s)) => ParamValue::String(s.clone()),
+        Some(pb::param::Value::ArrayValue(a)) => ParamValue::Array(a.values.clone()),
+        None => {
+            return Err(invalid(
+                format!("{field}.value"),
+                "string_value or array_value is required",
+            ));
+        }
+    };
+    Ok(Param {
+        name: p.name.clone(),
+        value,
+    })
+}
+
+fn params(field: &str, list: &[pb::Param]) -> Result<Vec<Param>, Error> {
+    let out = list
+        .iter()
+        .enumerate()
+        .map(|(i, p)| param(&format!("{field}[{i}]"), p))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, p) in out.iter().enumerate() {
+        if out[..i].iter().any(|q| q.name == p.name) {
+            return Err(invalid(
+                format!("{field}[{i}].name"),
+                format!("duplicate param {:?}", p.name),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn run(i: usize, r: &pb::RunSpec) -> Result<RunSpec, Error> {
+    let at = |f: &str| format!("runs[{i}].{f}");
+    let pipeline_ref = match r.pipeline_ref.as_ref().and_then(|p| p.r#ref.as_ref()) {
+        Some(pb::pipeline_ref::Ref::Name(n)) => PipelineRef::Name(n.clone()),
+        Some(pb::pipeline_ref::Ref::Resolver(res)) => PipelineRef::Resolver {
+            resolver: res.resolver.clone(),
+            params: params(&at("pipeline_ref.resolver.params"), &res.params)?,
+        },
+        None => return Err(invalid(at("pipeline_ref"), "name or resolver is required")),
+    };
+    let workspaces = r
+        .workspaces
+        .iter()
+        .enumerate()
+        .map(|(j, w)| {
+            if grammar::workspace_ref_key(&w.kind).is_none() {
+                return Err(invalid(
+                    at(&format!("workspaces[{j}].kind")),
+                    format!(
+                        "unknown kind {:?} (secret, configMap, persistentVolumeClaim, emptyDir)",
+                        w.kind
+                    ),
+                ));
+            }
+            if w.name.trim().is_empty() {
+                return Err(invalid(at(&format!("workspaces[{j}].name")), "required"));
+            }
+            Ok(Workspace {
+                name: w.name.clone(),
+                kind: w.kind.clone(),
+                reference: w.r#ref.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let volume_claim_templates = r
+        .volume_claim_templates
+        .iter()
+        .enumerate()
+        .map(|(j, v)| {
+            if !grammar::is_quantity(&v.size) {
+                return Err(invalid(
+                    at(&format!("volume_claim_templates[{j}].size")),
+                    format!("{:?} is not a quantity such as 1Gi", v.size),
+                ));
+            }
+            Ok(VolumeClaimTemplate {
+                name: v.name.clone(),
+                storage_class: v.storage_class.clone(),
+                access_mode: if v.access_mode.is_empty() {
+                    "ReadWriteOnce".into()
+                } else {
+                    v.access_mode.clone()
+                },
+                size: v.size.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RunSpec {
+        name: r.name.trim().to_string(),
+        stage: r.stage,
+        canfail: r.canfail,
+        pipeline_ref,
+        params: params(&at("params"), &r.params)?,
+        workspaces,
+        volume_claim_templates,
+        timeout_seconds: (r.timeout_seconds > 0).then_some(r.timeout_seconds),
+        namespace: Some(r.namespace.trim().to_string()).filter(|n| !n.is_empty()),
+    })
+}
+
+/// Parses a typed create request.
+pub fn request(req: &pb::CreateRequest) -> Result<RevisionRequest, Error> {
+    Ok(RevisionRequest {
+        repo_name: req.repo_name.trim().to_string(),
+        repo_url: req.repo_url.trim().to_string(),
+        commit_id: req.commit_id.trim().to_string(),
+        author: req.author.trim().to_string(),
+        pushed_at: req.pushed_at.trim().to_string(),
+        runs: req
+            .runs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| run(i, r))
+            .collect::<Result<Vec<_>, _>>()?,
+    })
+}
+
+/// The API phase of a model phase.
+pub fn phase(p: Phase) -> pb::Phase {
+    match p {
+        Phase::Pending => pb::Phase::Pending,
+        Phase::Running => pb::Phase::Running,
+        Phase::Succeeded => pb::Phase::Succeeded,
+        Phase::SucceededWithAllowedFailures => pb::Phase::SucceededWithAllowedFailures,
+        Phase::Failed => pb::Phase::Failed,
+        Phase::Cancelled => pb::Phase::Cancelled,
+    }
+}
+
+/// The model phase of an API phase (`None` for unspecified).
+pub fn phase_filter(p: pb::Phase) -> Option<Phase> {
+    match p {
+        pb::Phase::Unspecified => None,
+        pb::Phase::Pending => Some(Phase::Pending),
+        pb::Phase::Running => Some(Phase::Running),
+        pb::Phase::Succeeded => Some(Phase::Succeeded),
+        pb::Phase::SucceededWithAllowedFailures => Some(Phase::SucceededWithAllowedFailures),
+        pb::Phase::Failed => Some(Phase::Failed),
+        pb::Phase::Cancelled => Some(Phase::Cancelled),
+    }
+}
+
+/// The API view of a revision run.
+pub fn revision_run(rr: &RevisionRun) -> pb::RevisionRun {
+    pb::RevisionRun {
+        id: rr.id.clone(),
+        repo_name: rr.revision.repo_name.clone(),
+        repo_url: rr.revision.repo_url.clone(),
+        commit_id: rr.revision.commit_id.clone(),
+        author: rr.revision.author.clone(),
+        phase: phase(rr.phase) as i32,
+        current_stage: rr.current_stage(),
+        attempt: rr.attempt,
+        created: rr.created_at.clone(),
+        updated: rr.updated_at.clone(),
+        version: rr.version,
+        stages: rr
+            .stages
+            .iter()
+            .map(|s| pb::StageStatus {
+                number: s.number,
+                state: s.state.as_str().to_string(),
+                runs: s
+                    .runs
+                    .iter()
+                    .map(|r| pb::RunStatus {
+                        name: r.name.clone(),
+                        pipeline_run: r.pipeline_run.clone(),
+                        namespace: r.namespace.clone(),
+                        canfail: r.canfail,
+                        state: r.state.as_str().to_string(),
+                        reason: r.reason.clone().unwrap_or_default(),
+                        message: r.message.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,64 @@
+//! Server errors and their one mapping to gRPC status codes.
+
+use stagetime_common::Error as StoreError;
+
+/// Result with [`Error`] by default.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; `field` is the path of the bad field.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// Field path, e.g. `pipelineruns[1].params`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A store operation failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The API exists but the server does not implement it yet.
+    #[error("{0} is not implemented yet")]
+    Unimplemented(&'static str),
+    /// Binding or serving failed.
+    #[error("serve: {0}")]
+    Serve(String),
+}
+
+impl Error {
+    /// Short label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument { .. } => "invalid_argument",
+            Error::Store(e) => e.metric_label(),
+            Error::Unimplemented(_) => "unimplemented",
+            Error::Serve(_) => "serve",
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::InvalidArgument { .. } => tonic::Status::invalid_argument(error.to_string()),
+            Error::Unimplemented(_) => tonic::Status::unimplemented(error.to_string()),
+            Error::Store(StoreError::NotFound { id }) => {
+                tonic::Status::not_found(format!("revision run {id} not found"))
+            }
+            Error::Store(StoreError::InvalidArgument { field, reason }) => {
+                tonic::Status::invalid_argument(format!("{field}: {reason}"))
+            }
+            Error::Store(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "store unavailable");
+                tonic::Status::unavailable("the revision run store is unavailable; retry later")
+            }
+            other => {
+                // Internal details stay in the log, never in the reply.
+                tracing::error!(error = %other, "request failed");
+                tonic::Status::internal("internal error")
+            }
+        }
+    }
+}

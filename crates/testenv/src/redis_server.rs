@@ -1,0 +1,132 @@
+//! Redis 7 with the RedisJSON module, on a free loopback port.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+
+use crate::process::{Supervised, free_port, scratch_dir, tool};
+
+/// Start options.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Turn on the append-only file (for restart tests).
+    pub appendonly: bool,
+}
+
+/// A running Redis; stopped on drop.
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    options: Options,
+    process: std::sync::Mutex<Option<Supervised>>,
+}
+
+impl RedisServer {
+    /// Starts Redis with RedisJSON loaded and waits until it answers `PING`.
+    pub async fn start(options: Options) -> anyhow::Result<Self> {
+        let dir = scratch_dir("redis")?;
+        let server = Self {
+            port: free_port()?,
+            dir,
+            options,
+            process: std::sync::Mutex::new(None),
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    async fn spawn(&self) -> anyhow::Result<()> {
+        let redis = tool("redis-server", "redis")?;
+        let rejson = tool("rejson.so", "redis")?;
+        let args: Vec<String> = [
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &self.dir.display().to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            if self.options.appendonly { "yes" } else { "no" },
+            "--appendfsync",
+            "always",
+            "--loadmodule",
+            &rejson.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut process = Supervised::spawn(
+            "redis-server",
+            &redis,
+            &args,
+            &self.dir.join(format!("redis-{}.log", self.port)),
+            None,
+        )?;
+        let url = self.url();
+        let ready = crate::wait_for("redis PING", Duration::from_secs(20), || {
+            let url = url.clone();
+            async move { ping(&url).await.ok() }
+        })
+        .await;
+        if let Err(error) = ready {
+            let tail = process.log_tail();
+            process.stop();
+            return Err(error.context(tail));
+        }
+        *self
+            .process
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))? = Some(process);
+        Ok(())
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A new multiplexed connection (on the caller's runtime).
+    pub async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url())?;
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .context("connect to redis")
+    }
+
+    /// Stops the server (as abruptly as a crash); [`RedisServer::restart`] brings it back.
+    pub fn stop(&self) {
+        if let Ok(mut guard) = self.process.lock()
+            && let Some(mut p) = guard.take()
+        {
+            p.stop();
+        }
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn().await
+    }
+}
+
+async fn ping(url: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+    Ok(())
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,226 @@
+//! The **Tekton simulator**: plays Tekton's PipelineRun controller (and nothing else) for tests
+//! and the demo, since no real Tekton runs on the local control plane.
+//!
+//! For every PipelineRun without an outcome it sets `Succeeded=Unknown` (reason `Running`) at
+//! once, then after a delay `Succeeded=True` or `False` through the status subresource, as
+//! Tekton does. The outcome comes from, in order: the annotation `stagetime.dev/simulate` or a
+//! param named `simulate` (`fail`, `succeed`, `timeout`), Tekton's cancel request
+//! (`spec.status: CancelledRunFinally|Cancelled`), or the configured failure rate.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use futures::StreamExt as _;
+use kube::{
+    Api, ResourceExt,
+    api::{DynamicObject, Patch, PatchParams},
+    core::{ApiResource, GroupVersionKind},
+    runtime::{WatchStreamExt as _, watcher},
+};
+use tokio::sync::Mutex;
+
+/// Annotation choosing a simulated outcome.
+pub const SIMULATE_ANNOTATION: &str = "stagetime.dev/simulate";
+
+/// Simulator settings.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Time from seeing a run to its outcome.
+    pub delay: Duration,
+    /// Fraction (0.0–1.0) of runs without an explicit outcome that fail.
+    pub failure_rate: f64,
+    /// Namespace to serve (empty = all).
+    pub namespace: String,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            delay: Duration::from_millis(500),
+            failure_rate: 0.0,
+            namespace: String::new(),
+        }
+    }
+}
+
+/// The simulated terminal outcome of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `Succeeded=True`, reason `Succeeded`.
+    Succeed,
+    /// `Succeeded=False`, reason `Failed`.
+    Fail,
+    /// `Succeeded=False`, reason `PipelineRunTimeout`.
+    Timeout,
+    /// `Succeeded=False`, reason `Cancelled`.
+    Cancelled,
+}
+
+/// Decides the outcome of one PipelineRun.
+pub fn outcome(obj: &DynamicObject, failure_rate: f64) -> Outcome {
+    let requested = obj
+        .annotations()
+        .get(SIMULATE_ANNOTATION)
+        .cloned()
+        .or_else(|| {
+            obj.data
+                .pointer("/spec/params")
+                .and_then(|p| p.as_array())
+                .and_then(|params| {
+                    params
+                        .iter()
+                        .find(|p| p.get("name").and_then(|n| n.as_str()) == Some("simulate"))
+                })
+                .and_then(|p| p.get("value").and_then(|v| v.as_str()).map(str::to_string))
+        });
+    match requested.as_deref() {
+        Some("fail") => return Outcome::Fail,
+        Some("timeout") => return Outcome::Timeout,
+        Some("succeed") => return Outcome::Succeed,
+        _ => {}
+    }
+    if matches!(
+        obj.data.pointer("/spec/status").and_then(|s| s.as_str()),
+        Some("CancelledRunFinally" | "Cancelled" | "StoppedRunFinally")
+    ) {
+        return Outcome::Cancelled;
+    }
+    // A stable pseudo-random draw per name: the same run always gets the same outcome.
+    let draw = obj
+        .name_any()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    if ((draw % 10_000) as f64) < failure_rate * 10_000.0 {
+        Outcome::Fail
+    } else {
+        Outcome::Succeed
+    }
+}
+
+fn condition(status: &str, reason: &str, message: &str) -> serde_json::Value {
+    let now = jiff_now();
+    serde_json::json!({"status": {
+        "conditions": [{
+            "type": "Succeeded", "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": now,
+        }],
+    }})
+}
+
+fn jiff_now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn terminal_status(outcome: Outcome) -> serde_json::Value {
+    let (status, reason, message) = match outcome {
+        Outcome::Succeed => (
+            "True",
+            "Succeeded",
+            "Tasks Completed: 1 (Failed: 0, Cancelled 0), Skipped: 0",
+        ),
+        Outcome::Fail => (
+            "False",
+            "Failed",
+            "Tasks Completed: 1 (Failed: 1, Cancelled 0), Skipped: 0",
+        ),
+        Outcome::Timeout => (
+            "False",
+            "PipelineRunTimeout",
+            "PipelineRun failed to finish within its timeout",
+        ),
+        Outcome::Cancelled => ("False", "Cancelled", "PipelineRun was cancelled"),
+    };
+    let mut value = condition(status, reason, message);
+    value["status"]["completionTime"] = serde_json::json!(jiff_now());
+    value
+}
+
+fn has_outcome(obj: &DynamicObject) -> bool {
+    obj.data
+        .pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .is_some_and(|conds| {
+            conds.iter().any(|c| {
+                c.get("type").and_then(|t| t.as_str()) == Some("Succeeded")
+                    && matches!(
+                        c.get("status").and_then(|s| s.as_str()),
+                        Some("True" | "False")
+                    )
+            })
+        })
+}
+
+/// Runs the simulator until `shutdown`.
+pub async fn run(
+    client: kube::Client,
+    config: SimConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let gvk = GroupVersionKind::gvk("tekton.dev", "v1", "PipelineRun");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "pipelineruns");
+    let api: Api<DynamicObject> = if config.namespace.is_empty() {
+        Api::all_with(client.clone(), &resource)
+    } else {
+        Api::namespaced_with(client.clone(), &config.namespace, &resource)
+    };
+    let scheduled: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    tokio::pin!(shutdown);
+    loop {
+        let obj = tokio::select! {
+            () = &mut shutdown => return,
+            next = stream.next() => match next {
+                None => return,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "simulator watch error");
+                    continue;
+                }
+                Some(Ok(obj)) => obj,
+            },
+        };
+        if has_outcome(&obj) {
+            continue;
+        }
+        let uid = obj.uid().unwrap_or_else(|| obj.name_any());
+        if !scheduled.lock().await.insert(uid) {
+            continue;
+        }
+        let ns = obj.namespace().unwrap_or_default();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+        let config = config.clone();
+        tokio::spawn(async move {
+            let name = obj.name_any();
+            let params = PatchParams::default();
+            let running = condition(
+                "Unknown",
+                "Running",
+                "Tasks Completed: 0 (Failed: 0, Cancelled 0), Incomplete: 1, Skipped: 0",
+            );
+            let _ = api
+                .patch_status(&name, &params, &Patch::Merge(&running))
+                .await;
+            // The simulated pipeline's run time: this delay is the simulation, not synchronisation.
+            tokio::time::sleep(config.delay).await;
+            let latest = api.get_opt(&name).await.ok().flatten().unwrap_or(obj);
+            let result = outcome(&latest, config.failure_rate);
+            match api
+                .patch_status(&name, &params, &Patch::Merge(&terminal_status(result)))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(pipeline_run = %name, namespace = %ns, ?result, "simulated outcome")
+                }
+                Err(error) => {
+                    tracing::info!(pipeline_run = %name, %error, "run vanished before its outcome")
+                }
+            }
+        });
+    }
+}

