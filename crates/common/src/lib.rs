@@ -8,6 +8,7 @@
 //! - [`store`]: the Redis store with the atomic *record and advance* step.
 //! - [`stream`]: stage stream consumer-group helpers, dead letters, change events.
 //! - [`keys`]: every Redis key name.
+//! - [`fixture`]: builders of revision runs for tests.
 //! - [`names`]: DNS-1123 names and label values.
 //! - [`tekton`]: the PipelineRun dynamic API and its `Succeeded` condition.
 //! - [`config`], [`telemetry`], [`admin`], [`shutdown`]: what every binary shares.
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod fixture;
 pub mod keys;
 pub mod machine;
 pub mod model;

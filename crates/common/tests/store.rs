@@ -1,0 +1,315 @@
+//! The Redis store against a real Redis with RedisJSON.
+
+use std::time::Duration;
+
+use stagetime_common::{
+    Error,
+    fixture::RevisionRunBuilder,
+    keys::Keys,
+    machine::Observed,
+    model::{Phase, RunState, StageState},
+    store::{ListFilter, Store},
+};
+use stagetime_testenv::TestEnv;
+
+async fn store(test: &str) -> anyhow::Result<(Store, redis::aio::MultiplexedConnection)> {
+    let env = TestEnv::shared().await?;
+    let prefix = env.redis_prefix(test);
+    let keys = Keys::new(&prefix, &format!("{prefix}:stages"));
+    Ok((
+        Store::connect(&env.redis.url(), keys).await?,
+        env.redis_conn().await?,
+    ))
+}
+
+/// Stage numbers of all messages on the stage stream.
+async fn stage_messages(
+    store: &Store,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> anyhow::Result<Vec<(String, u32)>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(store.keys().stage_stream())
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await?;
+    Ok(reply
+        .ids
+        .iter()
+        .map(|e| {
+            (
+                e.get::<String>("rr").unwrap_or_default(),
+                e.get::<u32>("stage").unwrap_or(u32::MAX),
+            )
+        })
+        .collect())
+}
+
+fn two_stage(id: &str) -> stagetime_common::model::RevisionRun {
+    RevisionRunBuilder::new(id)
+        .stage(0, &[("a", false), ("b", true), ("c", false)])
+        .stage(4, &[("d", false)])
+        .build()
+}
+
+#[tokio::test]
+async fn create_is_atomic_and_idempotent() -> anyhow::Result<()> {
+    let (store, mut conn) = store("create").await?;
+    let rr = two_stage("rr1");
+    let manifests = vec![(
+        "rr1-0-a".to_string(),
+        "{\"kind\":\"PipelineRun\"}".to_string(),
+    )];
+    let first = store.create(&rr, &manifests).await?;
+    assert!(first.created);
+    let stored = store.get("rr1").await?;
+    assert_eq!(stored.version, 1);
+    assert_eq!(stored.stages[0].state, StageState::Open);
+    assert_eq!(stored.stages[1].state, StageState::Pending);
+    assert_eq!(
+        stage_messages(&store, &mut conn).await?,
+        vec![("rr1".to_string(), 0)]
+    );
+    assert_eq!(
+        store
+            .manifests("rr1", &["rr1-0-a".into(), "missing".into()])
+            .await?,
+        vec![Some("{\"kind\":\"PipelineRun\"}".to_string()), None]
+    );
+
+    let again = store.create(&rr, &manifests).await?;
+    assert!(!again.created);
+    assert_eq!(again.id, "rr1");
+    assert_eq!(
+        store.get("rr1").await?,
+        stored,
+        "resubmit changed the document"
+    );
+    assert_eq!(
+        stage_messages(&store, &mut conn).await?.len(),
+        1,
+        "resubmit published again"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn racing_recorders_open_the_next_stage_once() -> anyhow::Result<()> {
+    let (store, mut conn) = store("race").await?;
+    store.create(&two_stage("rr2"), &[]).await?;
+    let finals = [
+        ("rr2-0-a", Observed::Succeeded),
+        (
+            "rr2-0-b",
+            Observed::Failed {
+                reason: "Failed".into(),
+                message: String::new(),
+            },
+        ),
+        ("rr2-0-c", Observed::Succeeded),
+    ];
+    let env = TestEnv::shared().await?;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        // Separate connections, as separate informer replicas would have.
+        let racer = Store::connect(&env.redis.url(), store.keys().clone()).await?;
+        let mut order = finals.to_vec();
+        order.rotate_left(i % 3);
+        tasks.push(tokio::spawn(async move {
+            for (pr, o) in order {
+                racer.record("rr2", pr, &o).await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let messages = stage_messages(&store, &mut conn).await?;
+    assert_eq!(
+        messages,
+        vec![("rr2".to_string(), 0), ("rr2".to_string(), 4)]
+    );
+    let rr = store.get("rr2").await?;
+    assert_eq!(rr.stages[0].state, StageState::SucceededWithAllowedFailures);
+    assert_eq!(rr.stages[1].state, StageState::Open);
+    // Two state changes per run at most would be 3; every further record was a no-op.
+    assert_eq!(rr.version, 1 + 3, "each run recorded exactly once");
+    Ok(())
+}
+
+#[tokio::test]
+async fn finishing_records_the_phase_and_emits_events() -> anyhow::Result<()> {
+    let (store, mut conn) = store("finish").await?;
+    store
+        .create(
+            &RevisionRunBuilder::new("rr3")
+                .stage(0, &[("a", false)])
+                .build(),
+            &[],
+        )
+        .await?;
+    let before = store.last_event_id().await?;
+    let updated = store.record("rr3", "rr3-0-a", &Observed::Deleted).await?;
+    assert_eq!(updated.rr.phase, Phase::Failed);
+    assert_eq!(updated.rr.stages[0].runs[0].state, RunState::Failed);
+    let after = store.last_event_id().await?;
+    assert_ne!(before, after, "no watch event for the change");
+    let mut reader = store.blocking_reader(Duration::from_millis(100)).await?;
+    let events = reader.read_events(&store, &before).await?;
+    assert_eq!(
+        events.iter().map(|e| e.rr.as_str()).collect::<Vec<_>>(),
+        vec!["rr3"]
+    );
+    // Terminal: later observations change nothing.
+    let again = store.record("rr3", "rr3-0-a", &Observed::Succeeded).await?;
+    assert!(!again.decision.changed);
+    assert_eq!(store.get("rr3").await?.version, 2);
+    let _ = &mut conn;
+    Ok(())
+}
+
+#[tokio::test]
+async fn list_filters_and_paginates_newest_first() -> anyhow::Result<()> {
+    let (store, _conn) = store("list").await?;
+    let mut expected_a = Vec::new();
+    for i in 0..7 {
+        let id = format!("a{i}");
+        let rr = RevisionRunBuilder::new(&id)
+            .repo("repo-a")
+            .created_at(&format!("2026-01-01T00:00:0{i}Z"))
+            .stage(0, &[("x", false)])
+            .build();
+        store.create(&rr, &[]).await?;
+        expected_a.insert(0, id);
+    }
+    // Same creation time for the repo-b runs: ties must still page without loss or repeats.
+    for i in 0..3 {
+        let rr = RevisionRunBuilder::new(&format!("b{i}"))
+            .repo("repo-b")
+            .created_at("2026-01-01T00:00:03Z")
+            .stage(0, &[("x", false)])
+            .build();
+        store.create(&rr, &[]).await?;
+    }
+    store.record("a2", "a2-0-x", &Observed::Succeeded).await?;
+    store.record("b1", "b1-0-x", &Observed::Succeeded).await?;
+
+    let mut seen = Vec::new();
+    let mut filter = ListFilter {
+        repo: Some("repo-a".into()),
+        page_size: 3,
+        ..Default::default()
+    };
+    loop {
+        let page = store.list(&filter).await?;
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.iter().map(|r| r.id.clone()));
+        match page.next_page_token {
+            Some(t) => filter.page_token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected_a);
+
+    let mut all = Vec::new();
+    let mut filter = ListFilter {
+        page_size: 2,
+        ..Default::default()
+    };
+    loop {
+        let page = store.list(&filter).await?;
+        all.extend(page.items.iter().map(|r| r.id.clone()));
+        match page.next_page_token {
+            Some(t) => filter.page_token = Some(t),
+            None => break,
+        }
+    }
+    all.sort();
+    assert_eq!(
+        all,
+        ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "b0", "b1", "b2"]
+    );
+
+    let done = store
+        .list(&ListFilter {
+            phase: Some(Phase::Succeeded),
+            ..Default::default()
+        })
+        .await?;
+    let mut ids: Vec<String> = done.items.iter().map(|r| r.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["a2", "b1"]);
+    let bad = store
+        .list(&ListFilter {
+            page_token: Some("garbage".into()),
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(bad, Err(Error::InvalidArgument { .. })), "{bad:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_documents_and_messages_are_errors() -> anyhow::Result<()> {
+    let (store, mut conn) = store("malformed").await?;
+    let _: () = redis::cmd("JSON.SET")
+        .arg(store.keys().doc("bad"))
+        .arg("$")
+        .arg(r#"{"id":"bad","phase":"Exploded"}"#)
+        .query_async(&mut conn)
+        .await?;
+    assert!(matches!(
+        store.get("bad").await,
+        Err(Error::MalformedDocument { .. })
+    ));
+    assert!(matches!(
+        store.record("bad", "x", &Observed::Succeeded).await,
+        Err(Error::MalformedDocument { .. })
+    ));
+    assert!(matches!(
+        store.get("absent").await,
+        Err(Error::NotFound { .. })
+    ));
+
+    store.ensure_group().await?;
+    store.ensure_group().await?; // idempotent
+    let _: String = redis::cmd("XADD")
+        .arg(store.keys().stage_stream())
+        .arg("*")
+        .arg("rr")
+        .arg("x")
+        .arg("stage")
+        .arg("one")
+        .query_async(&mut conn)
+        .await?;
+    let mut reader = store.blocking_reader(Duration::from_millis(200)).await?;
+    let got = reader.read_stage(&store, "c1", 10).await?;
+    assert_eq!(got.len(), 1);
+    assert!(got[0].message.is_err());
+    assert_eq!(store.pending_count().await?, 1);
+    // Another consumer reclaims it once idle; dead-lettering acks it.
+    let claimed = store.claim_idle("c2", Duration::ZERO, 10).await?;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(store.delivery_count(&claimed[0].id).await?, 2);
+    store
+        .dead_letter(&claimed[0], "stage is not a number")
+        .await?;
+    assert_eq!(store.pending_count().await?, 0);
+    let dlq: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(store.keys().dead_letter())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(dlq.ids.len(), 1);
+    assert_eq!(
+        dlq.ids[0].get::<String>("reason").as_deref(),
+        Some("stage is not a number")
+    );
+    assert_eq!(
+        dlq.ids[0].get::<String>("field.stage").as_deref(),
+        Some("one")
+    );
+    Ok(())
+}
