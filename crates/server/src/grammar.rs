@@ -16,6 +16,8 @@ pub struct ItemError {
     pub reason: String,
 }
 
+impl std::error::Error for ItemError {}
+
 impl std::fmt::Display for ItemError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "item {} {:?}: {}", self.item, self.text, self.reason)

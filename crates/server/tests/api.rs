@@ -1,0 +1,444 @@
+//! Both gRPC APIs on an in-process server over the real Redis.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, original_request};
+use stagetime_common::{machine::Observed, model::StageState};
+use stagetime_proto::{
+    revisionrun::{
+        Pipelinerun, StatusGetRequest, response,
+        stage_time_application_service_client::StageTimeApplicationServiceClient,
+        statuses_client::StatusesClient,
+    },
+    stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient},
+};
+use tonic::Code;
+
+#[tokio::test]
+async fn compat_create_stores_renders_and_opens_stage_zero_once() -> anyhow::Result<()> {
+    let mut server = TestServer::start("compat").await?;
+    let mut client = StageTimeApplicationServiceClient::new(server.channel().await?);
+    let reply = client
+        .create_revision_run(original_request()?)
+        .await?
+        .into_inner();
+    assert_eq!(reply.result, response::Result::Success as i32);
+    let id = String::from_utf8(reply.success.map(|s| s.data).unwrap_or_default())?;
+    assert!(id.starts_with("stuttgart-things-ad31212-"), "{id}");
+
+    let rr = server.store.get(&id).await?;
+    assert_eq!(
+        rr.stages
+            .iter()
+            .map(|s| (s.number, s.runs.len()))
+            .collect::<Vec<_>>(),
+        vec![(0, 2), (1, 1)]
+    );
+    assert_eq!(rr.stages[0].state, StageState::Open);
+    assert!(
+        rr.stages[0]
+            .runs
+            .iter()
+            .any(|r| r.canfail && r.name == "lint-helm-chart")
+    );
+    assert!(rr.stages[0].runs.iter().all(|r| r.namespace == "builds"));
+    assert_eq!(server.stage_messages().await?, vec![0]);
+    let names: Vec<String> = rr
+        .stages
+        .iter()
+        .flat_map(|s| s.runs.iter().map(|r| r.pipeline_run.clone()))
+        .collect();
+    assert!(
+        server
+            .store
+            .manifests(&id, &names)
+            .await?
+            .iter()
+            .all(Option::is_some)
+    );
+
+    // Identical resubmit: same id, nothing new.
+    let again = client
+        .create_revision_run(original_request()?)
+        .await?
+        .into_inner();
+    assert_eq!(again.success.map(|s| s.data), Some(id.clone().into_bytes()));
+    assert_eq!(server.stage_messages().await?, vec![0]);
+
+    // GetStatus by id and by commit.
+    let mut statuses = StatusesClient::new(server.channel().await?);
+    for key in [id.as_str(), "ad3121246532123"] {
+        let status = statuses
+            .get_status(StatusGetRequest {
+                revision_run_id: key.into(),
+            })
+            .await?
+            .into_inner()
+            .status
+            .unwrap_or_default();
+        assert_eq!(status.id, id);
+        assert!(
+            status.status.starts_with("Pending (stage 0"),
+            "{}",
+            status.status
+        );
+        assert!(
+            status.updated.parse::<jiff_like::Ts>().is_ok(),
+            "{}",
+            status.updated
+        );
+    }
+    let missing = statuses
+        .get_status(StatusGetRequest {
+            revision_run_id: "nope".into(),
+        })
+        .await;
+    assert_eq!(missing.map_err(|s| s.code()).err(), Some(Code::NotFound));
+    Ok(())
+}
+
+/// Minimal RFC 3339 shape check without another dependency.
+mod jiff_like {
+    pub struct Ts;
+    impl std::str::FromStr for Ts {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let b = s.as_bytes();
+            let ok =
+                s.len() >= 20 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && s.ends_with('Z');
+            if ok { Ok(Ts) } else { Err(()) }
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_compat_requests_are_invalid_argument_and_write_nothing() -> anyhow::Result<()> {
+    let mut server = TestServer::start("malformed").await?;
+    let mut client = StageTimeApplicationServiceClient::new(server.channel().await?);
+    let base = original_request()?;
+    let with_run = |f: &dyn Fn(&mut Pipelinerun)| {
+        let mut req = base.clone();
+        f(&mut req.pipelineruns[1]);
+        req
+    };
+    let cases = vec![
+        (
+            {
+                let mut r = base.clone();
+                r.repo_name.clear();
+                r
+            },
+            "repo_name: required",
+        ),
+        (
+            {
+                let mut r = base.clone();
+                r.commit_id = "  ".into();
+                r
+            },
+            "commit_id: required",
+        ),
+        (
+            {
+                let mut r = base.clone();
+                r.pipelineruns.clear();
+                r
+            },
+            "pipelineruns: at least one run",
+        ),
+        (
+            with_run(&|p| p.stage = 1.5),
+            "pipelineruns[1].stage: must be a whole number >= 0, got 1.5",
+        ),
+        (with_run(&|p| p.stage = -1.0), "pipelineruns[1].stage"),
+        (with_run(&|p| p.stage = f64::NAN), "pipelineruns[1].stage"),
+        (
+            with_run(&|p| p.name.clear()),
+            "pipelineruns[1].name: required",
+        ),
+        (
+            with_run(&|p| p.params = "a=1, broken".into()),
+            "pipelineruns[1].params: item 2 \"broken\": expected key=value",
+        ),
+        (
+            with_run(&|p| p.resolver_params = "url=x,,revision=main".into()),
+            "pipelineruns[1].resolverParams: item 2",
+        ),
+        (
+            with_run(&|p| p.listparams = "=a;b".into()),
+            "pipelineruns[1].listparams: item 1",
+        ),
+        (
+            with_run(&|p| p.workspaces = "ssh=vault;x;y".into()),
+            "pipelineruns[1].workspaces: item 1",
+        ),
+        (
+            with_run(&|p| p.workspaces = "ssh=secret;codehub".into()),
+            "expected kind;ref;refKey",
+        ),
+        (
+            with_run(&|p| p.volume_claim_templates = "w=sc;ReadWriteOnce;huge".into()),
+            "pipelineruns[1].volumeClaimTemplates: item 1",
+        ),
+        (
+            with_run(&|p| p.name = "build-kaniko-image".into()),
+            "appears twice in stage 0",
+        ),
+    ];
+    let cases: Vec<_> = cases
+        .into_iter()
+        .chain([(
+            {
+                let mut r = base.clone();
+                r.pipelineruns[1].params = "strict=true".into();
+                r.pipelineruns[1].listparams = "strict=a;b".into();
+                r
+            },
+            "also in params",
+        )])
+        .collect();
+    for (req, expected) in cases {
+        let status = client.create_revision_run(req).await.err();
+        let status = status
+            .ok_or_else(|| anyhow::anyhow!("accepted a request that should fail: {expected}"))?;
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{expected}: {status:?}"
+        );
+        assert!(
+            status.message().contains(expected),
+            "{:?} lacks {expected:?}",
+            status.message()
+        );
+    }
+    assert_eq!(
+        server.keys().await?,
+        Vec::<String>::new(),
+        "a rejected request wrote something"
+    );
+    Ok(())
+}
+
+async fn next(
+    s: &mut tonic::Streaming<pb::WatchEvent>,
+) -> Result<Result<Option<pb::WatchEvent>, tonic::Status>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(10), s.message()).await
+}
+
+fn typed_request() -> pb::CreateRequest {
+    let string = |n: &str, v: &str| pb::Param {
+        name: n.into(),
+        value: Some(pb::param::Value::StringValue(v.into())),
+    };
+    pb::CreateRequest {
+        repo_name: "typed".into(),
+        commit_id: "0123456789abcdef".into(),
+        runs: vec![
+            pb::RunSpec {
+                name: "build".into(),
+                stage: 0,
+                pipeline_ref: Some(pb::PipelineRef {
+                    r#ref: Some(pb::pipeline_ref::Ref::Name("build".into())),
+                }),
+                params: vec![
+                    string("flag", "true"),
+                    pb::Param {
+                        name: "list".into(),
+                        value: Some(pb::param::Value::ArrayValue(pb::StringList {
+                            values: vec!["a,b".into(), "x=y".into()],
+                        })),
+                    },
+                ],
+                timeout_seconds: 600,
+                namespace: "ci".into(),
+                ..Default::default()
+            },
+            pb::RunSpec {
+                name: "deploy".into(),
+                stage: 3,
+                canfail: true,
+                pipeline_ref: Some(pb::PipelineRef {
+                    r#ref: Some(pb::pipeline_ref::Ref::Name("deploy".into())),
+                }),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn typed_create_get_list_and_invalid_requests() -> anyhow::Result<()> {
+    let mut server = TestServer::start("typed").await?;
+    let mut client = RevisionRunsClient::new(server.channel().await?);
+    let created = client.create(typed_request()).await?.into_inner();
+    assert!(created.created);
+    let again = client.create(typed_request()).await?.into_inner();
+    assert_eq!(
+        (again.id.as_str(), again.created),
+        (created.id.as_str(), false)
+    );
+    assert_eq!(server.stage_messages().await?, vec![0]);
+
+    let rr = client
+        .get(pb::GetRequest {
+            id: created.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(rr.phase, pb::Phase::Pending as i32);
+    assert_eq!(rr.current_stage, Some(0));
+    assert_eq!(
+        rr.stages.iter().map(|s| s.number).collect::<Vec<_>>(),
+        vec![0, 3]
+    );
+    assert_eq!(rr.stages[0].runs[0].namespace, "ci");
+    let list = client
+        .list(pb::ListRequest {
+            repo_name: "typed".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(list.revision_runs.len(), 1);
+    let none = client
+        .list(pb::ListRequest {
+            repo_name: "typed".into(),
+            phase: pb::Phase::Failed as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(none.revision_runs.is_empty());
+    let err = client
+        .get(pb::GetRequest {
+            id: "missing".into(),
+        })
+        .await
+        .err()
+        .map(|s| s.code());
+    assert_eq!(err, Some(Code::NotFound));
+    let cancel = client
+        .cancel(pb::CancelRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .err()
+        .map(|s| s.code());
+    assert_eq!(cancel, Some(Code::Unimplemented));
+
+    let before = server.keys().await?.len();
+    let mut bad = typed_request();
+    bad.runs[0].pipeline_ref = None;
+    let mut bad_param = typed_request();
+    bad_param.runs[1].params = vec![pb::Param {
+        name: "p".into(),
+        value: None,
+    }];
+    let mut bad_ns = typed_request();
+    bad_ns.runs[0].namespace = "Not_A_Namespace".into();
+    for (req, field) in [
+        (bad, "runs[0].pipeline_ref"),
+        (bad_param, "runs[1].params[0].value"),
+        (bad_ns, "runs[0].namespace"),
+    ] {
+        let status = client.create(req).await.err();
+        let status = status.ok_or_else(|| anyhow::anyhow!("accepted invalid request ({field})"))?;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+    assert_eq!(server.keys().await?.len(), before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn watch_sends_the_snapshot_then_each_change_in_order() -> anyhow::Result<()> {
+    let server = TestServer::start("watch").await?;
+    let mut client = RevisionRunsClient::new(server.channel().await?);
+    let id = client.create(typed_request()).await?.into_inner().id;
+    let mut stream = client
+        .watch(pb::WatchRequest {
+            id: id.clone(),
+            after_event_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    let snapshot = next(&mut stream)
+        .await??
+        .and_then(|e| e.revision_run)
+        .unwrap_or_default();
+    assert_eq!(
+        (snapshot.version, snapshot.phase),
+        (1, pb::Phase::Pending as i32)
+    );
+
+    let rr = server.store.get(&id).await?;
+    let build = rr.stages[0].runs[0].pipeline_run.clone();
+    let deploy = rr.stages[1].runs[0].pipeline_run.clone();
+    server.store.record(&id, &build, &Observed::Created).await?;
+    server
+        .store
+        .record(&id, &build, &Observed::Succeeded)
+        .await?;
+    let mut resume_from = String::new();
+    let mut versions = Vec::new();
+    for _ in 0..2 {
+        let event = next(&mut stream)
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("stream ended early"))?;
+        resume_from = event.event_id.clone();
+        versions.push(
+            event
+                .revision_run
+                .map(|r| (r.version, r.current_stage))
+                .unwrap_or_default(),
+        );
+    }
+    assert_eq!(versions, vec![(2, Some(0)), (3, Some(3))]);
+
+    // A second watcher resumes after the last event and sees only what follows.
+    let mut resumed = client
+        .watch(pb::WatchRequest {
+            id: id.clone(),
+            after_event_id: resume_from,
+        })
+        .await?
+        .into_inner();
+    server
+        .store
+        .record(
+            &id,
+            &deploy,
+            &Observed::Failed {
+                reason: "Failed".into(),
+                message: String::new(),
+            },
+        )
+        .await?;
+    for s in [&mut stream, &mut resumed] {
+        let last = next(s)
+            .await??
+            .and_then(|e| e.revision_run)
+            .unwrap_or_default();
+        assert_eq!(
+            (last.version, last.phase),
+            (4, pb::Phase::SucceededWithAllowedFailures as i32)
+        );
+        assert!(
+            next(s).await??.is_none(),
+            "stream must end at a terminal phase"
+        );
+    }
+    let bad = client
+        .watch(pb::WatchRequest {
+            id,
+            after_event_id: "not-an-id".into(),
+        })
+        .await
+        .err();
+    assert_eq!(bad.map(|s| s.code()), Some(Code::InvalidArgument));
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Rendered PipelineRuns: checked field by field, and accepted by the real API server
+//! (server-side dry-run create against the Tekton CRD).
+
+mod common;
+
+use kube::api::{DynamicObject, PostParams};
+use serde_json::{Value, json};
+use stagetime_common::{request::RevisionRequest, tekton};
+use stagetime_server::{compat, render};
+use stagetime_testenv::TestEnv;
+
+fn rendered() -> anyhow::Result<(render::Rendered, RevisionRequest)> {
+    let req = compat::parse(&common::original_request()?)?;
+    let settings = render::RenderSettings {
+        default_namespace: "builds".into(),
+        ..Default::default()
+    };
+    Ok((
+        render::render(&req, &settings, "pipelineruns", "2026-11-22T10:00:00.123Z")?,
+        req,
+    ))
+}
+
+fn manifest(r: &render::Rendered, run: &str) -> anyhow::Result<Value> {
+    let (_, m) = r
+        .manifests
+        .iter()
+        .find(|(n, _)| n.contains(run))
+        .ok_or_else(|| anyhow::anyhow!("no manifest for {run}"))?;
+    Ok(serde_json::from_str(m)?)
+}
+
+#[test]
+fn manifests_carry_names_labels_refs_params_and_workspaces() -> anyhow::Result<()> {
+    let (r, req) = rendered()?;
+    let id = req.revision_run_id();
+    let suffix = id.rsplit('-').next().unwrap_or_default();
+    let build = manifest(&r, "build-kaniko-image")?;
+    assert_eq!(build["apiVersion"], "tekton.dev/v1");
+    assert_eq!(
+        build["metadata"]["name"],
+        format!("st-0-build-kaniko-image-{suffix}")
+    );
+    assert_eq!(build["metadata"]["namespace"], "builds");
+    assert_eq!(
+        build["metadata"]["labels"],
+        json!({
+            "stagetime/revision-run": id, "stagetime/commit": "ad3121246532123",
+            "stagetime/repo": "stuttgart-things", "stagetime/author": "patrick-hermann",
+            "stagetime/stage": "0", "stagetime/date": "2026-11-22"
+        })
+    );
+    assert_eq!(
+        build["metadata"]["annotations"],
+        json!({"canfail": "false"})
+    );
+    assert_eq!(build["spec"]["pipelineRef"]["resolver"], "git");
+    assert_eq!(
+        build["spec"]["pipelineRef"]["params"][2],
+        json!({"name": "pathInRepo", "value": "stageTime/pipelines/build-kaniko-image.yaml"})
+    );
+    assert_eq!(
+        build["spec"]["params"][1],
+        json!({"name": "dockerfile", "value": "./Dockerfile"})
+    );
+    assert_eq!(
+        build["spec"]["workspaces"],
+        json!([
+            {"name": "ssh-credentials", "secret": {"secretName": "codehub-ssh"}},
+            {"name": "shared-workspace", "volumeClaimTemplate": {"spec": {
+                "storageClassName": "openebs-hostpath", "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "20Mi"}}}}}
+        ])
+    );
+    assert_eq!(build["spec"]["timeouts"], json!({"pipeline": "1800s"}));
+    assert_eq!(
+        build["spec"]["taskRunTemplate"]["podTemplate"]["securityContext"]["fsGroup"],
+        65532
+    );
+
+    let lint = manifest(&r, "lint-helm-chart")?;
+    assert_eq!(lint["metadata"]["annotations"]["canfail"], "true");
+    assert_eq!(
+        lint["spec"]["params"],
+        json!([{"name": "charts", "value": ["stagetime-server", "stagetime-creator"]}])
+    );
+    let package = manifest(&r, "package-helm-chart")?;
+    assert_eq!(
+        package["spec"]["pipelineRef"],
+        json!({"name": "package-helm-chart"})
+    );
+    assert_eq!(package["metadata"]["labels"]["stagetime/stage"], "1");
+    Ok(())
+}
+
+#[test]
+fn values_are_kept_exactly_and_names_stay_valid() -> anyhow::Result<()> {
+    let mut req = compat::parse(&common::original_request()?)?;
+    req.runs[0].params = stagetime_server::grammar::params(
+        "t='true', n=007, eq=x=y, html=<b>&amp;</b>, uni=grüße 🚀",
+    )?;
+    req.runs[0].name = "a-really-long-pipeline-name-that-goes-on-and-on-and-on-forever".into();
+    let r = render::render(
+        &req,
+        &render::RenderSettings::default(),
+        "pipelineruns",
+        "2026-11-22T10:00:00Z",
+    )?;
+    let (name, text) = &r.manifests[0];
+    assert!(
+        name.len() <= 63 && name.starts_with("st-0-a-really"),
+        "{name}"
+    );
+    assert!(
+        text.contains("<b>&amp;</b>"),
+        "HTML must not be escaped: {text}"
+    );
+    let m: Value = serde_json::from_str(text)?;
+    let values: Vec<&Value> = m["spec"]["params"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| &p["value"])
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            &json!("'true'"),
+            &json!("007"),
+            &json!("x=y"),
+            &json!("<b>&amp;</b>"),
+            &json!("grüße 🚀")
+        ]
+    );
+    // Deterministic: the same request renders the same names.
+    let again = render::render(
+        &req,
+        &render::RenderSettings::default(),
+        "pipelineruns",
+        "2026-11-22T10:00:00Z",
+    )?;
+    assert_eq!(again.manifests[0].0, *name);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_api_server_accepts_every_rendered_manifest() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let ns = env.namespace("render").await?;
+    let mut req = compat::parse(&common::original_request()?)?;
+    req.author = "Patrick Hermann <p@example.com>".into();
+    let settings = render::RenderSettings {
+        default_namespace: ns.clone(),
+        ..Default::default()
+    };
+    let r = render::render(&req, &settings, "pipelineruns", "2026-11-22T10:00:00Z")?;
+    let api = tekton::pipelinerun_api(env.kube_client().await?, "tekton.dev/v1", &ns);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    for (name, text) in &r.manifests {
+        let obj: DynamicObject = serde_json::from_str(text)?;
+        let created = api.create(&dry_run, &obj).await?;
+        assert_eq!(created.metadata.name.as_deref(), Some(name.as_str()));
+    }
+    // The dry run stored nothing.
+    assert!(api.list(&Default::default()).await?.items.is_empty());
+    Ok(())
+}
