@@ -1,0 +1,323 @@
+//! The creator against real Redis and a real API server.
+
+mod support;
+
+use std::time::Duration;
+
+use kube::api::{DynamicObject, Patch, PatchParams};
+use stagetime_common::{
+    model::{Phase, RunState},
+    stream::StageMessage,
+    tekton,
+};
+use stagetime_creator::Outcome;
+use stagetime_testenv::wait_for;
+use support::{Fixture, fast, names, uids};
+
+async fn read_one(
+    f: &Fixture,
+    consumer: &str,
+) -> anyhow::Result<stagetime_common::stream::Delivery> {
+    let mut reader = f.store.blocking_reader(Duration::from_millis(500)).await?;
+    let mut got = reader.read_stage(&f.store, consumer, 1).await?;
+    got.pop().ok_or_else(|| anyhow::anyhow!("no stage message"))
+}
+
+#[tokio::test]
+async fn an_open_stage_becomes_its_pipelineruns_and_is_acked() -> anyhow::Result<()> {
+    let f = Fixture::new("open-stage").await?;
+    let id = f
+        .submit(
+            "c1",
+            &[("build", 0, false), ("lint", 0, true), ("test", 1, false)],
+        )
+        .await?;
+    let creator = f.creator("c1", fast());
+    let delivery = read_one(&f, "c1").await?;
+    assert_eq!(creator.handle(delivery).await, Outcome::Acked);
+    assert_eq!(f.store.pending_count().await?, 0);
+
+    let prs = f.pipelineruns().await?;
+    let suffix = id.rsplit('-').next().unwrap_or_default();
+    assert_eq!(
+        names(&prs),
+        vec![
+            format!("st-0-build-{suffix}"),
+            format!("st-0-lint-{suffix}")
+        ]
+    );
+    let lint = &prs[1];
+    assert_eq!(
+        lint.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("canfail"))
+            .map(String::as_str),
+        Some("true")
+    );
+    let labels = lint.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("stagetime/revision-run"), Some(&id));
+    assert_eq!(labels.get("stagetime/stage").map(String::as_str), Some("0"));
+    assert_eq!(lint.data["spec"]["pipelineRef"]["name"], "pipeline");
+    let managers: Vec<String> = lint
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(managers, vec!["stagetime-creator".to_string()]);
+
+    let rr = f.store.get(&id).await?;
+    assert!(
+        rr.stages[0]
+            .runs
+            .iter()
+            .all(|r| r.state == RunState::Created)
+    );
+    assert!(
+        rr.stages[1]
+            .runs
+            .iter()
+            .all(|r| r.state == RunState::Pending),
+        "stage 1 not created early"
+    );
+    assert_eq!(rr.phase, Phase::Running);
+    Ok(())
+}
+
+#[tokio::test]
+async fn redelivery_and_a_crash_before_ack_create_nothing_twice() -> anyhow::Result<()> {
+    let f = Fixture::new("redelivery").await?;
+    let id = f.submit("c2", &[("a", 0, false), ("b", 0, false)]).await?;
+    // Consumer "dead" applies the PipelineRuns exactly as the creator does, then dies before it
+    // records them or acks: the message stays pending in its name.
+    let dead = read_one(&f, "dead").await?;
+    let rr = f.store.get(&id).await?;
+    let pr_names: Vec<String> = rr.stages[0]
+        .runs
+        .iter()
+        .map(|r| r.pipeline_run.clone())
+        .collect();
+    let api = tekton::pipelinerun_api(f.client.clone(), "tekton.dev/v1", &f.ns);
+    for (name, manifest) in pr_names
+        .iter()
+        .zip(f.store.manifests(&id, &pr_names).await?)
+    {
+        let obj: DynamicObject = serde_json::from_str(&manifest.unwrap_or_default())?;
+        api.patch(
+            name,
+            &PatchParams::apply("stagetime-creator").force(),
+            &Patch::Apply(&obj),
+        )
+        .await?;
+    }
+    let before = uids(&f.pipelineruns().await?);
+    assert_eq!(before.len(), 2);
+
+    // Another creator reclaims the idle message and finishes the job.
+    let survivor = f.creator("survivor", fast());
+    let claimed = wait_for(
+        "the idle message to be claimable",
+        Duration::from_secs(10),
+        || async { survivor.reclaim().await.ok().filter(|c| !c.is_empty()) },
+    )
+    .await?;
+    assert_eq!(claimed[0].id, dead.id);
+    for d in claimed {
+        assert_eq!(survivor.handle(d).await, Outcome::Acked);
+    }
+    // The same message published again (a duplicate) is harmless too.
+    let dup = StageMessage {
+        rr: id.clone(),
+        stage: 0,
+        attempt: 1,
+    };
+    survivor.process(&dup).await?;
+    assert_eq!(
+        uids(&f.pipelineruns().await?),
+        before,
+        "a PipelineRun was recreated"
+    );
+    assert_eq!(f.store.pending_count().await?, 0);
+    let rr = f.store.get(&id).await?;
+    assert!(
+        rr.stages[0]
+            .runs
+            .iter()
+            .all(|r| r.state == RunState::Created)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_creators_at_once_create_each_pipelinerun_once() -> anyhow::Result<()> {
+    let f = Fixture::new("two-creators").await?;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            f.submit(
+                &format!("c3-{i}"),
+                &[("x", 0, false), ("y", 0, true), ("z", 0, false)],
+            )
+            .await?,
+        );
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut loops = Vec::new();
+    for name in ["one", "two"] {
+        let creator = f.creator(name, fast());
+        let mut rx = stopped.clone();
+        loops.push(tokio::spawn(async move {
+            creator
+                .run(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
+    let store = f.store.clone();
+    let ids2 = ids.clone();
+    wait_for("all runs created", Duration::from_secs(60), || {
+        let store = store.clone();
+        let ids = ids2.clone();
+        async move {
+            for id in &ids {
+                let rr = store.get(id).await.ok()?;
+                if !rr.stages[0]
+                    .runs
+                    .iter()
+                    .all(|r| r.state == RunState::Created)
+                {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await?;
+    stop.send(true)?;
+    for l in loops {
+        l.await??;
+    }
+    let prs = f.pipelineruns().await?;
+    assert_eq!(prs.len(), 30);
+    assert!(
+        prs.iter().all(|p| p.metadata.generation == Some(1)),
+        "an object was re-applied with changes"
+    );
+    assert_eq!(f.store.pending_count().await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_and_runs_fail_instead_of_hanging() -> anyhow::Result<()>
+{
+    let f = Fixture::new("poison").await?;
+    let creator = f.creator("c4", fast());
+    let mut conn = f.env.redis_conn().await?;
+    let stream = f.store.keys().stage_stream().to_string();
+    // 1. A revision run nobody stored.
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("rr")
+        .arg("ghost")
+        .arg("stage")
+        .arg(0)
+        .arg("attempt")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    let outcome = creator.handle(read_one(&f, "c4").await?).await;
+    assert!(
+        matches!(&outcome, Outcome::DeadLettered(r) if r.contains("ghost")),
+        "{outcome:?}"
+    );
+    // 2. Malformed fields.
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("rr")
+        .arg("x")
+        .arg("stage")
+        .arg("-3")
+        .arg("attempt")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    let outcome = creator.handle(read_one(&f, "c4").await?).await;
+    assert!(
+        matches!(&outcome, Outcome::DeadLettered(r) if r.contains("stage")),
+        "{outcome:?}"
+    );
+    // 3. A manifest the API server rejects (an invalid label key): that run fails, the other is
+    //    created, the stage closes Failed and the revision run ends.
+    let id = f
+        .submit(
+            "c4",
+            &[("good", 0, false), ("bad", 0, false), ("later", 1, false)],
+        )
+        .await?;
+    let rr = f.store.get(&id).await?;
+    let bad = rr.stages[0]
+        .runs
+        .iter()
+        .find(|r| r.name == "bad")
+        .map(|r| r.pipeline_run.clone())
+        .unwrap_or_default();
+    let manifest: Option<String> = redis::cmd("HGET")
+        .arg(f.store.keys().manifests(&id))
+        .arg(&bad)
+        .query_async(&mut conn)
+        .await?;
+    let mut manifest: serde_json::Value = serde_json::from_str(&manifest.unwrap_or_default())?;
+    manifest["metadata"]["labels"]["not a valid key!"] = "x".into();
+    let _: () = redis::cmd("HSET")
+        .arg(f.store.keys().manifests(&id))
+        .arg(&bad)
+        .arg(manifest.to_string())
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(
+        creator.handle(read_one(&f, "c4").await?).await,
+        Outcome::Acked
+    );
+    let rr = f.store.get(&id).await?;
+    let bad_run = rr.stages[0]
+        .runs
+        .iter()
+        .find(|r| r.name == "bad")
+        .cloned()
+        .unwrap_or_else(|| rr.stages[0].runs[0].clone());
+    assert_eq!(
+        (bad_run.state, bad_run.reason.as_deref()),
+        (RunState::Failed, Some("CreateFailed"))
+    );
+    assert!(
+        bad_run
+            .message
+            .unwrap_or_default()
+            .contains("not a valid key")
+    );
+    assert_eq!(names(&f.pipelineruns().await?).len(), 1);
+
+    let dlq: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(f.store.keys().dead_letter())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(dlq.ids.len(), 2);
+    assert_eq!(f.store.pending_count().await?, 0);
+    // The creator keeps serving: the good run was created after the poison messages.
+    assert_eq!(
+        rr.stages[0]
+            .runs
+            .iter()
+            .filter(|r| r.state == RunState::Created)
+            .count(),
+        1
+    );
+    Ok(())
+}
