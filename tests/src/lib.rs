@@ -1,2 +1,248 @@
-//! Shared helpers of the end-to-end tests and benchmark binaries.
+//! Shared helpers of the end-to-end tests and benchmark binaries: a whole stageTime stack
+//! (server, creator, informer and the Tekton simulator) running in-process against the harness's
+//! real Redis and kube-apiserver, isolated by namespace and Redis key prefix. Each component can
+//! be stopped and started again to exercise restarts.
 #![forbid(unsafe_code)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use prometheus_client::registry::Registry;
+use stagetime_common::{keys::Keys, model::RevisionRun, store::Store};
+use stagetime_creator::{Creator, Settings};
+use stagetime_informer::{Informer, Recorder};
+use stagetime_server::{Api, render::RenderSettings};
+use stagetime_testenv::{
+    TestEnv,
+    simulator::{self, SimConfig},
+    wait_for,
+};
+use tokio::{sync::watch, task::JoinHandle};
+
+/// A running component: stop it by dropping or calling [`Component::stop`].
+pub struct Component {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Component {
+    fn spawn<F>(
+        run: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> F,
+    ) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop, mut rx) = watch::channel(false);
+        let signal = Box::pin(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        });
+        Self {
+            stop,
+            task: tokio::spawn(run(signal)),
+        }
+    }
+
+    /// Asks the component to stop and waits until it did (the creator drains first).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Kills the component at once, as a crash would (nothing in flight is finished).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// A stageTime stack for one test.
+pub struct Stack {
+    /// The shared harness.
+    pub env: &'static TestEnv,
+    /// The store (own key prefix).
+    pub store: Store,
+    /// The test's namespace.
+    pub ns: String,
+    /// A kube client.
+    pub client: kube::Client,
+    /// The gRPC server's address.
+    pub addr: SocketAddr,
+    /// Server task.
+    pub server: Option<Component>,
+    /// Creator task.
+    pub creator: Option<Component>,
+    /// Informer task.
+    pub informer: Option<Component>,
+    /// Simulator task.
+    pub simulator: Option<Component>,
+}
+
+impl Stack {
+    /// Starts server, creator, informer and simulator (outcome after `sim_delay`).
+    pub async fn start(test: &str, sim_delay: Duration) -> anyhow::Result<Self> {
+        let env = TestEnv::shared().await?;
+        let prefix = env.redis_prefix(test);
+        let store = Store::connect(
+            &env.redis.url(),
+            Keys::new(&prefix, &format!("{prefix}:stages")),
+        )
+        .await?;
+        store.ensure_group().await?;
+        let ns = env.namespace(test).await?;
+        let client = env.kube_client().await?;
+        let api = Api::new(
+            store.clone(),
+            RenderSettings {
+                default_namespace: ns.clone(),
+                ..RenderSettings::default()
+            },
+            stagetime_server::metrics::Metrics::register(&mut Registry::default()),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = Component::spawn(|stop| async move {
+            if let Err(error) = stagetime_server::serve(listener, api, stop).await {
+                eprintln!("server stopped: {error:#}");
+            }
+        });
+        let mut stack = Self {
+            env,
+            store,
+            ns,
+            client,
+            addr,
+            server: Some(server),
+            creator: None,
+            informer: None,
+            simulator: None,
+        };
+        stack.creator = Some(stack.spawn_creator("creator-1"));
+        stack.informer = Some(stack.spawn_informer());
+        stack.simulator = Some(stack.spawn_simulator(sim_delay));
+        Ok(stack)
+    }
+
+    /// A creator consuming this stack's stream.
+    pub fn spawn_creator(&self, consumer: &str) -> Component {
+        let creator = Creator::new(
+            self.store.clone(),
+            self.client.clone(),
+            Settings {
+                consumer: consumer.into(),
+                block: Duration::from_millis(500),
+                visibility_timeout: Duration::from_secs(2),
+                ..Settings::default()
+            },
+            stagetime_creator::metrics::Metrics::register(&mut Registry::default()),
+        );
+        Component::spawn(|stop| async move {
+            if let Err(error) = creator.run(stop).await {
+                eprintln!("creator stopped: {error}");
+            }
+        })
+    }
+
+    /// An informer scoped to this stack's namespace.
+    pub fn spawn_informer(&self) -> Component {
+        let informer = Informer::new(
+            self.client.clone(),
+            "tekton.dev/v1",
+            &self.ns,
+            Recorder {
+                store: self.store.clone(),
+                metrics: stagetime_informer::metrics::Metrics::register(&mut Registry::default()),
+            },
+        );
+        Component::spawn(|stop| async move { informer.run(stop).await })
+    }
+
+    /// A Tekton simulator for this stack's namespace.
+    pub fn spawn_simulator(&self, delay: Duration) -> Component {
+        let client = self.client.clone();
+        let config = SimConfig {
+            delay,
+            failure_rate: 0.0,
+            namespace: self.ns.clone(),
+        };
+        Component::spawn(|stop| async move { simulator::run(client, config, stop).await })
+    }
+
+    /// gRPC endpoint URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits until the revision run is terminal and returns it.
+    pub async fn wait_terminal(&self, id: &str, timeout: Duration) -> anyhow::Result<RevisionRun> {
+        let store = self.store.clone();
+        wait_for(&format!("revision run {id} to finish"), timeout, || {
+            let store = store.clone();
+            async move { store.get(id).await.ok().filter(|rr| rr.phase.is_terminal()) }
+        })
+        .await
+    }
+
+    /// Stage numbers of the stage-stream messages of one revision run, in order.
+    pub async fn opened_stages(&self, id: &str) -> anyhow::Result<Vec<u32>> {
+        let mut conn = self.env.redis_conn().await?;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.store.keys().stage_stream())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply
+            .ids
+            .iter()
+            .filter(|e| e.get::<String>("rr").as_deref() == Some(id))
+            .map(|e| e.get::<u32>("stage").unwrap_or(u32::MAX))
+            .collect())
+    }
+
+    /// PipelineRun names in the namespace with their stage label, sorted.
+    pub async fn pipelineruns(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let api = stagetime_common::tekton::pipelinerun_api(
+            self.client.clone(),
+            "tekton.dev/v1",
+            &self.ns,
+        );
+        let mut out: Vec<(String, String)> = api
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|o| {
+                let stage = o
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("stagetime/stage").cloned())
+                    .unwrap_or_default();
+                (o.metadata.name.unwrap_or_default(), stage)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// The compat request of a JSON file in the original format under `examples/`.
+pub fn example(
+    name: &str,
+) -> anyhow::Result<stagetime_proto::revisionrun::CreateRevisionRunRequest> {
+    let path = format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    Ok(stagetime_proto::json::parse(&std::fs::read_to_string(
+        path,
+    )?)?)
+}
+
+/// Submits a compat request through the gRPC API and returns the id.
+pub async fn submit(
+    url: &str,
+    req: stagetime_proto::revisionrun::CreateRevisionRunRequest,
+) -> anyhow::Result<String> {
+    use stagetime_proto::revisionrun::stage_time_application_service_client::StageTimeApplicationServiceClient;
+    let mut client = StageTimeApplicationServiceClient::connect(url.to_string()).await?;
+    let reply = client.create_revision_run(req).await?.into_inner();
+    Ok(String::from_utf8(
+        reply.success.map(|s| s.data).unwrap_or_default(),
+    )?)
+}

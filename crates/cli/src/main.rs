@@ -5,7 +5,6 @@
 //! unavailable or any other error.
 #![forbid(unsafe_code)]
 
-mod file;
 mod table;
 
 use std::{io::IsTerminal as _, process::ExitCode};
@@ -102,7 +101,7 @@ async fn channel(server: &str) -> anyhow::Result<Channel> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Submit { file } => {
-            let request = file::parse(&std::fs::read_to_string(&file)?)?;
+            let request = stagetime_proto::json::parse(&std::fs::read_to_string(&file)?)?;
             let mut client = StageTimeApplicationServiceClient::new(channel(&cli.server).await?);
             let reply = client.create_revision_run(request).await?.into_inner();
             let id = reply

@@ -3,15 +3,19 @@
 //! # Layout
 //! - [`revisionrun`]: the compatibility API, wire-identical to the original Go server.
 //! - [`stagetime::v1`]: the typed API.
+//! - [`json`]: the original JSON request format (protobuf JSON of `CreateRevisionRunRequest`).
 //! - [`FILE_DESCRIPTOR_SET`]: descriptors for gRPC reflection.
-#![allow(missing_docs, clippy::all)]
+
+pub mod json;
 
 /// Compatibility package `revisionrun`.
+#[allow(missing_docs, clippy::all)]
 pub mod revisionrun {
     tonic::include_proto!("revisionrun");
 }
 
 /// Package `stagetime.*`.
+#[allow(missing_docs, clippy::all)]
 pub mod stagetime {
     /// Package `stagetime.v1`.
     pub mod v1 {

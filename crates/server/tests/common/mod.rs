@@ -87,38 +87,11 @@ impl TestServer {
 /// The compat request in `examples/original-format.json`.
 pub fn original_request() -> anyhow::Result<stagetime_proto::revisionrun::CreateRevisionRunRequest>
 {
-    use stagetime_proto::revisionrun::{CreateRevisionRunRequest, Pipelinerun};
-    let text = std::fs::read_to_string(concat!(
+    let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/original-format.json"
-    ))?;
-    let v: serde_json::Value = serde_json::from_str(&text)?;
-    let s = |v: &serde_json::Value, k: &str| {
-        v.get(k)
-            .and_then(|x| x.as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
-    Ok(CreateRevisionRunRequest {
-        repo_name: s(&v, "repo_name"),
-        pushed_at: s(&v, "pushed_at"),
-        author: s(&v, "author"),
-        repo_url: s(&v, "repo_url"),
-        commit_id: s(&v, "commit_id"),
-        pipelineruns: v["pipelineruns"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|p| Pipelinerun {
-                name: s(p, "name"),
-                canfail: p["canfail"].as_bool().unwrap_or(false),
-                stage: p["stage"].as_f64().unwrap_or(0.0),
-                params: s(p, "params"),
-                resolver_params: s(p, "resolverParams"),
-                listparams: s(p, "listparams"),
-                workspaces: s(p, "workspaces"),
-                volume_claim_templates: s(p, "volumeClaimTemplates"),
-            })
-            .collect(),
-    })
+    );
+    Ok(stagetime_proto::json::parse(&std::fs::read_to_string(
+        path,
+    )?)?)
 }

@@ -1,8 +1,8 @@
-//! The original JSON file format: protobuf JSON of `revisionrun.CreateRevisionRunRequest`
+//! The original JSON request format: protobuf JSON of `revisionrun.CreateRevisionRunRequest`
 //! (lowerCamelCase names; the proto field names are accepted too, as protobuf JSON parsers do).
 
+use crate::revisionrun::{CreateRevisionRunRequest, Pipelinerun};
 use serde::Deserialize;
-use stagetime_proto::revisionrun::{CreateRevisionRunRequest, Pipelinerun};
 
 #[derive(Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -34,8 +34,8 @@ struct FileRun {
     volume_claim_templates: String,
 }
 
-/// Parses a request file.
-pub fn parse(text: &str) -> anyhow::Result<CreateRevisionRunRequest> {
+/// Parses a request in the original JSON format (unknown fields are an error).
+pub fn parse(text: &str) -> Result<CreateRevisionRunRequest, serde_json::Error> {
     let file: FileRequest = serde_json::from_str(text)?;
     Ok(CreateRevisionRunRequest {
         repo_name: file.repo_name,
@@ -65,7 +65,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_both_name_styles() -> anyhow::Result<()> {
+    fn reads_both_name_styles() -> Result<(), serde_json::Error> {
         let camel = parse(
             r#"{"repoName":"r","commitId":"c","pipelineruns":[{"name":"a","stage":1,"resolverParams":"x=y"}]}"#,
         )?;
