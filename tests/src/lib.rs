@@ -4,6 +4,8 @@
 //! be stopped and started again to exercise restarts.
 #![forbid(unsafe_code)]
 
+pub mod procs;
+
 use std::{net::SocketAddr, time::Duration};
 
 use prometheus_client::registry::Registry;

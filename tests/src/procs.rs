@@ -1,0 +1,131 @@
+//! The services as real processes (the binaries the README deploys), for crash tests: each can
+//! be killed with SIGKILL at any point and started again.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+use stagetime_testenv::process::{Supervised, free_port, scratch_dir};
+
+/// Builds the service binaries once per test process (a no-op when they are up to date) and
+/// returns the directory holding them.
+pub fn binaries() -> anyhow::Result<&'static Path> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--bins", "--workspace"])
+            .current_dir(&root)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        // target/debug/deps/<test> → target/debug
+        exe.parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .ok_or_else(|| "cannot locate the target directory".to_string())
+    });
+    dir.as_deref()
+        .map_err(|e| anyhow::anyhow!("cargo build failed: {e}"))
+}
+
+/// One service process with its arguments and environment, restartable.
+pub struct Service {
+    name: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    log_dir: PathBuf,
+    starts: u32,
+    process: Option<Supervised>,
+}
+
+impl Service {
+    /// A service `binary` (from [`binaries`]) with args and env; not started yet.
+    pub fn new(
+        binary: &str,
+        args: &[String],
+        env: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            name: binary.to_string(),
+            args: args.to_vec(),
+            env: env.clone(),
+            log_dir: scratch_dir(binary)?,
+            starts: 0,
+            process: None,
+        })
+    }
+
+    /// Starts (or restarts) the process.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        self.starts += 1;
+        let program = binaries()?.join(&self.name);
+        let log = self
+            .log_dir
+            .join(format!("{}-{}.log", self.name, self.starts));
+        // The supervisor inherits our environment; pass the service's own through `env`.
+        let mut args = vec![program.display().to_string()];
+        args.extend(self.args.iter().cloned());
+        let env_args: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut full = env_args;
+        full.extend(args);
+        self.process = Some(Supervised::spawn(
+            &self.name,
+            Path::new("env"),
+            &full,
+            &log,
+            None,
+        )?);
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL (no shutdown hook runs).
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop();
+        }
+    }
+
+    /// The last lines of the current log.
+    pub fn log_tail(&self) -> String {
+        self.process
+            .as_ref()
+            .map(Supervised::log_tail)
+            .unwrap_or_default()
+    }
+}
+
+/// Environment of the services for one test: Redis names under `prefix`, the kubeconfig, the
+/// namespace, and a fresh admin port per start.
+pub fn service_env(
+    redis_url: &str,
+    prefix: &str,
+    kubeconfig: &Path,
+    ns: &str,
+) -> BTreeMap<String, String> {
+    [
+        ("REDIS_URL", redis_url.to_string()),
+        ("REDIS_PREFIX", prefix.to_string()),
+        ("REDIS_STREAM", format!("{prefix}:stages")),
+        ("KUBECONFIG", kubeconfig.display().to_string()),
+        ("PIPELINE_WORKSPACE", ns.to_string()),
+        ("INFORMING_NAMESPACE", ns.to_string()),
+        ("SIM_NAMESPACE", ns.to_string()),
+        ("CREATOR_VISIBILITY_TIMEOUT_SECONDS", "2".to_string()),
+        ("ADMIN_ADDR", "127.0.0.1:0".to_string()),
+        ("RUST_LOG", "info".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// A free port as a string (for `--port`).
+pub fn port() -> anyhow::Result<u16> {
+    free_port()
+}
