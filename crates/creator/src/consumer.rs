@@ -7,6 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use futures::{StreamExt as _, stream};
 use kube::{
     Api,
     api::{DynamicObject, Patch, PatchParams},
@@ -27,6 +28,8 @@ use crate::{
 
 /// Field manager of every apply by the creator.
 pub const FIELD_MANAGER: &str = "stagetime-creator";
+/// PipelineRuns of one stage applied at once.
+const APPLY_CONCURRENCY: usize = 16;
 /// Reason recorded on runs that could not be created.
 pub const REASON_CREATE_FAILED: &str = "CreateFailed";
 
@@ -289,9 +292,19 @@ impl Creator {
             .map(|r| r.pipeline_run.clone())
             .collect();
         let manifests = self.store.manifests(&rr.id, &pending).await?;
+        // Applies of one stage run in parallel (bounded): a stage of 100 runs must not wait for
+        // 100 sequential round trips to the API server.
+        let results: Vec<(String, Result<()>)> = stream::iter(pending.into_iter().zip(manifests))
+            .map(|(name, manifest): (String, Option<String>)| async move {
+                let result = self.apply(&name, manifest.as_deref()).await;
+                (name, result)
+            })
+            .buffer_unordered(APPLY_CONCURRENCY)
+            .collect()
+            .await;
         let mut observations = Vec::new();
-        for (name, manifest) in pending.iter().zip(manifests) {
-            let observed = match self.apply(name, manifest.as_deref()).await {
+        for (name, result) in results {
+            let observed = match result {
                 Ok(()) => Observed::Created,
                 Err(error) if error.is_transient() => return Err(error),
                 Err(error) => {
@@ -300,7 +313,7 @@ impl Creator {
                     create_failed(&error.to_string())
                 }
             };
-            observations.push((name.clone(), observed));
+            observations.push((name, observed));
         }
         self.store.record_many(&rr.id, &observations).await?;
         tracing::info!(rr = %rr.id, stage = stage.number, created = observations.len(), "stage created");

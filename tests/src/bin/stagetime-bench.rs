@@ -1,0 +1,350 @@
+//! Benchmarks that print figures, each next to a baseline measured in the same run (ratios, never
+//! thresholds). Runs against the harness's real Redis and kube-apiserver.
+//!
+//! `stagetime-bench [store|server|creator|e2e|all]`
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt as _, stream};
+use kube::{
+    ResourceExt as _,
+    api::PostParams,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use prometheus_client::registry::Registry;
+use stagetime_common::{
+    fixture::RevisionRunBuilder, keys::Keys, machine::Observed, store::Store, stream::StageMessage,
+};
+use stagetime_proto::revisionrun::{
+    CreateRevisionRunRequest, Pipelinerun,
+    stage_time_application_service_client::StageTimeApplicationServiceClient,
+};
+use stagetime_testenv::{TestEnv, wait_for};
+use stagetime_tests::{Stack, example, submit};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+async fn new_store(test: &str) -> anyhow::Result<Store> {
+    let env = TestEnv::shared().await?;
+    let prefix = env.redis_prefix(test);
+    Ok(Store::connect(
+        &env.redis.url(),
+        Keys::new(&prefix, &format!("{prefix}:stages")),
+    )
+    .await?)
+}
+
+/// *record and advance* vs plain `JSON.SET` round trips of the same document.
+async fn bench_store() -> anyhow::Result<()> {
+    const N: usize = 4000;
+    const CONCURRENCY: usize = 8;
+    let store = new_store("bench-store").await?;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let rr = RevisionRunBuilder::new(&format!("b{i}"))
+            .stage(0, &[("a", false)])
+            .stage(1, &[("b", false)])
+            .build();
+        store.create(&rr, &[]).await?;
+        ids.push(rr.id);
+    }
+    let doc = serde_json::to_string(&store.get("b0").await?)?;
+    let start = Instant::now();
+    stream::iter(ids.iter())
+        .for_each_concurrent(CONCURRENCY, |id| {
+            let store = store.clone();
+            async move {
+                let pr = format!("{id}-0-a");
+                if let Err(error) = store.record(id, &pr, &Observed::Succeeded).await {
+                    eprintln!("record failed: {error}");
+                }
+            }
+        })
+        .await;
+    let ours = start.elapsed();
+    let env = TestEnv::shared().await?;
+    let conn = env.redis_conn().await?;
+    let start = Instant::now();
+    stream::iter(0..N)
+        .for_each_concurrent(CONCURRENCY, |i| {
+            let mut conn = conn.clone();
+            let doc = doc.clone();
+            async move {
+                let _: Result<(), _> = redis::cmd("JSON.SET")
+                    .arg(format!("bench:plain:{i}"))
+                    .arg("$")
+                    .arg(doc)
+                    .query_async(&mut conn)
+                    .await;
+            }
+        })
+        .await;
+    let plain = start.elapsed();
+    println!(
+        "store: record-and-advance {:.0}/s vs JSON.SET {:.0}/s ({} docs of {} bytes, concurrency {CONCURRENCY}); ratio {:.2}",
+        rate(N, ours),
+        rate(N, plain),
+        N,
+        doc.len(),
+        rate(N, ours) / rate(N, plain)
+    );
+    Ok(())
+}
+
+fn ten_run_request(i: usize) -> CreateRevisionRunRequest {
+    CreateRevisionRunRequest {
+        repo_name: "bench".into(),
+        commit_id: format!("{i:040x}"),
+        author: "bench".into(),
+        pipelineruns: (0..10)
+            .map(|r| Pipelinerun {
+                name: format!("run-{r}"),
+                stage: f64::from(r / 4),
+                canfail: r % 3 == 0,
+                params: "image=registry.example/app, tag=1.0, flag=true".into(),
+                resolver_params:
+                    "url=https://github.com/org/repo.git, revision=main, pathInRepo=p.yaml".into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// CreateRevisionRun throughput and latency next to raw Redis round trips.
+async fn bench_server() -> anyhow::Result<()> {
+    let stack = Stack::start("bench-server", Duration::from_secs(3600)).await?;
+    let env = TestEnv::shared().await?;
+    let mut next = 0;
+    for clients in [1usize, 8, 32] {
+        let per_client = 2000 / clients.max(1);
+        let channel = tonic::transport::Channel::from_shared(stack.url())?
+            .connect()
+            .await?;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let mut client = StageTimeApplicationServiceClient::new(channel.clone());
+            let base = next + c * per_client;
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_client);
+                for i in 0..per_client {
+                    let t = Instant::now();
+                    if client
+                        .create_revision_run(ten_run_request(base + i))
+                        .await
+                        .is_ok()
+                    {
+                        lat.push(t.elapsed());
+                    }
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await?);
+        }
+        let took = start.elapsed();
+        next += clients * per_client;
+        lat.sort();
+        let conn = env.redis_conn().await?;
+        let n = lat.len();
+        let rstart = Instant::now();
+        stream::iter(0..n)
+            .for_each_concurrent(clients, |_| {
+                let mut conn = conn.clone();
+                async move {
+                    let _: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+                }
+            })
+            .await;
+        let redis_rate = rate(n, rstart.elapsed());
+        println!(
+            "server: {clients:>2} clients: CreateRevisionRun(10 runs) {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms; raw Redis PING {:.0}/s; ratio {:.3}",
+            rate(n, took),
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3,
+            redis_rate,
+            rate(n, took) / redis_rate
+        );
+    }
+    Ok(())
+}
+
+/// PipelineRuns created per second for one stage of 100 runs vs a plain loop of creates.
+async fn bench_creator() -> anyhow::Result<()> {
+    let mut stack = Stack::start("bench-creator", Duration::from_secs(3600)).await?;
+    if let Some(c) = stack.creator.take() {
+        c.stop().await;
+    }
+    let mut req = ten_run_request(1);
+    req.pipelineruns = (0..100)
+        .map(|r| Pipelinerun {
+            name: format!("run-{r}"),
+            stage: 0.0,
+            ..Default::default()
+        })
+        .collect();
+    let id = submit(&stack.url(), req).await?;
+    let creator = stagetime_creator::Creator::new(
+        stack.store.clone(),
+        stack.client.clone(),
+        stagetime_creator::Settings::default(),
+        stagetime_creator::metrics::Metrics::register(&mut Registry::default()),
+    );
+    let start = Instant::now();
+    creator
+        .process(&StageMessage {
+            rr: id.clone(),
+            stage: 0,
+            attempt: 1,
+        })
+        .await?;
+    let ours = start.elapsed();
+
+    let rr = stack.store.get(&id).await?;
+    let names: Vec<String> = rr.stages[0]
+        .runs
+        .iter()
+        .map(|r| r.pipeline_run.clone())
+        .collect();
+    let manifests = stack.store.manifests(&id, &names).await?;
+    let ns = stack.env.namespace("bench-plain").await?;
+    let api = stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &ns);
+    let start = Instant::now();
+    for m in manifests.iter().flatten() {
+        let mut obj: kube::api::DynamicObject = serde_json::from_str(m)?;
+        obj.metadata.namespace = Some(ns.clone());
+        api.create(&PostParams::default(), &obj).await?;
+    }
+    let plain = start.elapsed();
+    println!(
+        "creator: stage of 100 runs {:.0} PipelineRuns/s vs plain create loop {:.0}/s; ratio {:.2}",
+        rate(100, ours),
+        rate(100, plain),
+        rate(100, ours) / rate(100, plain)
+    );
+    Ok(())
+}
+
+/// Stage hand-off latency and end-to-end throughput with the simulator at zero delay.
+async fn bench_e2e() -> anyhow::Result<()> {
+    const STAGES: usize = 30;
+    let stack = Stack::start("bench-e2e", Duration::ZERO).await?;
+    let api =
+        stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watch = tokio::spawn(async move {
+        let mut s = watcher(api, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(obj)) = s.next().await {
+            let stage: usize = obj
+                .labels()
+                .get("stagetime/stage")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(usize::MAX);
+            let terminal = stagetime_common::tekton::observed_state(&obj) != Observed::Running;
+            if tx.send((Instant::now(), stage, terminal)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut req = ten_run_request(2);
+    req.pipelineruns = (0..STAGES)
+        .map(|s| Pipelinerun {
+            name: format!("s{s}"),
+            stage: s as f64,
+            ..Default::default()
+        })
+        .collect();
+    let id = submit(&stack.url(), req).await?;
+    stack.wait_terminal(&id, Duration::from_secs(300)).await?;
+    let mut terminal_at = vec![None; STAGES];
+    let mut added_at = vec![None; STAGES];
+    while let Ok((t, stage, terminal)) = rx.try_recv() {
+        if stage >= STAGES {
+            continue;
+        }
+        if terminal && terminal_at[stage].is_none() {
+            terminal_at[stage] = Some(t);
+        }
+        if added_at[stage].is_none() {
+            added_at[stage] = Some(t);
+        }
+    }
+    watch.abort();
+    let mut handoffs: Vec<Duration> = (0..STAGES - 1)
+        .filter_map(|s| Some(added_at[s + 1]?.saturating_duration_since(terminal_at[s]?)))
+        .collect();
+    handoffs.sort();
+    println!(
+        "e2e: stage hand-off (last run of stage N terminal -> first PipelineRun of N+1 seen) over {} stages: p50 {:.1} ms, p99 {:.1} ms",
+        handoffs.len(),
+        percentile(&handoffs, 0.5).as_secs_f64() * 1e3,
+        percentile(&handoffs, 0.99).as_secs_f64() * 1e3
+    );
+
+    const RUNS: usize = 50;
+    let start = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..RUNS {
+        let mut req = example("three-stages.json")?;
+        req.commit_id = format!("{i:040x}");
+        ids.push(submit(&stack.url(), req).await?);
+    }
+    let store = stack.store.clone();
+    wait_for(
+        "50 revision runs to finish",
+        Duration::from_secs(600),
+        || {
+            let store = store.clone();
+            let ids = ids.clone();
+            async move {
+                for id in &ids {
+                    if !store.get(id).await.ok()?.phase.is_terminal() {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        },
+    )
+    .await?;
+    let took = start.elapsed();
+    println!(
+        "e2e: {RUNS} concurrent revision runs (5 PipelineRuns each, 3 stages) in {:.1} s: {:.1} PipelineRuns/s end to end",
+        took.as_secs_f64(),
+        rate(RUNS * 5, took)
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let all = which == "all";
+    if all || which == "store" {
+        bench_store().await?;
+    }
+    if all || which == "server" {
+        bench_server().await?;
+    }
+    if all || which == "creator" {
+        bench_creator().await?;
+    }
+    if all || which == "e2e" {
+        bench_e2e().await?;
+    }
+    Ok(())
+}
