@@ -174,29 +174,15 @@ impl Stack {
 
     /// Waits until the revision run is terminal and returns it.
     pub async fn wait_terminal(&self, id: &str, timeout: Duration) -> anyhow::Result<RevisionRun> {
-        let store = self.store.clone();
-        wait_for(&format!("revision run {id} to finish"), timeout, || {
-            let store = store.clone();
-            async move { store.get(id).await.ok().filter(|rr| rr.phase.is_terminal()) }
+        wait_rr(&self.store, id, "to finish", timeout, |rr| {
+            rr.phase.is_terminal()
         })
         .await
     }
 
     /// Stage numbers of the stage-stream messages of one revision run, in order.
     pub async fn opened_stages(&self, id: &str) -> anyhow::Result<Vec<u32>> {
-        let mut conn = self.env.redis_conn().await?;
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.store.keys().stage_stream())
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
-            .await?;
-        Ok(reply
-            .ids
-            .iter()
-            .filter(|e| e.get::<String>("rr").as_deref() == Some(id))
-            .map(|e| e.get::<u32>("stage").unwrap_or(u32::MAX))
-            .collect())
+        opened_stages(&self.store, &mut self.env.redis_conn().await?, id).await
     }
 
     /// PipelineRun names in the namespace with their stage label, sorted.
@@ -224,6 +210,40 @@ impl Stack {
         out.sort();
         Ok(out)
     }
+}
+
+/// Waits until the stored revision run satisfies `done` and returns it.
+pub async fn wait_rr(
+    store: &Store,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&RevisionRun) -> bool,
+) -> anyhow::Result<RevisionRun> {
+    wait_for(&format!("revision run {id} {what}"), timeout, || async {
+        store.get(id).await.ok().filter(|rr| done(rr))
+    })
+    .await
+}
+
+/// Stage numbers of the stage-stream messages of one revision run, in order.
+pub async fn opened_stages(
+    store: &Store,
+    conn: &mut redis::aio::MultiplexedConnection,
+    id: &str,
+) -> anyhow::Result<Vec<u32>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(store.keys().stage_stream())
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await?;
+    Ok(reply
+        .ids
+        .iter()
+        .filter(|e| e.get::<String>("rr").as_deref() == Some(id))
+        .map(|e| e.get::<u32>("stage").unwrap_or(u32::MAX))
+        .collect())
 }
 
 /// The compat request of a JSON file in the original format under `examples/`.

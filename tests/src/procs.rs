@@ -125,7 +125,113 @@ pub fn service_env(
     .collect()
 }
 
-/// A free port as a string (for `--port`).
-pub fn port() -> anyhow::Result<u16> {
-    free_port()
+/// The four service processes of one test, on one Redis, one namespace and one gRPC port.
+pub struct ProcStack {
+    /// `stagetime-server`.
+    pub server: Service,
+    /// `stagetime-creator`.
+    pub creator: Service,
+    /// `stagetime-informer`.
+    pub informer: Service,
+    /// `stagetime-tekton-sim` (outcome after 1.5 s).
+    pub sim: Service,
+    /// The server's gRPC URL.
+    pub url: String,
+}
+
+impl ProcStack {
+    /// Starts all four processes.
+    pub fn start(
+        redis_url: &str,
+        prefix: &str,
+        kubeconfig: &Path,
+        ns: &str,
+    ) -> anyhow::Result<Self> {
+        let vars = service_env(redis_url, prefix, kubeconfig, ns);
+        let grpc = free_port()?;
+        let server_args = [
+            "--port".to_string(),
+            grpc.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+        ];
+        let mut stack = Self {
+            server: Service::new("stagetime-server", &server_args, &vars)?,
+            creator: Service::new(
+                "stagetime-creator",
+                &["--consumer".into(), format!("{prefix}-creator")],
+                &vars,
+            )?,
+            informer: Service::new("stagetime-informer", &[], &vars)?,
+            sim: Service::new(
+                "stagetime-tekton-sim",
+                &["--delay-ms".into(), "1500".into()],
+                &vars,
+            )?,
+            url: format!("http://127.0.0.1:{grpc}"),
+        };
+        for s in stack.all() {
+            s.start()?;
+        }
+        Ok(stack)
+    }
+
+    fn all(&mut self) -> [&mut Service; 4] {
+        [
+            &mut self.server,
+            &mut self.creator,
+            &mut self.informer,
+            &mut self.sim,
+        ]
+    }
+
+    /// Submits an example file once the server accepts it, returning the id.
+    pub async fn submit_example(&self, name: &str) -> anyhow::Result<String> {
+        let url = self.url.clone();
+        stagetime_testenv::wait_for(
+            "the server to accept the revision run",
+            std::time::Duration::from_secs(60),
+            || {
+                let url = url.clone();
+                async move { crate::submit(&url, crate::example(name).ok()?).await.ok() }
+            },
+        )
+        .await
+    }
+
+    /// The tails of every service log, for a failure message.
+    pub fn logs(&self) -> String {
+        [&self.server, &self.creator, &self.informer, &self.sim]
+            .map(Service::log_tail)
+            .join("\n")
+    }
+}
+
+/// Checks the end of `examples/three-stages.json`: SucceededWithAllowedFailures, stages 0, 1, 2
+/// opened once each in order, and exactly five PipelineRuns, none re-applied with changes.
+pub async fn assert_three_stages_done(
+    store: &stagetime_common::store::Store,
+    conn: &mut redis::aio::MultiplexedConnection,
+    client: kube::Client,
+    ns: &str,
+    rr: &stagetime_common::model::RevisionRun,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        rr.phase == stagetime_common::model::Phase::SucceededWithAllowedFailures,
+        "phase {:?}",
+        rr.phase
+    );
+    let opened = crate::opened_stages(store, conn, &rr.id).await?;
+    anyhow::ensure!(
+        opened == [0, 1, 2],
+        "stages opened {opened:?}, want [0, 1, 2] once each"
+    );
+    let api = stagetime_common::tekton::pipelinerun_api(client, "tekton.dev/v1", ns);
+    let prs = api.list(&Default::default()).await?.items;
+    anyhow::ensure!(prs.len() == 5, "{} PipelineRuns, want 5", prs.len());
+    anyhow::ensure!(
+        prs.iter().all(|p| p.metadata.generation == Some(1)),
+        "a PipelineRun was re-applied with changes"
+    );
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use stagetime_common::model::{Phase, RunState, StageState};
 use stagetime_testenv::wait_for;
-use stagetime_tests::{Stack, example, submit};
+use stagetime_tests::{Stack, example, submit, wait_rr};
 
 const FINISH: Duration = Duration::from_secs(90);
 
@@ -77,11 +77,8 @@ async fn restarting_the_informer_mid_run_and_running_two_at_once_open_each_stage
     let second = stack.spawn_informer();
     let id = submit(&stack.url(), example("three-stages.json")?).await?;
     // Wait until stage 1 is open, then kill the first informer and start a fresh one.
-    let store = stack.store.clone();
-    wait_for("stage 1 to open", FINISH, || {
-        let store = store.clone();
-        let id = id.clone();
-        async move { (store.get(&id).await.ok()?.stages[1].state == StageState::Open).then_some(()) }
+    wait_rr(&stack.store, &id, "stage 1 open", FINISH, |rr| {
+        rr.stages[1].state == StageState::Open
     })
     .await?;
     if let Some(informer) = stack.informer.take() {
@@ -101,17 +98,11 @@ async fn deleting_a_running_pipelinerun_fails_it_with_reason_deleted() -> anyhow
     // The simulator would take a minute: the run is still Running when it is deleted.
     let stack = Stack::start("delete", Duration::from_secs(60)).await?;
     let id = submit(&stack.url(), example("gaps.json")?).await?;
-    let store = stack.store.clone();
-    let running = wait_for("stage 0 running", FINISH, || {
-        let store = store.clone();
-        let id = id.clone();
-        async move {
-            let rr = store.get(&id).await.ok()?;
-            let run = rr.stages[0].runs[0].clone();
-            (run.state == RunState::Running).then_some(run)
-        }
+    let rr = wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
+        rr.stages[0].runs[0].state == RunState::Running
     })
     .await?;
+    let running = rr.stages[0].runs[0].clone();
     let api =
         stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns);
     api.delete(&running.pipeline_run, &Default::default())
@@ -129,17 +120,11 @@ async fn a_pipelinerun_deleted_while_no_informer_watched_is_noticed_after_restar
 -> anyhow::Result<()> {
     let mut stack = Stack::start("delete-unobserved", Duration::from_secs(60)).await?;
     let id = submit(&stack.url(), example("gaps.json")?).await?;
-    let store = stack.store.clone();
-    let running = wait_for("stage 0 running", FINISH, || {
-        let store = store.clone();
-        let id = id.clone();
-        async move {
-            let rr = store.get(&id).await.ok()?;
-            let run = rr.stages[0].runs[0].clone();
-            (run.state == RunState::Running).then_some(run)
-        }
+    let rr = wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
+        rr.stages[0].runs[0].state == RunState::Running
     })
     .await?;
+    let running = rr.stages[0].runs[0].clone();
     if let Some(informer) = stack.informer.take() {
         informer.stop().await;
     }

@@ -73,6 +73,14 @@ impl RedisArgs {
     }
 }
 
+impl RedisArgs {
+    /// Connects the store with the configured URL, prefix and stage stream.
+    pub async fn store(&self) -> crate::Result<crate::store::Store> {
+        let keys = crate::keys::Keys::new(&self.prefix, &self.stream);
+        crate::store::Store::connect(&self.connection_url(), keys).await
+    }
+}
+
 fn percent_encode(raw: &str) -> String {
     raw.bytes()
         .map(|b| match b {

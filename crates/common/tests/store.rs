@@ -5,7 +5,6 @@ use std::time::Duration;
 use stagetime_common::{
     Error,
     fixture::RevisionRunBuilder,
-    keys::Keys,
     machine::Observed,
     model::{Phase, RunState, StageState},
     store::{ListFilter, Store},
@@ -14,12 +13,7 @@ use stagetime_testenv::TestEnv;
 
 async fn store(test: &str) -> anyhow::Result<(Store, redis::aio::MultiplexedConnection)> {
     let env = TestEnv::shared().await?;
-    let prefix = env.redis_prefix(test);
-    let keys = Keys::new(&prefix, &format!("{prefix}:stages"));
-    Ok((
-        Store::connect(&env.redis.url(), keys).await?,
-        env.redis_conn().await?,
-    ))
+    Ok((env.store(test).await?, env.redis_conn().await?))
 }
 
 /// Stage numbers of all messages on the stage stream.

@@ -246,7 +246,11 @@ impl Creator {
         if let Some(message) = fail_runs
             && let Err(error) = self.fail_stage(message, reason).await
         {
-            return Outcome::Retry(format!("cannot mark runs failed: {error}"));
+            if error.is_transient() {
+                return Outcome::Retry(format!("cannot mark runs failed: {error}"));
+            }
+            // The document itself is unusable: there is nothing to mark, dead-letter anyway.
+            tracing::error!(%error, rr = %message.rr, "cannot mark runs failed");
         }
         match self.store.dead_letter(delivery, reason).await {
             Ok(()) => {

@@ -17,9 +17,7 @@ use prometheus_client::registry::Registry;
 use stagetime_common::{
     admin::{AdminServer, Readiness},
     config::{AdminArgs, KubeArgs, LogArgs, RedisArgs},
-    keys::Keys,
     shutdown::Shutdown,
-    store::Store,
 };
 
 pub use consumer::{Creator, Outcome, Settings};
@@ -78,11 +76,7 @@ pub async fn run(
     args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = Store::connect(
-        &args.redis.connection_url(),
-        Keys::new(&args.redis.prefix, &args.redis.stream),
-    )
-    .await?;
+    let store = args.redis.store().await?;
     let client = args.kube.client().await?;
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);

@@ -3,7 +3,7 @@
 
 use kube::api::DynamicObject;
 use prometheus_client::registry::Registry;
-use stagetime_common::{fixture::RevisionRunBuilder, keys::Keys, model::RunState, store::Store};
+use stagetime_common::{fixture::RevisionRunBuilder, model::RunState};
 use stagetime_informer::{Recorded, Recorder, metrics::Metrics};
 use stagetime_testenv::TestEnv;
 
@@ -26,9 +26,7 @@ fn pipelinerun(
 #[tokio::test]
 async fn skips_foreign_objects_and_counts_them() -> anyhow::Result<()> {
     let env = TestEnv::shared().await?;
-    let prefix = env.redis_prefix("recorder");
-    let store =
-        Store::connect(&env.redis.url(), Keys::new(&prefix, &format!("{prefix}:s"))).await?;
+    let store = env.store("recorder").await?;
     store
         .create(
             &RevisionRunBuilder::new("rr")

@@ -27,7 +27,6 @@ use prometheus_client::registry::Registry;
 use stagetime_common::{
     admin::{AdminServer, Readiness},
     config::{AdminArgs, LogArgs, RedisArgs},
-    keys::Keys,
     shutdown::Shutdown,
     store::Store,
 };
@@ -106,11 +105,7 @@ pub async fn run(
     args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = Store::connect(
-        &args.redis.connection_url(),
-        Keys::new(&args.redis.prefix, &args.redis.stream),
-    )
-    .await?;
+    let store = args.redis.store().await?;
     let mut registry = Registry::default();
     let api = Api::new(
         store.clone(),

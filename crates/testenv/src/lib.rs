@@ -72,6 +72,11 @@ impl TestEnv {
         )
     }
 
+    /// A store on the shared Redis under a fresh prefix (stage stream `<prefix>:stages`).
+    pub async fn store(&self, test: &str) -> anyhow::Result<stagetime_common::store::Store> {
+        store_at(&self.redis.url(), &self.redis_prefix(test)).await
+    }
+
     /// Creates a fresh namespace for one test and returns its name.
     pub async fn namespace(&self, test: &str) -> anyhow::Result<String> {
         let name = stagetime_ns_name(test);
@@ -88,6 +93,12 @@ impl TestEnv {
     pub async fn redis_conn(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
         self.redis.connection().await
     }
+}
+
+/// A store at `url` with every key under `prefix` and the stage stream `<prefix>:stages`.
+pub async fn store_at(url: &str, prefix: &str) -> anyhow::Result<stagetime_common::store::Store> {
+    let keys = stagetime_common::keys::Keys::new(prefix, &format!("{prefix}:stages"));
+    Ok(stagetime_common::store::Store::connect(url, keys).await?)
 }
 
 fn stagetime_ns_name(test: &str) -> String {

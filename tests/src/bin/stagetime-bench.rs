@@ -11,9 +11,7 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 use prometheus_client::registry::Registry;
-use stagetime_common::{
-    fixture::RevisionRunBuilder, keys::Keys, machine::Observed, store::Store, stream::StageMessage,
-};
+use stagetime_common::{fixture::RevisionRunBuilder, machine::Observed, stream::StageMessage};
 use stagetime_proto::revisionrun::{
     CreateRevisionRunRequest, Pipelinerun,
     stage_time_application_service_client::StageTimeApplicationServiceClient,
@@ -33,21 +31,11 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
-async fn new_store(test: &str) -> anyhow::Result<Store> {
-    let env = TestEnv::shared().await?;
-    let prefix = env.redis_prefix(test);
-    Ok(Store::connect(
-        &env.redis.url(),
-        Keys::new(&prefix, &format!("{prefix}:stages")),
-    )
-    .await?)
-}
-
 /// *record and advance* vs plain `JSON.SET` round trips of the same document.
 async fn bench_store() -> anyhow::Result<()> {
     const N: usize = 4000;
     const CONCURRENCY: usize = 8;
-    let store = new_store("bench-store").await?;
+    let store = TestEnv::shared().await?.store("bench-store").await?;
     let mut ids = Vec::new();
     for i in 0..N {
         let rr = RevisionRunBuilder::new(&format!("b{i}"))

@@ -7,7 +7,6 @@ use std::time::Duration;
 use kube::api::{DynamicObject, ListParams};
 use prometheus_client::registry::Registry;
 use stagetime_common::{
-    keys::Keys,
     request::{PipelineRef, RevisionRequest, RunSpec},
     store::{Store, now_rfc3339},
     tekton,
@@ -26,12 +25,7 @@ pub struct Fixture {
 impl Fixture {
     pub async fn new(test: &str) -> anyhow::Result<Self> {
         let env = TestEnv::shared().await?;
-        let prefix = env.redis_prefix(test);
-        let store = Store::connect(
-            &env.redis.url(),
-            Keys::new(&prefix, &format!("{prefix}:stages")),
-        )
-        .await?;
+        let store = env.store(test).await?;
         store.ensure_group().await?;
         Ok(Self {
             env,

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use prometheus_client::registry::Registry;
-use stagetime_common::{keys::Keys, store::Store};
+use stagetime_common::store::Store;
 use stagetime_server::{Api, metrics::Metrics, render::RenderSettings};
 use stagetime_testenv::TestEnv;
 use tokio::net::TcpListener;
@@ -21,11 +21,7 @@ impl TestServer {
     pub async fn start(test: &str) -> anyhow::Result<Self> {
         let env = TestEnv::shared().await?;
         let prefix = env.redis_prefix(test);
-        let store = Store::connect(
-            &env.redis.url(),
-            Keys::new(&prefix, &format!("{prefix}:stages")),
-        )
-        .await?;
+        let store = stagetime_testenv::store_at(&env.redis.url(), &prefix).await?;
         let api = Api::new(
             store.clone(),
             RenderSettings {

@@ -1,0 +1,94 @@
+//! The Helm chart, rendered by helmfile as users deploy it, is accepted by the real API server
+//! (server-side dry-run apply with kubectl).
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+};
+
+use stagetime_testenv::{TestEnv, process::tool};
+
+#[tokio::test]
+async fn helmfile_template_renders_manifests_the_api_server_accepts() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    env.kube.create_namespace("stagetime").await?;
+    let helmfile = tool("helmfile", "helmfile")?;
+    let helm = tool("helm", "helm")?;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let path = format!(
+        "{}:{}",
+        helm.parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let rendered = Command::new(&helmfile)
+        .args(["--file", "helmfile.yaml", "template", "--skip-deps"])
+        .current_dir(root)
+        .env("PATH", &path)
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("stagetime-helm-cache"),
+        )
+        .output()?;
+    anyhow::ensure!(
+        rendered.status.success(),
+        "helmfile template: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let yaml = String::from_utf8(rendered.stdout)?;
+    for kind in [
+        "Deployment",
+        "Service",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ServiceAccount",
+    ] {
+        assert!(
+            yaml.contains(&format!("kind: {kind}")),
+            "no {kind} rendered"
+        );
+    }
+    assert!(
+        yaml.contains("/usr/local/bin/stagetime-creator")
+            && yaml.contains("name: INFORMING_NAMESPACE")
+    );
+
+    let kubectl = ["/usr/lib/google-cloud-sdk/bin/kubectl.1.33", "kubectl"]
+        .into_iter()
+        .find(|k| {
+            Command::new(k)
+                .arg("version")
+                .arg("--client")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!("kubectl is missing (install it with: apt-get install -y kubectl)")
+        })?;
+    let mut child = Command::new(kubectl)
+        .args(["apply", "--dry-run=server", "-n", "stagetime", "-f", "-"])
+        .env("KUBECONFIG", env.kube.kubeconfig())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
+        .write_all(yaml.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl apply: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("deployment.apps/stagetime-creator created (server dry run)"),
+        "{stdout}"
+    );
+    Ok(())
+}
