@@ -124,11 +124,17 @@ impl Stack {
 
     /// A creator consuming this stack's stream.
     pub fn spawn_creator(&self, consumer: &str) -> Component {
+        self.spawn_creator_into(consumer, None)
+    }
+
+    /// A creator that applies every PipelineRun into `namespace` (`TEKTON_NAMESPACE`).
+    pub fn spawn_creator_into(&self, consumer: &str, namespace: Option<&str>) -> Component {
         let creator = Creator::new(
             self.store.clone(),
             self.client.clone(),
             Settings {
                 consumer: consumer.into(),
+                namespace_override: namespace.map(str::to_string),
                 block: Duration::from_millis(500),
                 visibility_timeout: Duration::from_secs(2),
                 ..Settings::default()
@@ -144,15 +150,21 @@ impl Stack {
 
     /// An informer scoped to this stack's namespace.
     pub fn spawn_informer(&self) -> Component {
+        self.spawn_informer_in(&self.ns, stagetime_informer::watch::DEFAULT_RESYNC)
+    }
+
+    /// An informer scoped to `namespace` that re-lists every `resync`.
+    pub fn spawn_informer_in(&self, namespace: &str, resync: Duration) -> Component {
         let informer = Informer::new(
             self.client.clone(),
             "tekton.dev/v1",
-            &self.ns,
+            namespace,
             Recorder {
                 store: self.store.clone(),
                 metrics: stagetime_informer::metrics::Metrics::register(&mut Registry::default()),
             },
-        );
+        )
+        .with_resync(resync);
         Component::spawn(|stop| async move { informer.run(stop).await })
     }
 

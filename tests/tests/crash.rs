@@ -48,6 +48,15 @@ async fn kill_9_of_each_service_mid_run_still_ends_right() -> anyhow::Result<()>
     .await?;
     p.creator.kill();
     p.creator.start()?;
+    let api =
+        stagetime_common::tekton::pipelinerun_api(env.kube_client().await?, "tekton.dev/v1", &ns);
+    let uid_map = |items: Vec<kube::api::DynamicObject>| -> Vec<(Option<String>, Option<String>)> {
+        items
+            .into_iter()
+            .map(|o| (o.metadata.name, o.metadata.uid))
+            .collect()
+    };
+    let early = uid_map(api.list(&Default::default()).await?.items);
 
     let rr = wait_rr(&store, &id, "to finish", Duration::from_secs(120), |rr| {
         rr.phase.is_terminal()
@@ -61,5 +70,12 @@ async fn kill_9_of_each_service_mid_run_still_ends_right() -> anyhow::Result<()>
         &ns,
         &rr,
     )
-    .await
+    .await?;
+    // The PipelineRuns that existed before the last kill are the same objects (not recreated).
+    let late = uid_map(api.list(&Default::default()).await?.items);
+    assert!(
+        early.iter().all(|e| late.contains(e)),
+        "recreated: {early:?} vs {late:?}"
+    );
+    Ok(())
 }

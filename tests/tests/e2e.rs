@@ -71,25 +71,145 @@ async fn stage_numbers_with_gaps_run_in_order() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn restarting_the_informer_mid_run_and_running_two_at_once_open_each_stage_once()
--> anyhow::Result<()> {
+async fn restarting_the_informer_mid_run_opens_each_stage_once() -> anyhow::Result<()> {
     let mut stack = Stack::start("informer-restart", Duration::from_millis(700)).await?;
-    let second = stack.spawn_informer();
     let id = submit(&stack.url(), example("three-stages.json")?).await?;
-    // Wait until stage 1 is open, then kill the first informer and start a fresh one.
     wait_rr(&stack.store, &id, "stage 1 open", FINISH, |rr| {
         rr.stages[1].state == StageState::Open
     })
     .await?;
+    // Kill the only informer; nothing advances until a fresh one re-derives the state.
     if let Some(informer) = stack.informer.take() {
         informer.abort();
     }
     stack.informer = Some(stack.spawn_informer());
     let rr = stack.wait_terminal(&id, FINISH).await?;
-    second.stop().await;
     assert_eq!(rr.phase, Phase::SucceededWithAllowedFailures);
     assert_eq!(stack.opened_stages(&id).await?, vec![0, 1, 2]);
     assert_eq!(stack.pipelineruns().await?.len(), 5);
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_informers_at_once_open_each_stage_once() -> anyhow::Result<()> {
+    let stack = Stack::start("two-informers", Duration::from_millis(300)).await?;
+    let second = stack.spawn_informer();
+    let third = stack.spawn_informer();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut req = example("three-stages.json")?;
+        req.commit_id = format!("{i:040x}");
+        ids.push(submit(&stack.url(), req).await?);
+    }
+    for id in &ids {
+        let rr = stack.wait_terminal(id, FINISH).await?;
+        assert_eq!(rr.phase, Phase::SucceededWithAllowedFailures);
+        assert_eq!(stack.opened_stages(id).await?, vec![0, 1, 2], "{id}");
+    }
+    second.stop().await;
+    third.stop().await;
+    assert_eq!(stack.pipelineruns().await?.len(), 25);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_creator_namespace_override_survives_an_informer_restart() -> anyhow::Result<()> {
+    // Rendered into stack.ns, applied into `target` by a creator with TEKTON_NAMESPACE set.
+    let mut stack = Stack::start("override", Duration::from_millis(500)).await?;
+    let target = stack.env.namespace("override-target").await?;
+    for c in [
+        stack.creator.take(),
+        stack.informer.take(),
+        stack.simulator.take(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        c.stop().await;
+    }
+    stack.ns = target.clone();
+    stack.creator = Some(stack.spawn_creator_into("override", Some(&target)));
+    stack.simulator = Some(stack.spawn_simulator(Duration::from_millis(500)));
+    // Informers watching every namespace, so where the runs are recorded to live matters.
+    stack.informer = Some(stack.spawn_informer_in("", stagetime_informer::watch::DEFAULT_RESYNC));
+    let id = submit(&stack.url(), example("three-stages.json")?).await?;
+    let rr = wait_rr(&stack.store, &id, "stage 1 open", FINISH, |rr| {
+        rr.stages[1].state == StageState::Open
+    })
+    .await?;
+    assert!(
+        rr.stages[0].runs.iter().all(|r| r.namespace == target),
+        "the document records where runs live"
+    );
+    if let Some(informer) = stack.informer.take() {
+        informer.abort();
+    }
+    stack.informer = Some(stack.spawn_informer_in("", stagetime_informer::watch::DEFAULT_RESYNC));
+    let rr = stack.wait_terminal(&id, FINISH).await?;
+    assert_eq!(
+        rr.phase,
+        Phase::SucceededWithAllowedFailures,
+        "{:?}",
+        rr.stages
+    );
+    assert_eq!(stack.pipelineruns().await?.len(), 5);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lost_store_write_is_recovered_by_the_periodic_resync() -> anyhow::Result<()> {
+    let mut stack = Stack::start("resync", Duration::from_secs(3600)).await?;
+    if let Some(informer) = stack.informer.take() {
+        informer.stop().await;
+    }
+    stack.informer = Some(stack.spawn_informer_in(&stack.ns, Duration::from_secs(1)));
+    let id = submit(&stack.url(), example("gaps.json")?).await?;
+    let before = wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
+        rr.stages[0].runs[0].state == RunState::Running
+    })
+    .await?;
+    // Tekton finishes the run; the informer records it and opens stage 2.
+    let name = before.stages[0].runs[0].pipeline_run.clone();
+    let api =
+        stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns);
+    let done = serde_json::json!({"status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded"}]}});
+    api.patch_status(&name, &Default::default(), &kube::api::Patch::Merge(&done))
+        .await?;
+    let after = wait_rr(&stack.store, &id, "stage 2 open", FINISH, |rr| {
+        rr.stages[1].state == StageState::Open
+    })
+    .await?;
+    // Redis loses that write (and the stage message written with it), as a crash without
+    // appendfsync-always can: put the old document back and drop the message.
+    let mut conn = stack.env.redis_conn().await?;
+    let mut lost = before.clone();
+    lost.version = after.version + 1;
+    let _: () = redis::cmd("JSON.SET")
+        .arg(stack.store.keys().doc(&id))
+        .arg("$")
+        .arg(serde_json::to_string(&lost)?)
+        .query_async(&mut conn)
+        .await?;
+    let stream: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(stack.store.keys().stage_stream())
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    let _: i64 = redis::cmd("XDEL")
+        .arg(stack.store.keys().stage_stream())
+        .arg(&stream.ids[0].id)
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(stack.opened_stages(&id).await?, vec![0]);
+    // No new event arrives for that PipelineRun; only the resync can record it again.
+    wait_rr(&stack.store, &id, "stage 2 open again", FINISH, |rr| {
+        rr.stages[1].state == StageState::Open
+    })
+    .await?;
+    assert_eq!(stack.opened_stages(&id).await?, vec![0, 2]);
     Ok(())
 }
 

@@ -76,6 +76,11 @@ impl Error {
         }
     }
 
+    /// Whether a stream command failed because the consumer group (or stream) does not exist.
+    pub fn is_missing_group(&self) -> bool {
+        matches!(self, Error::Redis { source, .. } if source.code() == Some("NOGROUP"))
+    }
+
     /// Whether retrying later may succeed (Redis unreachable, contention).
     pub fn is_transient(&self) -> bool {
         match self {

@@ -17,8 +17,12 @@ pub const REASON_DELETED: &str = "Deleted";
 /// What was observed about one run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observed {
-    /// The creator applied it.
-    Created,
+    /// The creator applied it, in this namespace (which a creator-side override may have
+    /// changed from the rendered one; the informer reconciles by it).
+    Created {
+        /// Namespace the PipelineRun was applied to.
+        namespace: String,
+    },
     /// Tekton reports it running (condition `Unknown` or absent).
     Running,
     /// Condition `Succeeded=True`.
@@ -172,9 +176,20 @@ fn apply_to_run(run: &mut Run, observed: &Observed, now: &str) -> bool {
         return false;
     }
     let (state, reason, message) = match observed {
-        Observed::Created if run.state == RunState::Pending => (RunState::Created, None, None),
+        Observed::Created { namespace } => {
+            // The informer may have seen the run (Running) before the creator recorded it; the
+            // namespace it really lives in is still news.
+            let moved = !namespace.is_empty() && run.namespace != *namespace;
+            if moved {
+                run.namespace = namespace.clone();
+            }
+            if run.state != RunState::Pending {
+                return moved;
+            }
+            (RunState::Created, None, None)
+        }
         Observed::Running if run.state != RunState::Running => (RunState::Running, None, None),
-        Observed::Created | Observed::Running => return false,
+        Observed::Running => return false,
         Observed::Succeeded => (RunState::Succeeded, None, None),
         Observed::Failed { reason, message } => (
             RunState::Failed,

@@ -106,7 +106,7 @@ pub struct RevisionRequest {
 }
 
 impl RevisionRequest {
-    /// The deterministic, readable id: `<repo>-<commit7>-<hash6>`.
+    /// The deterministic, readable id: `<repo>-<commit7>-<hash8>`.
     ///
     /// The hash covers the canonical request — repo, URL, commit and the runs sorted by
     /// (stage, name) — but not author or push time, so an identical resubmit (even one sent again
@@ -121,7 +121,7 @@ impl RevisionRequest {
             "runs": runs,
         });
         let digest = Sha256::digest(canonical.to_string().as_bytes());
-        let hash: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
+        let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
         let repo = crate::names::sanitize_label(&self.repo_name, 30);
         let repo = if repo.is_empty() {
             "repo".to_string()

@@ -16,6 +16,12 @@ fn started(rr: RevisionRun) -> (RevisionRun, Vec<Effect>) {
     (rr, d.effects)
 }
 
+fn created() -> Observed {
+    Observed::Created {
+        namespace: "default".into(),
+    }
+}
+
 fn fail() -> Observed {
     Observed::Failed {
         reason: "Failed".into(),
@@ -37,7 +43,7 @@ fn three_stages_with_an_allowed_failure() {
             .build(),
     );
     assert_eq!(effects, vec![Effect::OpenStage { stage: 0 }]);
-    assert!(observe(&mut rr, "rr-0-build", Observed::Created).is_empty());
+    assert!(observe(&mut rr, "rr-0-build", created()).is_empty());
     assert_eq!(rr.phase, Phase::Running);
     assert!(observe(&mut rr, "rr-0-build", Observed::Succeeded).is_empty());
     let e = observe(&mut rr, "rr-0-lint", fail());
@@ -166,7 +172,7 @@ fn arb_run() -> impl Strategy<Value = RevisionRun> {
 
 fn arb_observed() -> impl Strategy<Value = Observed> {
     prop_oneof![
-        Just(Observed::Created),
+        Just(created()),
         Just(Observed::Running),
         Just(Observed::Succeeded),
         Just(Observed::Succeeded),

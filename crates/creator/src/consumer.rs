@@ -123,6 +123,12 @@ impl Creator {
                     Ok(read) => deliveries.extend(read),
                     Err(error) => {
                         tracing::warn!(%error, "cannot read the stage stream; retrying");
+                        if error.is_missing_group() {
+                            // The stream or its group vanished (e.g. Redis lost its data): recreate it.
+                            if let Err(error) = self.store.ensure_group().await {
+                                tracing::warn!(%error, "cannot recreate the consumer group");
+                            }
+                        }
                         tokio::select! {
                             () = &mut shutdown => break,
                             () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -263,6 +269,9 @@ impl Creator {
 
     async fn fail_stage(&self, message: &StageMessage, reason: &str) -> Result<()> {
         let rr = self.store.get(&message.rr).await?;
+        if rr.attempt != message.attempt {
+            return Ok(());
+        }
         let failed: Vec<(String, Observed)> = rr
             .stages
             .iter()
@@ -298,19 +307,24 @@ impl Creator {
         let manifests = self.store.manifests(&rr.id, &pending).await?;
         // Applies of one stage run in parallel (bounded): a stage of 100 runs must not wait for
         // 100 sequential round trips to the API server.
-        let results: Vec<(String, Result<()>)> = stream::iter(pending.into_iter().zip(manifests))
-            .map(|(name, manifest): (String, Option<String>)| async move {
-                let result = self.apply(&name, manifest.as_deref()).await;
-                (name, result)
-            })
-            .buffer_unordered(APPLY_CONCURRENCY)
-            .collect()
-            .await;
+        let results: Vec<(String, Result<String>)> =
+            stream::iter(pending.into_iter().zip(manifests))
+                .map(|(name, manifest): (String, Option<String>)| async move {
+                    let result = self.apply(&name, manifest.as_deref()).await;
+                    (name, result)
+                })
+                .buffer_unordered(APPLY_CONCURRENCY)
+                .collect()
+                .await;
         let mut observations = Vec::new();
+        let mut transient = None;
         for (name, result) in results {
             let observed = match result {
-                Ok(()) => Observed::Created,
-                Err(error) if error.is_transient() => return Err(error),
+                Ok(namespace) => Observed::Created { namespace },
+                Err(error) if error.is_transient() => {
+                    transient = Some(error);
+                    continue;
+                }
                 Err(error) => {
                     tracing::error!(%error, rr = %rr.id, pipeline_run = %name, "cannot create PipelineRun");
                     self.metrics.runs_failed.inc();
@@ -319,12 +333,18 @@ impl Creator {
             };
             observations.push((name, observed));
         }
+        // What was applied is recorded even when another apply of the stage must be retried, so
+        // a later give-up never marks a run failed whose PipelineRun exists.
         self.store.record_many(&rr.id, &observations).await?;
+        if let Some(error) = transient {
+            return Err(error);
+        }
         tracing::info!(rr = %rr.id, stage = stage.number, created = observations.len(), "stage created");
         Ok(())
     }
 
-    async fn apply(&self, name: &str, manifest: Option<&str>) -> Result<()> {
+    /// Applies one manifest; returns the namespace it went to.
+    async fn apply(&self, name: &str, manifest: Option<&str>) -> Result<String> {
         let malformed = |reason: String| Error::MalformedManifest {
             name: name.to_string(),
             reason,
@@ -358,7 +378,7 @@ impl Creator {
         match result {
             Ok(_) => {
                 self.metrics.applied.inc();
-                Ok(())
+                Ok(namespace)
             }
             Err(source) => {
                 if !is_transient_kube(&source) {

@@ -87,7 +87,7 @@ pub async fn run(
         consumer: args.consumer.clone(),
         namespace_override: args.tekton_namespace.clone().filter(|n| !n.is_empty()),
         concurrency: args.concurrency.max(1),
-        visibility_timeout: Duration::from_secs(args.visibility_timeout_seconds.max(1)),
+        visibility_timeout: Duration::from_secs(args.visibility_timeout_seconds.clamp(1, 86_400)),
         max_deliveries: args.max_deliveries.max(1),
         ..Settings::default()
     };

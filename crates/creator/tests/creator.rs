@@ -38,7 +38,7 @@ async fn an_open_stage_becomes_its_pipelineruns_and_is_acked() -> anyhow::Result
     assert_eq!(f.store.pending_count().await?, 0);
 
     let prs = f.pipelineruns().await?;
-    let suffix = id.rsplit('-').next().unwrap_or_default();
+    let suffix = stagetime_server::render::name_suffix(&id);
     assert_eq!(
         names(&prs),
         vec![
@@ -147,6 +147,21 @@ async fn redelivery_and_a_crash_before_ack_create_nothing_twice() -> anyhow::Res
             .iter()
             .all(|r| r.state == RunState::Created)
     );
+    // Runs already recorded are never applied again: a PipelineRun deleted afterwards (say by
+    // a pruner) does not come back when the message is delivered once more.
+    api.delete(&pr_names[0], &Default::default()).await?;
+    wait_for(
+        "the PipelineRun to be gone",
+        Duration::from_secs(30),
+        || {
+            let api = api.clone();
+            let name = pr_names[0].clone();
+            async move { matches!(api.get_opt(&name).await, Ok(None)).then_some(()) }
+        },
+    )
+    .await?;
+    survivor.process(&dup).await?;
+    assert_eq!(names(&f.pipelineruns().await?), vec![pr_names[1].clone()]);
     Ok(())
 }
 

@@ -40,6 +40,13 @@ pub struct Args {
         default_value = ""
     )]
     pub informing_namespace: String,
+    /// Seconds between full re-lists of PipelineRuns (level-triggered resync).
+    #[arg(
+        long = "resync-seconds",
+        env = "INFORMER_RESYNC_SECONDS",
+        default_value_t = 300
+    )]
+    pub resync_seconds: u64,
     /// apiVersion of the PipelineRuns to watch.
     #[arg(
         long = "tekton-api-version",
@@ -78,7 +85,8 @@ pub async fn run(
         &args.tekton_api_version,
         &args.informing_namespace,
         Recorder { store, metrics },
-    );
+    )
+    .with_resync(std::time::Duration::from_secs(args.resync_seconds));
     let shutdown = Shutdown::spawn(shutdown);
     let admin_task = tokio::spawn(admin.serve(shutdown.clone().wait()));
     ready.set(true);

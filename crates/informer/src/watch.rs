@@ -28,7 +28,11 @@ pub struct Informer {
     api: Api<DynamicObject>,
     recorder: Recorder,
     namespace: String,
+    resync: std::time::Duration,
 }
+
+/// Default interval of full re-lists (see [`Informer::with_resync`]).
+pub const DEFAULT_RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Informer {
     /// An informer of `api_version` PipelineRuns in `namespace` (empty = all).
@@ -44,11 +48,33 @@ impl Informer {
             api_version: api_version.to_string(),
             recorder,
             namespace: namespace.to_string(),
+            resync: DEFAULT_RESYNC,
         }
     }
 
-    /// Watches until `shutdown`.
+    /// Restarts the watch (a full re-list, and the reconcile after it) every `resync`, so states
+    /// a store write lost — e.g. a Redis crash without `appendfsync always` — are recorded again
+    /// even while the watch itself stays healthy.
+    pub fn with_resync(mut self, resync: std::time::Duration) -> Self {
+        self.resync = resync.max(std::time::Duration::from_secs(1));
+        self
+    }
+
+    /// Watches until `shutdown`, starting over with a full list every resync interval.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let resync = tokio::time::sleep(self.resync);
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.watch_once() => return,
+                () = resync => tracing::debug!("periodic resync: re-listing PipelineRuns"),
+            }
+        }
+    }
+
+    /// One watch stream from its initial list on, until the stream ends.
+    async fn watch_once(&self) {
         let config = watcher::Config::default().labels(LABEL_REVISION_RUN);
         let mut stream = watcher(self.api.clone(), config)
             .default_backoff()
@@ -60,12 +86,8 @@ impl Informer {
             .boxed();
         let metrics = &self.recorder.metrics;
         let mut listed: Option<HashSet<(String, String)>> = None;
-        tokio::pin!(shutdown);
         loop {
-            let event = tokio::select! {
-                () = &mut shutdown => return,
-                event = stream.next() => event,
-            };
+            let event = stream.next().await;
             match event {
                 None => return,
                 Some(Err(error)) => {

@@ -125,7 +125,7 @@ pub fn render(
 ) -> Result<Rendered, Error> {
     validate(req, runs_field)?;
     let id = req.revision_run_id();
-    let suffix = id.rsplit('-').next().unwrap_or("x").to_string();
+    let suffix = name_suffix(&id);
     let mut by_stage: BTreeMap<u32, Vec<Run>> = BTreeMap::new();
     let mut manifests = Vec::new();
     for run in &req.runs {
@@ -174,6 +174,18 @@ pub fn render(
         stages,
     };
     Ok(Rendered { rr, manifests })
+}
+
+/// Suffix of every PipelineRun name of a revision run: 10 hex digits (40 bits) of a hash of its
+/// id, so names of different revision runs practically never collide even when nothing is
+/// cleaned up for a long time.
+pub fn name_suffix(id: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(id.as_bytes())
+        .iter()
+        .take(5)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn param_json(name: &str, value: &ParamValue) -> Value {

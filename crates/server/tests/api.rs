@@ -378,7 +378,16 @@ async fn watch_sends_the_snapshot_then_each_change_in_order() -> anyhow::Result<
     let rr = server.store.get(&id).await?;
     let build = rr.stages[0].runs[0].pipeline_run.clone();
     let deploy = rr.stages[1].runs[0].pipeline_run.clone();
-    server.store.record(&id, &build, &Observed::Created).await?;
+    server
+        .store
+        .record(
+            &id,
+            &build,
+            &Observed::Created {
+                namespace: "ci".into(),
+            },
+        )
+        .await?;
     server
         .store
         .record(&id, &build, &Observed::Succeeded)

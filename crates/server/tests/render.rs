@@ -34,7 +34,7 @@ fn manifest(r: &render::Rendered, run: &str) -> anyhow::Result<Value> {
 fn manifests_carry_names_labels_refs_params_and_workspaces() -> anyhow::Result<()> {
     let (r, req) = rendered()?;
     let id = req.revision_run_id();
-    let suffix = id.rsplit('-').next().unwrap_or_default();
+    let suffix = stagetime_server::render::name_suffix(&id);
     let build = manifest(&r, "build-kaniko-image")?;
     assert_eq!(build["apiVersion"], "tekton.dev/v1");
     assert_eq!(
