@@ -135,23 +135,31 @@ impl Store {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<Delivery>> {
+        // XAUTOCLAIM scans the pending list a page at a time; follow its cursor so messages
+        // beyond the first page are found too.
+        const PAGE: usize = 100;
         let mut conn = self.conn.clone();
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(self.keys.stage_stream())
-            .arg(CREATOR_GROUP)
-            .arg(consumer)
-            .arg(min_idle.as_millis() as u64)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("claim idle messages"))?;
-        Ok(reply
-            .claimed
-            .into_iter()
-            .map(Delivery::from_entry)
-            .collect())
+        let mut cursor = "0-0".to_string();
+        let mut claimed = Vec::new();
+        loop {
+            let page = PAGE.min(count.saturating_sub(claimed.len())).max(1);
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(self.keys.stage_stream())
+                .arg(CREATOR_GROUP)
+                .arg(consumer)
+                .arg(min_idle.as_millis() as u64)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(page)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err("claim idle messages"))?;
+            claimed.extend(reply.claimed.into_iter().map(Delivery::from_entry));
+            cursor = reply.next_stream_id;
+            if cursor == "0-0" || claimed.len() >= count {
+                return Ok(claimed);
+            }
+        }
     }
 
     /// Acknowledges a processed stage message.

@@ -245,6 +245,49 @@ async fn list_filters_and_paginates_newest_first() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn reclaim_finds_idle_messages_behind_a_long_busy_pending_list() -> anyhow::Result<()> {
+    let (store, mut conn) = store("reclaim").await?;
+    store.ensure_group().await?;
+    let stream = store.keys().stage_stream().to_string();
+    for i in 0..1100 {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("rr")
+            .arg(format!("rr{i}"))
+            .arg("stage")
+            .arg(0)
+            .arg("attempt")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+    }
+    let mut reader = store.blocking_reader(Duration::from_millis(200)).await?;
+    let delivered = reader.read_stage(&store, "busy", 2000).await?;
+    assert_eq!(delivered.len(), 1100);
+    // Only the last 50 have been idle long (their consumer died); the first 1050 are in flight.
+    // XAUTOCLAIM scans at most ten times COUNT entries per call, so only following its cursor
+    // reaches them.
+    let mut idle = redis::cmd("XCLAIM");
+    idle.arg(&stream)
+        .arg("stagetime-creator")
+        .arg("dead")
+        .arg(0);
+    for d in &delivered[1050..] {
+        idle.arg(&d.id);
+    }
+    idle.arg("IDLE").arg(600_000);
+    let _: redis::Value = idle.query_async(&mut conn).await?;
+    let claimed = store
+        .claim_idle("alive", Duration::from_secs(300), 100)
+        .await?;
+    let ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
+    let expected: Vec<&str> = delivered[1050..].iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, expected);
+    Ok(())
+}
+
+#[tokio::test]
 async fn malformed_documents_and_messages_are_errors() -> anyhow::Result<()> {
     let (store, mut conn) = store("malformed").await?;
     let _: () = redis::cmd("JSON.SET")
