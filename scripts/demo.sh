@@ -59,9 +59,7 @@ target/debug/stagetime watch "$id" || status=$?
 
 echo
 echo "==> kubectl get pipelineruns -L stagetime/stage"
-kubectl="kubectl"
-[ -x /usr/lib/google-cloud-sdk/bin/kubectl.1.33 ] && kubectl=/usr/lib/google-cloud-sdk/bin/kubectl.1.33
-"$kubectl" get pipelineruns -n stagetime-demo -L stagetime/stage --sort-by=.metadata.labels.stagetime/stage
+kubectl get pipelineruns -n stagetime-demo -L stagetime/stage --sort-by=.metadata.labels.stagetime/stage
 echo
 target/debug/stagetime status "$id"
 exit "$status"

@@ -54,19 +54,15 @@ async fn helmfile_template_renders_manifests_the_api_server_accepts() -> anyhow:
             && yaml.contains("name: INFORMING_NAMESPACE")
     );
 
-    let kubectl = ["/usr/lib/google-cloud-sdk/bin/kubectl.1.33", "kubectl"]
-        .into_iter()
-        .find(|k| {
-            Command::new(k)
-                .arg("version")
-                .arg("--client")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .ok_or_else(|| {
-            anyhow::anyhow!("kubectl is missing (install it with: apt-get install -y kubectl)")
-        })?;
-    let mut child = Command::new(kubectl)
+    let kubectl_ok = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    anyhow::ensure!(
+        kubectl_ok,
+        "kubectl is missing (install it with: apt-get install -y kubectl)"
+    );
+    let mut child = Command::new("kubectl")
         .args(["apply", "--dry-run=server", "-n", "stagetime", "-f", "-"])
         .env("KUBECONFIG", env.kube.kubeconfig())
         .stdin(Stdio::piped())
