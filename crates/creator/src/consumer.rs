@@ -289,9 +289,9 @@ impl Creator {
     pub async fn process(&self, message: &StageMessage) -> Result<()> {
         let rr = self.store.get(&message.rr).await?;
         let Some(stage) = rr.stages.iter().find(|s| s.number == message.stage) else {
-            return Err(Error::MalformedManifest {
-                name: format!("{}/stage {}", message.rr, message.stage),
-                reason: "the revision run has no such stage".into(),
+            return Err(Error::UnknownStage {
+                rr: message.rr.clone(),
+                stage: message.stage,
             });
         };
         if message.attempt != rr.attempt || stage.state != StageState::Open {

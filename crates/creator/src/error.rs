@@ -19,6 +19,14 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The message names a stage the revision run does not have.
+    #[error("revision run {rr} has no stage {stage}")]
+    UnknownStage {
+        /// Revision run id.
+        rr: String,
+        /// Stage number.
+        stage: u32,
+    },
     /// A stored manifest is not a valid object.
     #[error("manifest of {name} is malformed: {reason}")]
     MalformedManifest {
@@ -35,7 +43,7 @@ impl Error {
         match self {
             Error::Store(e) => e.is_transient(),
             Error::ApplyPipelineRun { source, .. } => is_transient_kube(source),
-            Error::MalformedManifest { .. } => false,
+            Error::MalformedManifest { .. } | Error::UnknownStage { .. } => false,
         }
     }
 }

@@ -266,6 +266,28 @@ async fn poison_messages_are_dead_lettered_and_runs_fail_instead_of_hanging() ->
         matches!(&outcome, Outcome::DeadLettered(r) if r.contains("stage")),
         "{outcome:?}"
     );
+    // 2b. A stage the revision run does not have.
+    let other = f.submit("c4-other", &[("only", 0, false)]).await?;
+    assert_eq!(
+        creator.handle(read_one(&f, "c4").await?).await,
+        Outcome::Acked
+    );
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("rr")
+        .arg(&other)
+        .arg("stage")
+        .arg(7)
+        .arg("attempt")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    let outcome = creator.handle(read_one(&f, "c4").await?).await;
+    assert!(
+        matches!(&outcome, Outcome::DeadLettered(r) if r.contains("no stage 7")),
+        "{outcome:?}"
+    );
     // 3. A manifest the API server rejects (an invalid label key): that run fails, the other is
     //    created, the stage closes Failed and the revision run ends.
     let id = f
@@ -315,7 +337,11 @@ async fn poison_messages_are_dead_lettered_and_runs_fail_instead_of_hanging() ->
             .unwrap_or_default()
             .contains("not a valid key")
     );
-    assert_eq!(names(&f.pipelineruns().await?).len(), 1);
+    assert_eq!(
+        names(&f.pipelineruns().await?).len(),
+        2,
+        "the good run and the other revision run's run"
+    );
 
     let dlq: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(f.store.keys().dead_letter())
@@ -323,7 +349,7 @@ async fn poison_messages_are_dead_lettered_and_runs_fail_instead_of_hanging() ->
         .arg("+")
         .query_async(&mut conn)
         .await?;
-    assert_eq!(dlq.ids.len(), 2);
+    assert_eq!(dlq.ids.len(), 3);
     assert_eq!(f.store.pending_count().await?, 0);
     // The creator keeps serving: the good run was created after the poison messages.
     assert_eq!(

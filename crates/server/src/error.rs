@@ -22,9 +22,6 @@ pub enum Error {
     /// The API exists but the server does not implement it yet.
     #[error("{0} is not implemented yet")]
     Unimplemented(&'static str),
-    /// Binding or serving failed.
-    #[error("serve: {0}")]
-    Serve(String),
 }
 
 impl Error {
@@ -34,7 +31,6 @@ impl Error {
             Error::InvalidArgument { .. } => "invalid_argument",
             Error::Store(e) => e.metric_label(),
             Error::Unimplemented(_) => "unimplemented",
-            Error::Serve(_) => "serve",
         }
     }
 }

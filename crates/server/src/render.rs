@@ -8,6 +8,7 @@ use stagetime_common::{
     model::{Phase, Revision, RevisionRun, Run, RunState, Stage, StageState},
     names::{dns_label, sanitize_label},
     request::{ParamValue, PipelineRef, RevisionRequest, RunSpec},
+    tekton::LABEL_REVISION_RUN,
 };
 
 use crate::error::Error;
@@ -35,8 +36,6 @@ impl Default for RenderSettings {
 
 /// Annotation carrying a run's canfail flag, as the original wrote it.
 pub const CANFAIL_ANNOTATION: &str = "canfail";
-/// Label naming the revision run; the informer selects on it.
-pub const LABEL_REVISION_RUN: &str = "stagetime/revision-run";
 /// Label with the stage number.
 pub const LABEL_STAGE: &str = "stagetime/stage";
 /// pod `fsGroup` of every run, as the original set it.

@@ -72,13 +72,6 @@ impl Api {
     }
 }
 
-fn compat_error(error: Error) -> Result<Response<compat::Response>, Status> {
-    match error {
-        Error::InvalidArgument { .. } => Err(error.into()),
-        other => Err(other.into()),
-    }
-}
-
 #[tonic::async_trait]
 impl StageTimeApplicationService for Api {
     async fn create_revision_run(
@@ -86,19 +79,19 @@ impl StageTimeApplicationService for Api {
         request: Request<CreateRevisionRunRequest>,
     ) -> Result<Response<compat::Response>, Status> {
         let timer = self.metrics.start("CreateRevisionRun");
-        let result = match parse(request.get_ref()) {
-            Ok(req) => match self.create(&req, "pipelineruns").await {
-                Ok((id, _)) => Ok(Response::new(compat::Response {
-                    result: compat::response::Result::Success as i32,
-                    success: Some(compat::response::Success {
-                        data: id.into_bytes(),
-                    }),
-                    error: None,
-                })),
-                Err(e) => compat_error(e),
-            },
-            Err(e) => compat_error(e),
-        };
+        let result = async {
+            let req = parse(request.get_ref())?;
+            let (id, _) = self.create(&req, "pipelineruns").await?;
+            Ok::<_, Error>(Response::new(compat::Response {
+                result: compat::response::Result::Success as i32,
+                success: Some(compat::response::Success {
+                    data: id.into_bytes(),
+                }),
+                error: None,
+            }))
+        }
+        .await
+        .map_err(Status::from);
         timer.finish(&result);
         result
     }
