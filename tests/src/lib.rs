@@ -101,7 +101,14 @@ impl Stack {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let server = Component::spawn(|stop| async move {
-            if let Err(error) = stagetime_server::serve(listener, api, stop).await {
+            if let Err(error) = stagetime_server::serve(
+                listener,
+                api,
+                stagetime_server::DEFAULT_MAX_REQUEST_BYTES,
+                stop,
+            )
+            .await
+            {
                 eprintln!("server stopped: {error:#}");
             }
         });
@@ -155,6 +162,20 @@ impl Stack {
 
     /// An informer scoped to `namespace` that re-lists every `resync`.
     pub fn spawn_informer_in(&self, namespace: &str, resync: Duration) -> Component {
+        self.spawn_informer_with(
+            namespace,
+            resync,
+            stagetime_informer::watch::DEFAULT_STALE_STAGE,
+        )
+    }
+
+    /// An informer that also republishes stages left without created runs for `stale`.
+    pub fn spawn_informer_with(
+        &self,
+        namespace: &str,
+        resync: Duration,
+        stale: Duration,
+    ) -> Component {
         let informer = Informer::new(
             self.client.clone(),
             "tekton.dev/v1",
@@ -164,7 +185,8 @@ impl Stack {
                 metrics: stagetime_informer::metrics::Metrics::register(&mut Registry::default()),
             },
         )
-        .with_resync(resync);
+        .with_resync(resync)
+        .with_stale_stage(stale);
         Component::spawn(|stop| async move { informer.run(stop).await })
     }
 

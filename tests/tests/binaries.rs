@@ -4,12 +4,13 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
-    process::{Command, Stdio},
-    time::Duration,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
-use stagetime_testenv::{TestEnv, process::free_port, wait_for};
-use stagetime_tests::procs::binaries;
+use stagetime_proto::stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient};
+use stagetime_testenv::{TestEnv, process::free_port, proxy::SlowProxy, wait_for};
+use stagetime_tests::{example, procs::binaries, submit};
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -29,6 +30,35 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
             .unwrap_or_default()
             .to_string(),
     ))
+}
+
+/// Sends SIGTERM and waits (at most 10 s, then SIGKILL and an error) for the exit; returns the
+/// exit status and how long the process took to stop.
+async fn terminate(
+    mut child: Child,
+    bin: &str,
+) -> anyhow::Result<(std::process::ExitStatus, Duration)> {
+    let pid = child.id().to_string();
+    let started = Instant::now();
+    anyhow::ensure!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?
+            .success(),
+        "cannot signal {bin}"
+    );
+    let waited = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await;
+    match waited {
+        Ok(status) => Ok((status??, started.elapsed())),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            anyhow::bail!("{bin} still running 10 s after SIGTERM")
+        }
+    }
 }
 
 #[test]
@@ -97,7 +127,7 @@ async fn every_service_serves_healthz_and_stops_on_sigterm() -> anyhow::Result<(
         "stagetime-operator",
     ] {
         let admin = free_port()?;
-        let mut child = Command::new(bins.join(bin))
+        let child = Command::new(bins.join(bin))
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .env("REDIS_URL", env.redis.url())
             .env("REDIS_PREFIX", &prefix)
@@ -118,17 +148,137 @@ async fn every_service_serves_healthz_and_stops_on_sigterm() -> anyhow::Result<(
         )
         .await;
         let metrics = http_get(admin, "/metrics");
-        let term = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()?;
-        let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+        let (status, _) = terminate(child, bin).await?;
         assert_eq!(health?, (200, "ok".to_string()), "{bin}");
         assert_eq!(metrics.map(|(code, _)| code), Some(200), "{bin} /metrics");
-        assert!(term.success());
         assert!(
             status.success(),
             "{bin} did not exit cleanly on SIGTERM: {status}"
         );
     }
+    Ok(())
+}
+
+/// SIGTERM ends each service within 2 s while it is busy: the server with Watch streams open,
+/// the creator in the middle of a create the API server does not answer, the informer watching.
+#[tokio::test]
+async fn sigterm_stops_busy_services_within_two_seconds() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let bins = binaries()?;
+    let prefix = env.redis_prefix("sigterm-busy");
+    let ns = env.namespace("sigterm-busy").await?;
+    let spawn = |bin: &str, args: &[&str], kubeconfig: &std::path::Path, admin: u16| {
+        Command::new(bins.join(bin))
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(args)
+            .env("REDIS_URL", env.redis.url())
+            .env("REDIS_PREFIX", &prefix)
+            .env("REDIS_STREAM", format!("{prefix}:stages"))
+            .env("PIPELINE_WORKSPACE", &ns)
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+
+    // The server, with three Watch streams on a revision run no creator advances.
+    let grpc = free_port()?.to_string();
+    let server = spawn(
+        "stagetime-server",
+        &["--bind", "127.0.0.1", "--port", &grpc],
+        env.kube.kubeconfig(),
+        free_port()?,
+    )?;
+    let url = format!("http://127.0.0.1:{grpc}");
+    let id = wait_for("the server to accept", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { submit(&url, example("three-stages.json").ok()?).await.ok() }
+    })
+    .await?;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut client = RevisionRunsClient::connect(url.clone()).await?;
+        let mut stream = client
+            .watch(pb::WatchRequest {
+                id: id.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let snapshot = tokio::time::timeout(Duration::from_secs(10), stream.message()).await??;
+        anyhow::ensure!(snapshot.is_some(), "no snapshot");
+        streams.push(stream);
+    }
+    let (status, took) = terminate(server, "stagetime-server").await?;
+    assert!(status.success(), "server: {status}");
+    assert!(
+        took < Duration::from_secs(2),
+        "server took {took:?} with Watch streams open"
+    );
+    for mut stream in streams {
+        let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await?;
+        assert!(
+            matches!(&end, Ok(None))
+                || matches!(&end, Err(s) if s.code() == tonic::Code::Unavailable),
+            "{end:?}"
+        );
+    }
+
+    // The creator, mid-create against an API server that holds every request for a minute.
+    let proxy = SlowProxy::start(env.kube.apiserver_addr()?).await?;
+    let slow = env.kube.kubeconfig().with_extension("slow.yaml");
+    let original = std::fs::read_to_string(env.kube.kubeconfig())?;
+    std::fs::write(
+        &slow,
+        original.replace(
+            &format!("https://{}", env.kube.apiserver_addr()?),
+            &format!("https://{}", proxy.addr()),
+        ),
+    )?;
+    anyhow::ensure!(
+        std::fs::read_to_string(&slow)? != original,
+        "kubeconfig not redirected"
+    );
+    proxy.set_delay(Duration::from_secs(60));
+    let creator = spawn("stagetime-creator", &[], &slow, free_port()?)?;
+    let store = stagetime_testenv::store_at(&env.redis.url(), &prefix).await?;
+    wait_for(
+        "the creator to take the stage message",
+        Duration::from_secs(30),
+        || {
+            let store = store.clone();
+            async move { (store.pending_count().await.ok()? == 1).then_some(()) }
+        },
+    )
+    .await?;
+    let (status, took) = terminate(creator, "stagetime-creator").await?;
+    assert!(status.success(), "creator: {status}");
+    assert!(
+        took < Duration::from_secs(2),
+        "creator took {took:?} mid-create"
+    );
+    assert_eq!(
+        store.pending_count().await?,
+        1,
+        "the unfinished message stays pending"
+    );
+
+    // The informer, watching.
+    let admin = free_port()?;
+    let informer = spawn("stagetime-informer", &[], env.kube.kubeconfig(), admin)?;
+    wait_for(
+        "the informer to be up",
+        Duration::from_secs(30),
+        || async move {
+            tokio::task::spawn_blocking(move || http_get(admin, "/healthz"))
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await?;
+    let (status, took) = terminate(informer, "stagetime-informer").await?;
+    assert!(status.success(), "informer: {status}");
+    assert!(took < Duration::from_secs(2), "informer took {took:?}");
     Ok(())
 }

@@ -16,7 +16,11 @@ const STEP: Duration = Duration::from_secs(90);
 #[tokio::test]
 async fn redis_and_api_server_restarts_mid_run_lose_nothing() -> anyhow::Result<()> {
     let env = TestEnv::shared().await?;
-    let redis = RedisServer::start(Options { appendonly: true }).await?;
+    let redis = RedisServer::start(Options {
+        appendonly: true,
+        ..Options::default()
+    })
+    .await?;
     let prefix = env.redis_prefix("infra");
     let ns = env.namespace("infra").await?;
     let store = stagetime_testenv::store_at(&redis.url(), &prefix).await?;

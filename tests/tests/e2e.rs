@@ -4,7 +4,12 @@
 
 use std::time::Duration;
 
-use stagetime_common::model::{Phase, RunState, StageState};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use stagetime_common::{
+    model::{Phase, RunState, StageState},
+    tekton,
+};
+use stagetime_informer::watch::DEFAULT_RESYNC;
 use stagetime_testenv::wait_for;
 use stagetime_tests::{Stack, example, submit, wait_rr};
 
@@ -268,11 +273,10 @@ async fn a_pipelinerun_deleted_while_no_informer_watched_is_noticed_after_restar
 }
 
 #[tokio::test]
-async fn foreign_and_malformed_pipelineruns_are_skipped() -> anyhow::Result<()> {
-    let stack = Stack::start("foreign", Duration::from_millis(100)).await?;
-    let api =
-        stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns);
-    for (name, rr) in [("foreign", "someone-else"), ("empty", "")] {
+async fn malformed_pipelineruns_are_skipped() -> anyhow::Result<()> {
+    let stack = Stack::start("malformed", Duration::from_millis(100)).await?;
+    let api = tekton::pipelinerun_api(stack.client.clone(), tekton::API_VERSION, &stack.ns);
+    for (name, rr) in [("unknown-rr", "someone-else"), ("empty", "")] {
         let obj: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
             "metadata": {"name": name, "labels": {"stagetime/revision-run": rr}},
@@ -284,5 +288,96 @@ async fn foreign_and_malformed_pipelineruns_are_skipped() -> anyhow::Result<()> 
     let id = submit(&stack.url(), example("gaps.json")?).await?;
     let rr = stack.wait_terminal(&id, FINISH).await?;
     assert_eq!(rr.phase, Phase::Succeeded);
+    Ok(())
+}
+
+/// Copies of a real run's PipelineRun — same name, label and even token — in another namespace,
+/// one failed and one deleted mid-run, must not decide the run: only the object the creator
+/// made does.
+#[tokio::test]
+async fn a_foreign_pipelinerun_with_a_runs_name_decides_nothing() -> anyhow::Result<()> {
+    let mut stack = Stack::start("foreign", Duration::from_secs(3600)).await?;
+    if let Some(informer) = stack.informer.take() {
+        informer.stop().await;
+    }
+    // Watching every namespace, as the informer does by default.
+    stack.informer = Some(stack.spawn_informer_in("", DEFAULT_RESYNC));
+    let other = stack.env.namespace("foreign-other").await?;
+    let id = submit(&stack.url(), example("gaps.json")?).await?;
+    let rr = wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
+        rr.stages[0].runs[0].state == RunState::Running
+    })
+    .await?;
+    let name = rr.stages[0].runs[0].pipeline_run.clone();
+    let ours = tekton::pipelinerun_api(stack.client.clone(), tekton::API_VERSION, &stack.ns);
+    let real = ours.get(&name).await?;
+    let theirs = tekton::pipelinerun_api(stack.client.clone(), tekton::API_VERSION, &other);
+    let mut copy: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": tekton::API_VERSION, "kind": "PipelineRun",
+        "metadata": {"name": name, "labels": real.metadata.labels,
+                     "annotations": real.metadata.annotations},
+        "spec": {"pipelineRef": {"name": "x"}},
+    }))?;
+    let failed = serde_json::json!({"status": {"conditions": [
+        {"type": "Succeeded", "status": "False", "reason": "Failed", "message": "foreign"}]}});
+    theirs.create(&PostParams::default(), &copy).await?;
+    theirs
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&failed))
+        .await?;
+    theirs.delete(&name, &Default::default()).await?;
+    copy.metadata.resource_version = None;
+    theirs.create(&PostParams::default(), &copy).await?;
+    theirs.delete(&name, &Default::default()).await?;
+    // Then the real one succeeds: events come in order, so the copies were seen before it.
+    let done = serde_json::json!({"status": {"conditions": [
+        {"type": "Succeeded", "status": "True", "reason": "Succeeded"}]}});
+    ours.patch_status(&name, &PatchParams::default(), &Patch::Merge(&done))
+        .await?;
+    let rr = wait_rr(&stack.store, &id, "stage 0 decided", FINISH, |rr| {
+        rr.stages[0].state != StageState::Open
+    })
+    .await?;
+    assert_eq!(
+        (rr.stages[0].state, rr.stages[0].runs[0].uid.as_deref()),
+        (StageState::Succeeded, real.metadata.uid.as_deref()),
+        "{:?}",
+        rr.stages[0].runs[0]
+    );
+    assert_eq!(stack.opened_stages(&id).await?, vec![0, 2]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lost_stage_message_is_published_again_and_the_run_finishes() -> anyhow::Result<()> {
+    let mut stack = Stack::start("lost-message", Duration::from_millis(100)).await?;
+    for c in [stack.creator.take(), stack.informer.take()]
+        .into_iter()
+        .flatten()
+    {
+        c.stop().await;
+    }
+    let id = submit(&stack.url(), example("gaps.json")?).await?;
+    // Only the "open stage 0" message is lost (the document says the stage is open).
+    let mut conn = stack.env.redis_conn().await?;
+    let stream = stack.store.keys().stage_stream().to_string();
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await?;
+    let ids: Vec<&str> = entries.ids.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), 1);
+    let _: i64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&ids)
+        .query_async(&mut conn)
+        .await?;
+    stack.creator = Some(stack.spawn_creator("creator-2"));
+    stack.informer =
+        Some(stack.spawn_informer_with(&stack.ns, Duration::from_secs(1), Duration::from_secs(1)));
+    let rr = stack.wait_terminal(&id, FINISH).await?;
+    assert_eq!(rr.phase, Phase::Succeeded);
+    assert_eq!(stack.pipelineruns().await?.len(), 4);
     Ok(())
 }

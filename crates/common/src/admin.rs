@@ -71,7 +71,11 @@ impl AdminServer {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(self.state);
-        axum::serve(self.listener, app)
+        // No Nagle delay on the small replies of probes and scrapes either.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
     }

@@ -53,6 +53,26 @@ pub struct RedisArgs {
         default_value = "stagetime-revisionruns"
     )]
     pub stream: String,
+    /// What to do when Redis may lose acknowledged writes on a crash (not `appendonly yes` with
+    /// `appendfsync always`): `warn` logs it loudly at start, `require` refuses to start.
+    #[arg(
+        id = "redis_durability",
+        long = "redis-durability",
+        env = "REDIS_DURABILITY",
+        value_enum,
+        default_value_t = Durability::Warn
+    )]
+    pub durability: Durability,
+}
+
+/// The persistence stageTime expects of Redis (see [`RedisArgs::durability`]).
+#[derive(ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Log a warning when writes acknowledged to clients may be lost on a Redis crash.
+    #[default]
+    Warn,
+    /// Refuse to start unless every write is fsynced before Redis acknowledges it.
+    Require,
 }
 
 impl RedisArgs {
@@ -75,9 +95,31 @@ impl RedisArgs {
 
 impl RedisArgs {
     /// Connects the store with the configured URL, prefix and stage stream.
+    /// Checks Redis persistence as [`Self::durability`] says.
     pub async fn store(&self) -> crate::Result<crate::store::Store> {
         let keys = crate::keys::Keys::new(&self.prefix, &self.stream);
-        crate::store::Store::connect(&self.connection_url(), keys).await
+        let store = crate::store::Store::connect(&self.connection_url(), keys).await?;
+        match (store.persistence().await, self.durability) {
+            (Ok(p), _) if p.is_durable() => {}
+            (Ok(p), Durability::Require) => {
+                return Err(crate::Error::NotDurable {
+                    reason: p.to_string(),
+                });
+            }
+            (Ok(p), Durability::Warn) => tracing::warn!(
+                persistence = %p,
+                "Redis may lose acknowledged writes on a crash; set appendonly yes and appendfsync always (or REDIS_DURABILITY=require to refuse this)"
+            ),
+            (Err(error), Durability::Require) => {
+                return Err(crate::Error::NotDurable {
+                    reason: format!("cannot read the persistence settings: {error}"),
+                });
+            }
+            (Err(error), Durability::Warn) => {
+                tracing::warn!(%error, "cannot verify Redis persistence (CONFIG GET refused?)");
+            }
+        }
+        Ok(store)
     }
 }
 
@@ -161,6 +203,7 @@ mod tests {
             password: password.map(str::to_string),
             prefix: "stagetime".into(),
             stream: "s".into(),
+            durability: Durability::Warn,
         }
     }
 

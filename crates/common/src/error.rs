@@ -56,6 +56,18 @@ pub enum Error {
         /// Attempts made.
         attempts: u32,
     },
+    /// A different request maps to an existing revision run's id.
+    #[error("revision run id {id} is taken by a different request")]
+    IdCollision {
+        /// The id.
+        id: String,
+    },
+    /// Redis is not configured to keep acknowledged writes, and durability is required.
+    #[error("Redis persistence does not keep acknowledged writes: {reason}")]
+    NotDurable {
+        /// What was found.
+        reason: String,
+    },
     /// Encoding a document failed.
     #[error("encode document: {0}")]
     Encode(#[source] serde_json::Error),
@@ -72,6 +84,8 @@ impl Error {
             Error::InvalidArgument { .. } => "invalid_argument",
             Error::Machine(_) => "state_machine",
             Error::Contention { .. } => "contention",
+            Error::IdCollision { .. } => "id_collision",
+            Error::NotDurable { .. } => "not_durable",
             Error::Encode(_) => "encode",
         }
     }
@@ -90,13 +104,28 @@ impl Error {
                     || source.is_timeout()
                     || source.is_connection_refusal()
                     || matches!(source.kind(), redis::ErrorKind::Server(_))
-                        && source.code() == Some("LOADING")
+                        && source
+                            .code()
+                            .is_some_and(|code| TRANSIENT_CODES.contains(&code))
             }
             Error::Contention { .. } => true,
             _ => false,
         }
     }
 }
+
+/// Redis error codes that pass by themselves: loading a dataset, a script running too long,
+/// a replica or failover state, a full memory that eviction or an operator will free.
+const TRANSIENT_CODES: [&str; 8] = [
+    "LOADING",
+    "BUSY",
+    "READONLY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "OOM",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+];
 
 /// Wraps a Redis error with the operation name.
 pub(crate) fn redis_err(op: &'static str) -> impl FnOnce(redis::RedisError) -> Error {

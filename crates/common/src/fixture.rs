@@ -3,6 +3,10 @@
 
 use crate::model::{Phase, Revision, RevisionRun, Run, RunState, Stage, StageState};
 
+/// The token of every revision run the builder makes: test PipelineRuns carry it in the
+/// [`crate::tekton::ANNOTATION_TOKEN`] annotation to count as created for it.
+pub const TOKEN: &str = "test-token";
+
 /// Builds a revision run in its initial state (Pending, no stage open).
 #[derive(Clone, Debug)]
 pub struct RevisionRunBuilder {
@@ -28,6 +32,9 @@ impl RevisionRunBuilder {
                 created_at: "2026-01-01T00:00:00Z".into(),
                 updated_at: "2026-01-01T00:00:00Z".into(),
                 stages: Vec::new(),
+                token: TOKEN.into(),
+                request_hash: String::new(),
+                rev: String::new(),
             },
         }
     }
@@ -64,6 +71,7 @@ impl RevisionRunBuilder {
                 reason: None,
                 message: None,
                 finished_at: None,
+                uid: None,
             })
             .collect();
         self.rr.stages.push(Stage {

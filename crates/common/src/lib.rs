@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`model`]: the revision run document (phases, stages, runs).
 //! - [`request`]: the typed request both APIs parse into, and the deterministic id.
+//! - [`validate`]: the one validation of a request, with size limits.
 //! - [`machine`]: the stage state machine as pure functions.
 //! - [`store`]: the Redis store with the atomic *record and advance* step.
 //! - [`stream`]: stage stream consumer-group helpers, dead letters, change events.
@@ -28,5 +29,6 @@ pub mod store;
 pub mod stream;
 pub mod tekton;
 pub mod telemetry;
+pub mod validate;
 
 pub use error::{Error, Result};

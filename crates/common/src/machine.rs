@@ -22,6 +22,8 @@ pub enum Observed {
     Created {
         /// Namespace the PipelineRun was applied to.
         namespace: String,
+        /// UID the API server gave the object (`None` only where it is unknown, e.g. in tests).
+        uid: Option<String>,
     },
     /// Tekton reports it running (condition `Unknown` or absent).
     Running,
@@ -83,6 +85,78 @@ pub enum MachineError {
     /// The revision run has no stages.
     #[error("revision run {0} has no stages")]
     NoStages(String),
+    /// An object with a run's name that was not created for it (another namespace, another UID,
+    /// or without the revision run's token): it must never decide the run.
+    #[error("PipelineRun {namespace}/{pipeline_run} is foreign to revision run {rr}: {why}")]
+    Foreign {
+        /// Revision run id.
+        rr: String,
+        /// PipelineRun name.
+        pipeline_run: String,
+        /// Namespace of the object.
+        namespace: String,
+        /// Which check failed.
+        why: &'static str,
+    },
+}
+
+/// The object an observation is about, as the API server showed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectIdentity<'a> {
+    /// PipelineRun name.
+    pub name: &'a str,
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// Its UID.
+    pub uid: &'a str,
+    /// Its [`crate::tekton::ANNOTATION_TOKEN`] annotation, if any.
+    pub token: Option<&'a str>,
+}
+
+/// Records what was observed about an *object*: only if it is the one created for the run —
+/// same namespace, and the UID recorded at creation (or, before that is recorded, the revision
+/// run's token, after which its UID is pinned). Anything else is [`MachineError::Foreign`].
+pub fn observe_object(
+    rr: &mut RevisionRun,
+    obj: &ObjectIdentity<'_>,
+    observed: &Observed,
+    now: &str,
+) -> Result<Decision, MachineError> {
+    let (si, ri) = rr
+        .find_run(obj.name)
+        .ok_or_else(|| MachineError::UnknownRun {
+            rr: rr.id.clone(),
+            pipeline_run: obj.name.to_string(),
+        })?;
+    let foreign = |why| MachineError::Foreign {
+        rr: rr.id.clone(),
+        pipeline_run: obj.name.to_string(),
+        namespace: obj.namespace.to_string(),
+        why,
+    };
+    let run = &rr.stages[si].runs[ri];
+    if run.namespace != obj.namespace {
+        return Err(foreign("not in the run's namespace"));
+    }
+    let pin = match &run.uid {
+        Some(uid) if uid != obj.uid => return Err(foreign("not the object created for the run")),
+        Some(_) => false,
+        None if !rr.token.is_empty() && obj.token != Some(rr.token.as_str()) => {
+            return Err(foreign("lacks the revision run's token"));
+        }
+        None => !obj.uid.is_empty(),
+    };
+    let opened = !matches!(
+        rr.stages[si].state,
+        StageState::Pending | StageState::Skipped
+    );
+    let pinned = pin && opened;
+    if pinned {
+        rr.stages[si].runs[ri].uid = Some(obj.uid.to_string());
+    }
+    let mut decision = observe(rr, obj.name, observed, now)?;
+    decision.changed |= pinned;
+    Ok(decision)
 }
 
 /// Opens the first stage of a freshly built revision run.
@@ -176,15 +250,19 @@ fn apply_to_run(run: &mut Run, observed: &Observed, now: &str) -> bool {
         return false;
     }
     let (state, reason, message) = match observed {
-        Observed::Created { namespace } => {
+        Observed::Created { namespace, uid } => {
             // The informer may have seen the run (Running) before the creator recorded it; the
-            // namespace it really lives in is still news.
+            // namespace it really lives in and its UID are still news.
             let moved = !namespace.is_empty() && run.namespace != *namespace;
             if moved {
                 run.namespace = namespace.clone();
             }
+            let identified = uid.is_some() && run.uid != *uid;
+            if identified {
+                run.uid = uid.clone();
+            }
             if run.state != RunState::Pending {
-                return moved;
+                return moved || identified;
             }
             (RunState::Created, None, None)
         }

@@ -160,6 +160,11 @@ pub struct Run {
     /// When it reached a terminal state (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// UID of the PipelineRun object created for this run, recorded when the creator created it
+    /// (or when the informer first saw the object carrying this revision run's token). Any other
+    /// object with the same name is foreign and never decides this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 /// One stage: runs that start together.
@@ -219,6 +224,19 @@ pub struct RevisionRun {
     pub updated_at: String,
     /// Stages in ascending order of number.
     pub stages: Vec<Stage>,
+    /// Random token chosen when the revision run was submitted; every PipelineRun rendered for it
+    /// carries it in the [`crate::tekton::ANNOTATION_TOKEN`] annotation. Names are predictable,
+    /// the token is not: an object without it was not created for this revision run.
+    #[serde(default)]
+    pub token: String,
+    /// SHA-256 of the canonical request the id was derived from: a different request whose id
+    /// collides is refused instead of silently answered with this run.
+    #[serde(default)]
+    pub request_hash: String,
+    /// Random compare-and-set token, new on every stored change. Unlike `version`, it cannot
+    /// repeat after Redis lost recent writes, so a writer that read a lost state cannot win.
+    #[serde(default)]
+    pub rev: String,
 }
 
 impl RevisionRun {

@@ -3,6 +3,38 @@
 
 use sha2::{Digest, Sha256};
 
+/// The first `bytes` bytes of the SHA-256 of `data`, as lowercase hex (`2 × bytes` digits).
+pub fn short_hash(data: &[u8], bytes: usize) -> String {
+    hex(&Sha256::digest(data)[..bytes.min(32)])
+}
+
+/// `bytes` random bytes from the operating system, as lowercase hex; for tokens that must not be
+/// guessable (never for names, which must be deterministic).
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // The OS random source failing is not recoverable for a server; fall back to a hash of the
+    // time so a token is still unique, and say so.
+    if let Err(error) = getrandom::fill(&mut buf) {
+        tracing::error!(%error, "OS random source failed; token falls back to a time hash");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        return short_hash(&now.to_le_bytes(), bytes);
+    }
+    hex(&buf)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 /// Maps arbitrary text to label-value syntax (`[A-Za-z0-9._-]`, alphanumeric at both ends),
 /// at most `max` characters. Other characters become `-`.
 pub fn sanitize_label(raw: &str, max: usize) -> String {
@@ -40,8 +72,7 @@ pub fn dns_label(parts: &[&str]) -> String {
     if !clean.is_empty() && clean.len() <= MAX {
         return clean;
     }
-    let digest = Sha256::digest(joined.as_bytes());
-    let hash: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
+    let hash = short_hash(joined.as_bytes(), 3);
     let head: String = clean.chars().take(MAX - hash.len() - 1).collect();
     let head = head.trim_end_matches('-');
     if head.is_empty() {
@@ -92,6 +123,14 @@ mod tests {
             sanitize_label("2024-01-01T10:00:00Z", 63),
             "2024-01-01T10-00-00Z"
         );
+    }
+
+    #[test]
+    fn hashes_and_tokens() {
+        assert_eq!(short_hash(b"abc", 4), "ba7816bf");
+        let (a, b) = (random_hex(16), random_hex(16));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
     }
 
     proptest! {

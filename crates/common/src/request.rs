@@ -1,7 +1,6 @@
 //! The typed request both APIs parse into, and the deterministic revision run id derived from it.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// A Tekton param value: a string or an array of strings, kept exactly as given.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -37,14 +36,116 @@ pub enum PipelineRef {
     },
 }
 
+/// What backs a workspace; the names are Tekton's workspace binding fields.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum WorkspaceKind {
+    /// A Secret (`secret.secretName`).
+    Secret,
+    /// A ConfigMap (`configMap.name`).
+    ConfigMap,
+    /// An existing PersistentVolumeClaim (`persistentVolumeClaim.claimName`).
+    PersistentVolumeClaim,
+    /// A fresh emptyDir (no reference).
+    EmptyDir,
+}
+
+impl WorkspaceKind {
+    /// Every kind, for messages.
+    pub const ALL: [WorkspaceKind; 4] = [
+        WorkspaceKind::Secret,
+        WorkspaceKind::ConfigMap,
+        WorkspaceKind::PersistentVolumeClaim,
+        WorkspaceKind::EmptyDir,
+    ];
+
+    /// The binding field name, e.g. `persistentVolumeClaim`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkspaceKind::Secret => "secret",
+            WorkspaceKind::ConfigMap => "configMap",
+            WorkspaceKind::PersistentVolumeClaim => "persistentVolumeClaim",
+            WorkspaceKind::EmptyDir => "emptyDir",
+        }
+    }
+
+    /// The field inside the binding that names the backing object (`None` for emptyDir).
+    pub fn ref_key(self) -> Option<&'static str> {
+        match self {
+            WorkspaceKind::Secret => Some("secretName"),
+            WorkspaceKind::ConfigMap => Some("name"),
+            WorkspaceKind::PersistentVolumeClaim => Some("claimName"),
+            WorkspaceKind::EmptyDir => None,
+        }
+    }
+}
+
+impl std::str::FromStr for WorkspaceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WorkspaceKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown workspace kind {s:?} (secret, configMap, persistentVolumeClaim, emptyDir)")
+            })
+    }
+}
+
+/// Access mode of a volume claim template.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum AccessMode {
+    /// `ReadWriteOnce` (the default).
+    #[default]
+    ReadWriteOnce,
+    /// `ReadOnlyMany`.
+    ReadOnlyMany,
+    /// `ReadWriteMany`.
+    ReadWriteMany,
+    /// `ReadWriteOncePod`.
+    ReadWriteOncePod,
+}
+
+impl AccessMode {
+    /// Every mode, for parsing.
+    pub const ALL: [AccessMode; 4] = [
+        AccessMode::ReadWriteOnce,
+        AccessMode::ReadOnlyMany,
+        AccessMode::ReadWriteMany,
+        AccessMode::ReadWriteOncePod,
+    ];
+
+    /// Kubernetes' name of the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::ReadWriteOnce => "ReadWriteOnce",
+            AccessMode::ReadOnlyMany => "ReadOnlyMany",
+            AccessMode::ReadWriteMany => "ReadWriteMany",
+            AccessMode::ReadWriteOncePod => "ReadWriteOncePod",
+        }
+    }
+}
+
+impl std::str::FromStr for AccessMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AccessMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                format!("access mode {s:?} is not ReadWriteOnce, ReadOnlyMany, ReadWriteMany or ReadWriteOncePod")
+            })
+    }
+}
+
 /// A workspace bound to an existing object (or an emptyDir).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Workspace {
     /// Workspace name in the Pipeline.
     pub name: String,
-    /// Kind of backing: `secret`, `configMap`, `persistentVolumeClaim` or `emptyDir`.
-    pub kind: String,
+    /// Kind of backing.
+    pub kind: WorkspaceKind,
     /// Name of the backing object (empty for emptyDir).
     pub reference: String,
 }
@@ -57,8 +158,8 @@ pub struct VolumeClaimTemplate {
     pub name: String,
     /// Storage class.
     pub storage_class: String,
-    /// Access mode, e.g. `ReadWriteOnce`.
-    pub access_mode: String,
+    /// Access mode.
+    pub access_mode: AccessMode,
     /// Requested size, e.g. `1Gi`.
     pub size: String,
 }
@@ -106,12 +207,11 @@ pub struct RevisionRequest {
 }
 
 impl RevisionRequest {
-    /// The deterministic, readable id: `<repo>-<commit7>-<hash8>`.
-    ///
-    /// The hash covers the canonical request — repo, URL, commit and the runs sorted by
+    /// SHA-256 (hex) of the canonical request — repo, URL, commit and the runs sorted by
     /// (stage, name) — but not author or push time, so an identical resubmit (even one sent again
-    /// by a webhook with a new timestamp) maps to the same revision run.
-    pub fn revision_run_id(&self) -> String {
+    /// by a webhook with a new timestamp) hashes the same. Stored with the document, so a
+    /// different request whose id collides is recognised.
+    pub fn canonical_hash(&self) -> String {
         let mut runs: Vec<&RunSpec> = self.runs.iter().collect();
         runs.sort_by(|a, b| (a.stage, &a.name).cmp(&(b.stage, &b.name)));
         let canonical = serde_json::json!({
@@ -120,8 +220,17 @@ impl RevisionRequest {
             "commit": self.commit_id,
             "runs": runs,
         });
-        let digest = Sha256::digest(canonical.to_string().as_bytes());
-        let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        crate::names::short_hash(canonical.to_string().as_bytes(), 32)
+    }
+
+    /// The deterministic, readable id: `<repo>-<commit7>-<hash16>`, 64 bits of
+    /// [`Self::canonical_hash`].
+    pub fn revision_run_id(&self) -> String {
+        self.readable_id(&self.canonical_hash())
+    }
+
+    fn readable_id(&self, hash: &str) -> String {
+        let hash = hash.get(..16).unwrap_or(hash);
         let repo = crate::names::sanitize_label(&self.repo_name, 30);
         let repo = if repo.is_empty() {
             "repo".to_string()

@@ -15,8 +15,9 @@ use redis::{AsyncCommands, Script, aio::ConnectionManager};
 use crate::{
     error::{Error, Result, redis_err},
     keys::Keys,
-    machine::{self, Decision, Effect, Observed},
+    machine::{self, Decision, Effect, ObjectIdentity, Observed},
     model::{Phase, RevisionRun},
+    names,
 };
 
 /// Length the event stream is capped at (approximately), enough for watchers to resume.
@@ -27,10 +28,15 @@ const CAS_ATTEMPTS: u32 = 64;
 
 const CREATE_LUA: &str = r#"
 -- KEYS: doc, manifests, idx:created, idx:repo, idx:commit, stage stream, events
--- ARGV: doc json, score, id, first stage, attempt, events maxlen, manifest field/value pairs...
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+-- ARGV: doc json, score, id, first stage, attempt, events maxlen, request hash,
+--       manifest field/value pairs...
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local stored = cjson.decode(redis.call('JSON.GET', KEYS[1], '$.requestHash'))[1]
+  if stored and stored ~= '' and stored ~= ARGV[7] then return -2 end
+  return 0
+end
 redis.call('JSON.SET', KEYS[1], '$', ARGV[1])
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[3])
@@ -41,13 +47,17 @@ return 1
 
 const CAS_LUA: &str = r#"
 -- KEYS: doc, stage stream, events
--- ARGV: expected version, new doc json, id, attempt, events maxlen, new version, stages to open...
-local cur = redis.call('JSON.GET', KEYS[1], '$.version')
+-- ARGV: expected version, new doc json, id, attempt, events maxlen, new version, expected rev,
+--       stages to open...
+-- The random rev decides; the version is compared too for documents written before revs.
+local cur = redis.call('JSON.GET', KEYS[1], '$.version', '$.rev')
 if not cur then return -1 end
-local v = cjson.decode(cur)[1]
-if v ~= tonumber(ARGV[1]) then return 0 end
+cur = cjson.decode(cur)
+local v = cur['$.version'][1]
+local rev = cur['$.rev'][1] or ''
+if v ~= tonumber(ARGV[1]) or rev ~= ARGV[7] then return 0 end
 redis.call('JSON.SET', KEYS[1], '$', ARGV[2])
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   redis.call('XADD', KEYS[2], '*', 'rr', ARGV[3], 'stage', ARGV[i], 'attempt', ARGV[4])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'rr', ARGV[3], 'version', ARGV[6])
@@ -92,6 +102,34 @@ pub struct Page {
     pub items: Vec<RevisionRun>,
     /// Token of the next page, if there is one.
     pub next_page_token: Option<String>,
+}
+
+/// Redis persistence settings (`CONFIG GET appendonly appendfsync`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Persistence {
+    /// `appendonly`.
+    pub appendonly: String,
+    /// `appendfsync`.
+    pub appendfsync: String,
+}
+
+impl Persistence {
+    /// Whether a write is on disk before Redis acknowledges it: with `everysec` up to a second
+    /// of acknowledged writes is lost on a crash; without the AOF, everything since the last
+    /// snapshot.
+    pub fn is_durable(&self) -> bool {
+        self.appendonly == "yes" && self.appendfsync == "always"
+    }
+}
+
+impl std::fmt::Display for Persistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "appendonly {} appendfsync {}",
+            self.appendonly, self.appendfsync
+        )
+    }
 }
 
 /// Handle on the store; cheap to clone (one multiplexed, auto-reconnecting connection).
@@ -155,6 +193,22 @@ impl Store {
         Ok(())
     }
 
+    /// The server's persistence settings.
+    pub async fn persistence(&self) -> Result<Persistence> {
+        let mut conn = self.conn.clone();
+        let pairs: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("append*")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("read persistence settings"))?;
+        let get = |k: &str| pairs.get(k).cloned().unwrap_or_default();
+        Ok(Persistence {
+            appendonly: get("appendonly"),
+            appendfsync: get("appendfsync"),
+        })
+    }
+
     /// Stores a new revision run with its rendered manifests (PipelineRun name → JSON), indexes
     /// it, and publishes "open stage <first>" — atomically. Opens the first stage itself, so
     /// `rr` must be in its initial state. An existing document with this id is left untouched.
@@ -173,6 +227,7 @@ impl Store {
             });
         };
         rr.version = 1;
+        rr.rev = names::random_hex(8);
         let json = serde_json::to_string(&rr).map_err(Error::Encode)?;
         let score = created_score(&rr.created_at);
         let mut invocation = self.create_script.prepare_invoke();
@@ -189,7 +244,8 @@ impl Store {
             .arg(&rr.id)
             .arg(stage)
             .arg(rr.attempt)
-            .arg(EVENTS_MAXLEN);
+            .arg(EVENTS_MAXLEN)
+            .arg(&rr.request_hash);
         for (name, manifest) in manifests {
             invocation.arg(name).arg(manifest);
         }
@@ -198,6 +254,9 @@ impl Store {
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err("create revision run"))?;
+        if created == -2 {
+            return Err(Error::IdCollision { id: rr.id });
+        }
         Ok(Created {
             id: rr.id,
             created: created == 1,
@@ -263,6 +322,20 @@ impl Store {
         .await
     }
 
+    /// Records what the API server showed about an object, if it is the one created for the run
+    /// (see [`machine::observe_object`]); a foreign object is a [`machine::MachineError::Foreign`].
+    pub async fn record_object(
+        &self,
+        id: &str,
+        obj: &ObjectIdentity<'_>,
+        observed: &Observed,
+    ) -> Result<Updated> {
+        self.update(id, |rr| {
+            machine::observe_object(rr, obj, observed, &now_rfc3339()).map_err(Error::from)
+        })
+        .await
+    }
+
     /// Records several observations of one revision run in one atomic step.
     pub async fn record_many(
         &self,
@@ -299,10 +372,8 @@ impl Store {
                 });
             }
             next.version = current.version + 1;
-            if self
-                .compare_and_set(current.version, &next, &decision)
-                .await?
-            {
+            next.rev = names::random_hex(8);
+            if self.compare_and_set(&current, &next, &decision).await? {
                 return Ok(Updated { rr: next, decision });
             }
             tokio::task::yield_now().await;
@@ -315,7 +386,7 @@ impl Store {
 
     async fn compare_and_set(
         &self,
-        expected: u64,
+        current: &RevisionRun,
         next: &RevisionRun,
         decision: &Decision,
     ) -> Result<bool> {
@@ -325,12 +396,13 @@ impl Store {
             .key(self.keys.doc(&next.id))
             .key(self.keys.stage_stream())
             .key(self.keys.events())
-            .arg(expected)
+            .arg(current.version)
             .arg(json)
             .arg(&next.id)
             .arg(next.attempt)
             .arg(EVENTS_MAXLEN)
-            .arg(next.version);
+            .arg(next.version)
+            .arg(&current.rev);
         for effect in &decision.effects {
             if let Effect::OpenStage { stage } = effect {
                 invocation.arg(*stage);

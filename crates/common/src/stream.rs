@@ -162,6 +162,47 @@ impl Store {
         }
     }
 
+    /// Resets the idle time of messages `consumer` is still working on, so no creator (this one
+    /// included) reclaims them while their work is in progress. `JUSTID` leaves the delivery
+    /// count alone: a slow message is not one that keeps failing.
+    pub async fn keep_claimed(&self, consumer: &str, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(self.keys.stage_stream())
+            .arg(CREATOR_GROUP)
+            .arg(consumer)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("keep messages claimed"))?;
+        Ok(())
+    }
+
+    /// Publishes "open stage" again for a stage whose runs were never created (its message was
+    /// lost, e.g. with Redis writes). Safe to repeat: the creator creates only `Pending` runs and
+    /// accepts the objects it created before.
+    pub async fn republish_stage(&self, rr: &str, stage: u32, attempt: u32) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("XADD")
+            .arg(self.keys.stage_stream())
+            .arg("*")
+            .arg("rr")
+            .arg(rr)
+            .arg("stage")
+            .arg(stage)
+            .arg("attempt")
+            .arg(attempt)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("republish stage"))?;
+        Ok(())
+    }
+
     /// Acknowledges a processed stage message.
     pub async fn ack(&self, id: &str) -> Result<()> {
         let mut conn = self.conn.clone();

@@ -7,10 +7,15 @@ use kube::{
     core::{ApiResource, GroupVersionKind},
 };
 
-use crate::machine::Observed;
+use crate::machine::{ObjectIdentity, Observed};
 
+/// The PipelineRun API version rendered and watched unless configured otherwise.
+pub const API_VERSION: &str = "tekton.dev/v1";
 /// Label every stageTime PipelineRun carries: the revision run id.
 pub const LABEL_REVISION_RUN: &str = "stagetime/revision-run";
+/// Annotation with the revision run's random token (see `RevisionRun::token`): an object
+/// without the right token was not created by stageTime for that revision run.
+pub const ANNOTATION_TOKEN: &str = "stagetime/token";
 /// Tekton's graceful cancel value of `spec.status`.
 pub const CANCELLED_RUN_FINALLY: &str = "CancelledRunFinally";
 
@@ -30,6 +35,31 @@ pub fn pipelinerun_api(client: Client, api_version: &str, namespace: &str) -> Ap
         Api::all_with(client, &resource)
     } else {
         Api::namespaced_with(client, namespace, &resource)
+    }
+}
+
+/// The revision run an object claims (its [`LABEL_REVISION_RUN`] label), if any.
+pub fn revision_run_of(obj: &DynamicObject) -> Option<&str> {
+    obj.metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_REVISION_RUN)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// Name, namespace, UID and token of an object, for [`crate::machine::observe_object`].
+pub fn identity(obj: &DynamicObject) -> ObjectIdentity<'_> {
+    let meta = &obj.metadata;
+    ObjectIdentity {
+        name: meta.name.as_deref().unwrap_or_default(),
+        namespace: meta.namespace.as_deref().unwrap_or_default(),
+        uid: meta.uid.as_deref().unwrap_or_default(),
+        token: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_TOKEN))
+            .map(String::as_str),
     }
 }
 

@@ -19,6 +19,7 @@ fn started(rr: RevisionRun) -> (RevisionRun, Vec<Effect>) {
 fn created() -> Observed {
     Observed::Created {
         namespace: "default".into(),
+        uid: None,
     }
 }
 

@@ -4,12 +4,16 @@ use std::time::Duration;
 
 use stagetime_common::{
     Error,
+    config::{Durability, RedisArgs},
     fixture::RevisionRunBuilder,
-    machine::Observed,
+    machine::{Decision, Observed},
     model::{Phase, RunState, StageState},
     store::{ListFilter, Store},
 };
-use stagetime_testenv::TestEnv;
+use stagetime_testenv::{
+    TestEnv,
+    redis_server::{Options, RedisServer},
+};
 
 async fn store(test: &str) -> anyhow::Result<(Store, redis::aio::MultiplexedConnection)> {
     let env = TestEnv::shared().await?;
@@ -348,5 +352,108 @@ async fn malformed_documents_and_messages_are_errors() -> anyhow::Result<()> {
         dlq.ids[0].get::<String>("field.stage").as_deref(),
         Some("one")
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_different_request_with_the_same_id_is_a_collision_not_a_resubmit() -> anyhow::Result<()>
+{
+    let (store, _) = store("collision").await?;
+    let mut first = two_stage("rrc");
+    first.request_hash = "hash-of-request-one".into();
+    assert!(store.create(&first, &[]).await?.created);
+    // The identical request again: the same run, nothing written.
+    assert!(!store.create(&first, &[]).await?.created);
+    let mut other = two_stage("rrc");
+    other.request_hash = "hash-of-request-two".into();
+    assert!(
+        matches!(store.create(&other, &[]).await, Err(Error::IdCollision { ref id }) if id == "rrc"),
+        "a colliding request was answered as a resubmit"
+    );
+    assert_eq!(store.get("rrc").await?.request_hash, "hash-of-request-one");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_writer_that_read_a_lost_write_cannot_win() -> anyhow::Result<()> {
+    let (store, _) = store("lost-write").await?;
+    store.create(&two_stage("rrl"), &[]).await?;
+    let env = TestEnv::shared().await?;
+    let client = redis::Client::open(env.redis.url())?;
+    let key = store.keys().doc("rrl");
+    let read = store.get("rrl").await?;
+    let mut calls = 0;
+    let updated = store
+        .update("rrl", |rr| {
+            calls += 1;
+            if calls == 1 {
+                // Between this writer's read and its write, Redis crashes and comes back with
+                // another state at the same version (the writes in between were lost and redone
+                // differently). Its compare-and-set must fail, however equal the versions are.
+                let mut other = read.clone();
+                other.rev = "after-the-crash".into();
+                other.revision.author = "restored".into();
+                let mut conn = client
+                    .get_connection()
+                    .map_err(|source| Error::Redis { op: "test", source })?;
+                redis::cmd("JSON.SET")
+                    .arg(&key)
+                    .arg("$")
+                    .arg(serde_json::to_string(&other).map_err(Error::Encode)?)
+                    .query::<()>(&mut conn)
+                    .map_err(|source| Error::Redis { op: "test", source })?;
+            }
+            rr.revision.author.push_str("+1");
+            Ok(Decision {
+                changed: true,
+                effects: Vec::new(),
+            })
+        })
+        .await?;
+    assert_eq!(calls, 2, "the stale write was not refused");
+    assert_eq!(updated.rr.revision.author, "restored+1");
+    assert_eq!(store.get("rrl").await?.revision.author, "restored+1");
+    Ok(())
+}
+
+#[tokio::test]
+async fn durability_is_checked_at_start() -> anyhow::Result<()> {
+    let args = |url: String, durability| RedisArgs {
+        url: Some(url),
+        server: String::new(),
+        port: 0,
+        password: None,
+        prefix: "durability".into(),
+        stream: "durability:stages".into(),
+        durability,
+    };
+    let env = TestEnv::shared().await?;
+    // The shared test Redis runs without an AOF: warned about, or refused when required.
+    assert!(
+        args(env.redis.url(), Durability::Warn)
+            .store()
+            .await
+            .is_ok()
+    );
+    assert!(matches!(
+        args(env.redis.url(), Durability::Require).store().await,
+        Err(Error::NotDurable { .. })
+    ));
+    let everysec = RedisServer::start(Options {
+        appendonly: true,
+        fsync_everysec: true,
+    })
+    .await?;
+    assert!(matches!(
+        args(everysec.url(), Durability::Require).store().await,
+        Err(Error::NotDurable { ref reason }) if reason.contains("everysec")
+    ));
+    let always = RedisServer::start(Options {
+        appendonly: true,
+        fsync_everysec: false,
+    })
+    .await?;
+    let store = args(always.url(), Durability::Require).store().await?;
+    assert!(store.persistence().await?.is_durable());
     Ok(())
 }

@@ -1,20 +1,26 @@
 //! The consumer loop: read (and reclaim) stage messages, create their PipelineRuns, ack.
 //!
 //! Order of one message: load the document → apply every run of the stage still `Pending` →
-//! record them `Created` (one atomic store update) → ack. A crash anywhere before the ack leaves
-//! the message pending; whoever reclaims it re-applies, which server-side apply makes harmless,
-//! and runs already recorded are skipped — so each PipelineRun is created once.
+//! record them `Created` with their UIDs (one atomic store update) → ack. A crash anywhere before
+//! the ack leaves the message pending; whoever reclaims it creates again: a name already held by
+//! the object this revision run created (its label and token) is accepted, any other holder is
+//! never taken over (`NameTaken`), and runs already recorded are skipped — so each PipelineRun
+//! is created once.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::{StreamExt as _, stream};
 use kube::{
     Api,
-    api::{DynamicObject, Patch, PatchParams},
+    api::{DynamicObject, PostParams},
 };
 use stagetime_common::{
     machine::Observed,
-    model::{RunState, StageState},
+    model::{RevisionRun, Run, RunState, StageState},
     store::Store,
     stream::{Delivery, StageMessage},
     tekton,
@@ -22,16 +28,18 @@ use stagetime_common::{
 use tokio::{sync::Semaphore, task::JoinSet};
 
 use crate::{
-    error::{Error, Result, is_transient_kube},
+    error::{Error, Result},
     metrics::Metrics,
 };
 
-/// Field manager of every apply by the creator.
+/// Field manager of every write by the creator.
 pub const FIELD_MANAGER: &str = "stagetime-creator";
 /// PipelineRuns of one stage applied at once.
 const APPLY_CONCURRENCY: usize = 16;
 /// Reason recorded on runs that could not be created.
 pub const REASON_CREATE_FAILED: &str = "CreateFailed";
+/// Reason recorded on runs whose PipelineRun name is held by an object not created for them.
+pub const REASON_NAME_TAKEN: &str = "NameTaken";
 
 /// Creator settings.
 #[derive(Clone, Debug)]
@@ -51,6 +59,9 @@ pub struct Settings {
     /// Transient failures are retried this many times in place before the message is left
     /// pending for a later reclaim.
     pub inline_retries: u32,
+    /// How long shutdown waits for messages in flight before leaving them pending (a
+    /// Kubernetes pod gets 30 s between SIGTERM and SIGKILL; stopping fast keeps rollouts fast).
+    pub drain_grace: Duration,
 }
 
 impl Default for Settings {
@@ -63,6 +74,7 @@ impl Default for Settings {
             max_deliveries: 20,
             block: Duration::from_secs(5),
             inline_retries: 4,
+            drain_grace: Duration::from_millis(1500),
         }
     }
 }
@@ -85,6 +97,25 @@ pub struct Creator {
     client: kube::Client,
     settings: Arc<Settings>,
     metrics: Metrics,
+    /// Ids of the messages being processed now: kept claimed, never processed twice at once.
+    in_flight: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Removes a message id from the in-flight set when its task ends, however it ends.
+struct InFlight {
+    set: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.id);
+    }
+}
+
+fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    set.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Creator {
@@ -95,7 +126,14 @@ impl Creator {
             client,
             settings: Arc::new(settings),
             metrics,
+            in_flight: Arc::default(),
         }
+    }
+
+    /// Longest time one Kubernetes call may take: well below the visibility timeout, so a hung
+    /// call ends (and is retried) before any creator would reclaim the message.
+    fn call_timeout(&self) -> Duration {
+        (self.settings.visibility_timeout / 4).max(Duration::from_millis(500))
     }
 
     /// Consumes until `shutdown`, then finishes (and acks) the messages in flight.
@@ -110,7 +148,15 @@ impl Creator {
             while tasks.try_join_next().is_some() {}
             let mut deliveries = Vec::new();
             if tokio::time::Instant::now() >= next_reclaim {
-                next_reclaim = tokio::time::Instant::now() + self.settings.visibility_timeout / 2;
+                next_reclaim = tokio::time::Instant::now() + self.settings.visibility_timeout / 4;
+                let ours: Vec<String> = lock(&self.in_flight).iter().cloned().collect();
+                if let Err(error) = self
+                    .store
+                    .keep_claimed(&self.settings.consumer, &ours)
+                    .await
+                {
+                    tracing::warn!(%error, "cannot keep in-flight messages claimed");
+                }
                 match self.reclaim().await {
                     Ok(claimed) => deliveries.extend(claimed),
                     Err(error) => tracing::warn!(%error, "cannot reclaim idle messages"),
@@ -138,16 +184,36 @@ impl Creator {
             }
             self.refresh_pending().await;
             for delivery in deliveries {
+                // A reclaimed message this creator is still working on is not started twice.
+                if !lock(&self.in_flight).insert(delivery.id.clone()) {
+                    continue;
+                }
+                let guard = InFlight {
+                    set: Arc::clone(&self.in_flight),
+                    id: delivery.id.clone(),
+                };
                 let permit = Arc::clone(&permits).acquire_owned().await;
                 let this = self.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
+                    let _guard = guard;
                     this.handle(delivery).await
                 });
             }
         }
         tracing::info!(in_flight = tasks.len(), "draining in-flight stage messages");
-        while tasks.join_next().await.is_some() {}
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.settings.drain_grace, drain)
+            .await
+            .is_err()
+        {
+            // Unfinished messages stay pending and are reclaimed later; creating again is safe.
+            tracing::warn!(
+                in_flight = tasks.len(),
+                "stopping before in-flight stage messages finished"
+            );
+            tasks.abort_all();
+        }
         Ok(())
     }
 
@@ -252,10 +318,18 @@ impl Creator {
         if let Some(message) = fail_runs
             && let Err(error) = self.fail_stage(message, reason).await
         {
-            if error.is_transient() {
+            // Only a document that is gone or unreadable has nothing to mark; any other failure
+            // keeps the message pending, or its runs would wait forever.
+            let unusable = matches!(
+                &error,
+                Error::Store(
+                    stagetime_common::Error::NotFound { .. }
+                        | stagetime_common::Error::MalformedDocument { .. }
+                )
+            );
+            if !unusable {
                 return Outcome::Retry(format!("cannot mark runs failed: {error}"));
             }
-            // The document itself is unusable: there is nothing to mark, dead-letter anyway.
             tracing::error!(%error, rr = %message.rr, "cannot mark runs failed");
         }
         match self.store.dead_letter(delivery, reason).await {
@@ -272,17 +346,53 @@ impl Creator {
         if rr.attempt != message.attempt {
             return Ok(());
         }
-        let failed: Vec<(String, Observed)> = rr
+        let pending = rr
             .stages
             .iter()
             .filter(|s| s.number == message.stage)
             .flat_map(|s| &s.runs)
-            .filter(|r| matches!(r.state, RunState::Pending))
-            .map(|r| (r.pipeline_run.clone(), create_failed(reason)))
-            .collect();
-        self.metrics.runs_failed.inc_by(failed.len() as u64);
-        self.store.record_many(&message.rr, &failed).await?;
+            .filter(|r| matches!(r.state, RunState::Pending));
+        let mut observations = Vec::new();
+        for run in pending {
+            // A create that timed out may have taken effect: a run whose object exists is
+            // Created, not failed — failing it would close the stage while it runs.
+            let observed = match self.existing(&rr, run).await? {
+                Some((namespace, uid)) => Observed::Created {
+                    namespace,
+                    uid: Some(uid),
+                },
+                None => {
+                    self.metrics.runs_failed.inc();
+                    create_failed(reason)
+                }
+            };
+            observations.push((run.pipeline_run.clone(), observed));
+        }
+        self.store.record_many(&message.rr, &observations).await?;
         Ok(())
+    }
+
+    /// Namespace and UID of the object created for `run`, if it exists.
+    async fn existing(&self, rr: &RevisionRun, run: &Run) -> Result<Option<(String, String)>> {
+        let namespace = self
+            .settings
+            .namespace_override
+            .clone()
+            .unwrap_or_else(|| run.namespace.clone());
+        let api = tekton::pipelinerun_api(self.client.clone(), tekton::API_VERSION, &namespace);
+        let found = self
+            .deadline(&run.pipeline_run, api.get_opt(&run.pipeline_run))
+            .await?
+            .map_err(|source| Error::CreatePipelineRun {
+                name: run.pipeline_run.clone(),
+                source,
+            })?;
+        Ok(found
+            .filter(|obj| {
+                tekton::revision_run_of(obj) == Some(rr.id.as_str())
+                    && tekton::identity(obj).token == Some(rr.token.as_str())
+            })
+            .map(|obj| (namespace, obj.metadata.uid.unwrap_or_default())))
     }
 
     /// Creates the PipelineRuns of one opened stage that are not created yet.
@@ -307,10 +417,10 @@ impl Creator {
         let manifests = self.store.manifests(&rr.id, &pending).await?;
         // Applies of one stage run in parallel (bounded): a stage of 100 runs must not wait for
         // 100 sequential round trips to the API server.
-        let results: Vec<(String, Result<String>)> =
+        let results: Vec<(String, Result<(String, String)>)> =
             stream::iter(pending.into_iter().zip(manifests))
                 .map(|(name, manifest): (String, Option<String>)| async move {
-                    let result = self.apply(&name, manifest.as_deref()).await;
+                    let result = self.create(&name, manifest.as_deref()).await;
                     (name, result)
                 })
                 .buffer_unordered(APPLY_CONCURRENCY)
@@ -320,7 +430,10 @@ impl Creator {
         let mut transient = None;
         for (name, result) in results {
             let observed = match result {
-                Ok(namespace) => Observed::Created { namespace },
+                Ok((namespace, uid)) => Observed::Created {
+                    namespace,
+                    uid: Some(uid).filter(|u| !u.is_empty()),
+                },
                 Err(error) if error.is_transient() => {
                     transient = Some(error);
                     continue;
@@ -328,7 +441,13 @@ impl Creator {
                 Err(error) => {
                     tracing::error!(%error, rr = %rr.id, pipeline_run = %name, "cannot create PipelineRun");
                     self.metrics.runs_failed.inc();
-                    create_failed(&error.to_string())
+                    match error {
+                        Error::NameTaken { .. } => Observed::Failed {
+                            reason: REASON_NAME_TAKEN.to_string(),
+                            message: error.to_string(),
+                        },
+                        _ => create_failed(&error.to_string()),
+                    }
                 }
             };
             observations.push((name, observed));
@@ -343,8 +462,11 @@ impl Creator {
         Ok(())
     }
 
-    /// Applies one manifest; returns the namespace it went to.
-    async fn apply(&self, name: &str, manifest: Option<&str>) -> Result<String> {
+    /// Creates one PipelineRun from its manifest; returns the namespace and UID of the object
+    /// created for this run. An existing object with the name counts only if it carries the
+    /// manifest's revision run label and token (this creator made it before a crash); anything
+    /// else is never taken over (`NameTaken`).
+    async fn create(&self, name: &str, manifest: Option<&str>) -> Result<(String, String)> {
         let malformed = |reason: String| Error::MalformedManifest {
             name: name.to_string(),
             reason,
@@ -359,37 +481,59 @@ impl Creator {
         let api_version = obj
             .types
             .as_ref()
-            .map(|t| t.api_version.clone())
-            .unwrap_or_else(|| "tekton.dev/v1".into());
+            .map_or(tekton::API_VERSION, |t| t.api_version.as_str());
         let api: Api<DynamicObject> =
-            tekton::pipelinerun_api(self.client.clone(), &api_version, &namespace);
+            tekton::pipelinerun_api(self.client.clone(), api_version, &namespace);
+        let failed = |source| Error::CreatePipelineRun {
+            name: name.to_string(),
+            source,
+        };
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PostParams::default()
+        };
         let timer = std::time::Instant::now();
-        // force: the creator alone owns the spec and metadata it renders.
-        let result = api
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&obj),
-            )
-            .await;
+        let result = self.deadline(name, api.create(&params, &obj)).await?;
         self.metrics
             .apply_latency
             .observe(timer.elapsed().as_secs_f64());
-        match result {
-            Ok(_) => {
+        let created = match result {
+            Ok(created) => {
                 self.metrics.applied.inc();
-                Ok(namespace)
+                created
             }
-            Err(source) => {
-                if !is_transient_kube(&source) {
-                    tracing::debug!(%source, "permanent apply error");
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let existing = self.deadline(name, api.get(name)).await?.map_err(failed)?;
+                let ours = tekton::revision_run_of(&existing) == tekton::revision_run_of(&obj)
+                    && tekton::identity(&existing).token == tekton::identity(&obj).token;
+                if !ours {
+                    return Err(Error::NameTaken {
+                        name: name.to_string(),
+                        namespace,
+                    });
                 }
-                Err(Error::ApplyPipelineRun {
-                    name: name.to_string(),
-                    source,
-                })
+                existing
             }
-        }
+            Err(source) => return Err(failed(source)),
+        };
+        let uid = created.metadata.uid.clone().unwrap_or_default();
+        Ok((namespace, uid))
+    }
+}
+
+impl Creator {
+    /// Runs one Kubernetes call under [`Self::call_timeout`].
+    async fn deadline<T>(
+        &self,
+        name: &str,
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.call_timeout(), call)
+            .await
+            .map_err(|_| Error::Deadline {
+                name: name.to_string(),
+                after: self.call_timeout(),
+            })
     }
 }
 

@@ -10,14 +10,32 @@ pub enum Error {
     /// A store operation failed.
     #[error(transparent)]
     Store(#[from] stagetime_common::Error),
-    /// Applying a PipelineRun failed.
-    #[error("apply PipelineRun {name}: {source}")]
-    ApplyPipelineRun {
+    /// Creating (or reading back) a PipelineRun failed.
+    #[error("create PipelineRun {name}: {source}")]
+    CreatePipelineRun {
         /// PipelineRun name.
         name: String,
         /// Cause.
         #[source]
         source: kube::Error,
+    },
+    /// The name is held by an object that was not created for this revision run.
+    #[error(
+        "PipelineRun {namespace}/{name} already exists and was not created for this revision run"
+    )]
+    NameTaken {
+        /// PipelineRun name.
+        name: String,
+        /// Namespace.
+        namespace: String,
+    },
+    /// A Kubernetes call took longer than its deadline (it may still have taken effect).
+    #[error("PipelineRun {name}: the API server did not answer within {after:?}")]
+    Deadline {
+        /// PipelineRun name.
+        name: String,
+        /// The deadline.
+        after: std::time::Duration,
     },
     /// The message names a stage the revision run does not have.
     #[error("revision run {rr} has no stage {stage}")]
@@ -42,8 +60,11 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Store(e) => e.is_transient(),
-            Error::ApplyPipelineRun { source, .. } => is_transient_kube(source),
-            Error::MalformedManifest { .. } | Error::UnknownStage { .. } => false,
+            Error::CreatePipelineRun { source, .. } => is_transient_kube(source),
+            Error::Deadline { .. } => true,
+            Error::MalformedManifest { .. }
+            | Error::UnknownStage { .. }
+            | Error::NameTaken { .. } => false,
         }
     }
 }

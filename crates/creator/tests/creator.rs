@@ -4,14 +4,15 @@ mod support;
 
 use std::time::Duration;
 
-use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::api::{DynamicObject, PostParams};
+use prometheus_client::registry::Registry;
 use stagetime_common::{
     model::{Phase, RunState},
     stream::StageMessage,
     tekton,
 };
-use stagetime_creator::Outcome;
-use stagetime_testenv::wait_for;
+use stagetime_creator::{Creator, Outcome, Settings, metrics::Metrics};
+use stagetime_testenv::{proxy::SlowProxy, wait_for};
 use support::{Fixture, fast, names, uids};
 
 async fn read_one(
@@ -105,12 +106,8 @@ async fn redelivery_and_a_crash_before_ack_create_nothing_twice() -> anyhow::Res
         .zip(f.store.manifests(&id, &pr_names).await?)
     {
         let obj: DynamicObject = serde_json::from_str(&manifest.unwrap_or_default())?;
-        api.patch(
-            name,
-            &PatchParams::apply("stagetime-creator").force(),
-            &Patch::Apply(&obj),
-        )
-        .await?;
+        assert_eq!(obj.metadata.name.as_deref(), Some(name.as_str()));
+        api.create(&PostParams::default(), &obj).await?;
     }
     let before = uids(&f.pipelineruns().await?);
     assert_eq!(before.len(), 2);
@@ -147,6 +144,14 @@ async fn redelivery_and_a_crash_before_ack_create_nothing_twice() -> anyhow::Res
             .iter()
             .all(|r| r.state == RunState::Created)
     );
+    // The objects the dead creator made were recognised (label and token) and their UIDs kept.
+    let mut recorded: Vec<String> = rr.stages[0]
+        .runs
+        .iter()
+        .filter_map(|r| r.uid.clone())
+        .collect();
+    recorded.sort();
+    assert_eq!(recorded, before);
     // Runs already recorded are never applied again: a PipelineRun deleted afterwards (say by
     // a pruner) does not come back when the message is delivered once more.
     api.delete(&pr_names[0], &Default::default()).await?;
@@ -360,5 +365,127 @@ async fn poison_messages_are_dead_lettered_and_runs_fail_instead_of_hanging() ->
             .count(),
         1
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_object_already_holding_the_name_is_never_taken_over() -> anyhow::Result<()> {
+    let f = Fixture::new("name-taken").await?;
+    let id = f
+        .submit("c5", &[("a", 0, false), ("later", 1, false)])
+        .await?;
+    let rr = f.store.get(&id).await?;
+    let name = rr.stages[0].runs[0].pipeline_run.clone();
+    // Someone who guessed the name (and even the label) gets there first, without the token.
+    let api = tekton::pipelinerun_api(f.client.clone(), tekton::API_VERSION, &f.ns);
+    let squatter: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": tekton::API_VERSION, "kind": "PipelineRun",
+        "metadata": {"name": name, "labels": {tekton::LABEL_REVISION_RUN: id},
+                     "annotations": {tekton::ANNOTATION_TOKEN: "guessed"}},
+        "spec": {"pipelineRef": {"name": "someone-elses"}},
+    }))?;
+    let squatter = api.create(&PostParams::default(), &squatter).await?;
+
+    let creator = f.creator("c5", fast());
+    assert_eq!(
+        creator.handle(read_one(&f, "c5").await?).await,
+        Outcome::Acked
+    );
+    let after = api.get(&name).await?;
+    assert_eq!(after.metadata.uid, squatter.metadata.uid);
+    assert_eq!(
+        after.data["spec"]["pipelineRef"]["name"], "someone-elses",
+        "the creator changed an object it did not create"
+    );
+    let rr = f.store.get(&id).await?;
+    let run = &rr.stages[0].runs[0];
+    assert_eq!(
+        (run.state, run.reason.as_deref(), run.uid.as_deref()),
+        (RunState::Failed, Some("NameTaken"), None)
+    );
+    assert_eq!(rr.phase, Phase::Failed);
+    assert_eq!(
+        names(&f.pipelineruns().await?),
+        vec![name],
+        "no later stage was created"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slow_api_server_never_turns_the_creator_against_its_own_message() -> anyhow::Result<()> {
+    let f = Fixture::new("slow-apiserver").await?;
+    let proxy = SlowProxy::start(f.env.kube.apiserver_addr()?).await?;
+    let metrics = Metrics::register(&mut Registry::default());
+    let creator = Creator::new(
+        f.store.clone(),
+        f.env.kube.client_via(proxy.addr()).await?,
+        Settings {
+            consumer: "slow".into(),
+            block: Duration::from_millis(200),
+            visibility_timeout: Duration::from_secs(2),
+            inline_retries: 4,
+            max_deliveries: 2,
+            ..Settings::default()
+        },
+        metrics.clone(),
+    );
+    // Every request now takes 3 s to reach the API server: longer than the visibility timeout.
+    proxy.set_delay(Duration::from_secs(3));
+    let id = f
+        .submit("slow", &[("a", 0, false), ("b", 1, false)])
+        .await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut rx = stopped.clone();
+    let task = tokio::spawn(async move {
+        creator
+            .run(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    // Calls hit their deadline and are retried in place, for several visibility timeouts...
+    wait_for("three deadline retries", Duration::from_secs(60), || {
+        let retried = metrics.retried.get();
+        async move { (retried >= 3).then_some(()) }
+    })
+    .await?;
+    // ...while the message stays claimed once: no creator (this one included) took it over.
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(f.store.keys().stage_stream())
+        .arg(stagetime_common::keys::CREATOR_GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut f.env.redis_conn().await?)
+        .await?;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        pending[0].3, 1,
+        "the message was delivered again while in flight"
+    );
+    proxy.set_delay(Duration::ZERO);
+    let store = f.store.clone();
+    let rr = wait_for("run a created", Duration::from_secs(60), || {
+        let store = store.clone();
+        let id = id.clone();
+        async move {
+            let rr = store.get(&id).await.ok()?;
+            (rr.stages[0].runs[0].state != RunState::Pending).then_some(rr)
+        }
+    })
+    .await?;
+    stop.send(true)?;
+    task.await??;
+    assert_eq!(rr.stages[0].runs[0].state, RunState::Created, "{rr:?}");
+    assert_eq!(rr.phase, Phase::Running);
+    assert_eq!(names(&f.pipelineruns().await?).len(), 1);
+    let dlq: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(f.store.keys().dead_letter())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut f.env.redis_conn().await?)
+        .await?;
+    assert!(dlq.ids.is_empty());
     Ok(())
 }

@@ -47,11 +47,19 @@ pub struct Args {
         default_value_t = 300
     )]
     pub resync_seconds: u64,
+    /// Seconds an open stage may have no created run before its message is published again
+    /// (checked at each resync); a few creator visibility timeouts.
+    #[arg(
+        long = "stale-stage-seconds",
+        env = "INFORMER_STALE_STAGE_SECONDS",
+        default_value_t = 180
+    )]
+    pub stale_stage_seconds: u64,
     /// apiVersion of the PipelineRuns to watch.
     #[arg(
         long = "tekton-api-version",
         env = "TEKTON_API_VERSION",
-        default_value = "tekton.dev/v1"
+        default_value = stagetime_common::tekton::API_VERSION
     )]
     pub tekton_api_version: String,
     #[command(flatten)]
@@ -86,7 +94,8 @@ pub async fn run(
         &args.informing_namespace,
         Recorder { store, metrics },
     )
-    .with_resync(std::time::Duration::from_secs(args.resync_seconds));
+    .with_resync(std::time::Duration::from_secs(args.resync_seconds))
+    .with_stale_stage(std::time::Duration::from_secs(args.stale_stage_seconds));
     let shutdown = Shutdown::spawn(shutdown);
     let admin_task = tokio::spawn(admin.serve(shutdown.clone().wait()));
     ready.set(true);

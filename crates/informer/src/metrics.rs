@@ -28,6 +28,8 @@ pub struct Metrics {
     finished: Family<PhaseLabels, Counter>,
     /// Times the watch stream failed and restarted.
     pub watch_restarts: Counter,
+    /// Open stages whose message was published again because no run of theirs was created.
+    pub stages_republished: Counter,
 }
 
 impl Metrics {
@@ -40,6 +42,7 @@ impl Metrics {
             stages_opened: Counter::default(),
             finished: Family::default(),
             watch_restarts: Counter::default(),
+            stages_republished: Counter::default(),
         };
         let sub = registry.sub_registry_with_prefix("stagetime_informer");
         sub.register(
@@ -67,6 +70,11 @@ impl Metrics {
             "watch_restarts",
             "Watch stream errors followed by a restart",
             m.watch_restarts.clone(),
+        );
+        sub.register(
+            "stages_republished",
+            "Open stages published again because none of their runs was created",
+            m.stages_republished.clone(),
         );
         m
     }

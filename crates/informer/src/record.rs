@@ -5,9 +5,9 @@ use std::time::Duration;
 use kube::{ResourceExt, api::DynamicObject};
 use stagetime_common::{
     Error as StoreError,
-    machine::{Effect, Observed},
+    machine::{Effect, MachineError, ObjectIdentity, Observed},
     store::Store,
-    tekton::{self, LABEL_REVISION_RUN},
+    tekton,
 };
 
 use crate::metrics::Metrics;
@@ -51,24 +51,27 @@ impl Recorder {
     }
 
     async fn record(&self, obj: &DynamicObject, observed: Observed) -> Recorded {
-        let name = obj.name_any();
-        let Some(rr) = obj
-            .labels()
-            .get(LABEL_REVISION_RUN)
-            .filter(|v| !v.is_empty())
-        else {
+        let Some(rr) = tekton::revision_run_of(obj) else {
             self.metrics.skipped("no_label");
-            tracing::info!(pipeline_run = %name, "skipping PipelineRun without revision run label");
+            tracing::info!(pipeline_run = %obj.name_any(), "skipping PipelineRun without revision run label");
             return Recorded::Skipped("no_label");
         };
-        self.record_named(rr, &name, observed).await
+        self.record_object(rr, &tekton::identity(obj), observed)
+            .await
     }
 
-    /// Records `observed` for PipelineRun `name` of revision run `rr`.
-    pub async fn record_named(&self, rr: &str, name: &str, observed: Observed) -> Recorded {
+    /// Records `observed` for object `obj` claimed by revision run `rr`; an object that is not
+    /// the one created for the run (see [`stagetime_common::machine::observe_object`]) is skipped as foreign.
+    pub async fn record_object(
+        &self,
+        rr: &str,
+        obj: &ObjectIdentity<'_>,
+        observed: Observed,
+    ) -> Recorded {
+        let name = obj.name;
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.store.record(rr, name, &observed).await {
+            match self.store.record_object(rr, obj, &observed).await {
                 Ok(updated) => {
                     if !updated.decision.changed {
                         return Recorded::Unchanged;
@@ -107,6 +110,11 @@ impl Recorder {
                         "skipping PipelineRun of an unknown revision run"
                     );
                     return Recorded::Skipped("unknown_revision_run");
+                }
+                Err(StoreError::Machine(error @ MachineError::Foreign { .. })) => {
+                    self.metrics.skipped("foreign");
+                    tracing::warn!(%error, "skipping a foreign PipelineRun");
+                    return Recorded::Skipped("foreign");
                 }
                 Err(StoreError::Machine(error)) => {
                     self.metrics.skipped("unknown_run");

@@ -13,8 +13,8 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 use stagetime_common::{
-    machine::Observed,
-    model::{Phase, RunState, StageState},
+    machine::{ObjectIdentity, Observed},
+    model::{Phase, RevisionRun, Run, RunState, StageState},
     store::ListFilter,
     tekton::{self, LABEL_REVISION_RUN},
 };
@@ -29,7 +29,11 @@ pub struct Informer {
     recorder: Recorder,
     namespace: String,
     resync: std::time::Duration,
+    stale_stage: std::time::Duration,
 }
+
+/// Default age after which an open stage whose runs are all still uncreated is published again.
+pub const DEFAULT_STALE_STAGE: std::time::Duration = std::time::Duration::from_secs(180);
 
 /// Default interval of full re-lists (see [`Informer::with_resync`]).
 pub const DEFAULT_RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
@@ -49,7 +53,16 @@ impl Informer {
             recorder,
             namespace: namespace.to_string(),
             resync: DEFAULT_RESYNC,
+            stale_stage: DEFAULT_STALE_STAGE,
         }
+    }
+
+    /// Publishes "open stage" again, at a resync, for a stage open longer than `after` whose runs
+    /// are all still `Pending` (its message was lost). Keep it a few creator visibility timeouts,
+    /// so a message that is merely waiting for a creator is not doubled needlessly.
+    pub fn with_stale_stage(mut self, after: std::time::Duration) -> Self {
+        self.stale_stage = after;
+        self
     }
 
     /// Restarts the watch (a full re-list, and the reconcile after it) every `resync`, so states
@@ -140,6 +153,7 @@ impl Informer {
                     }
                 };
                 for rr in &page.items {
+                    self.republish_stale(rr).await;
                     let candidates = rr
                         .stages
                         .iter()
@@ -151,17 +165,7 @@ impl Informer {
                             !listed.contains(&(r.namespace.clone(), r.pipeline_run.clone()))
                         });
                     for run in candidates {
-                        let api = tekton::pipelinerun_api(
-                            self.client.clone(),
-                            &self.api_version,
-                            &run.namespace,
-                        );
-                        if let Ok(None) = api.get_opt(&run.pipeline_run).await {
-                            tracing::info!(rr = %rr.id, pipeline_run = %run.pipeline_run, "PipelineRun vanished while unobserved");
-                            self.recorder
-                                .record_named(&rr.id, &run.pipeline_run, Observed::Deleted)
-                                .await;
-                        }
+                        self.reconcile_run(&rr.id, run).await;
                     }
                 }
                 match page.next_page_token {
@@ -169,6 +173,63 @@ impl Informer {
                     None => break,
                 }
             }
+        }
+    }
+
+    async fn republish_stale(&self, rr: &RevisionRun) {
+        let now = jiff::Timestamp::now();
+        let stale = rr.stages.iter().filter(|s| {
+            s.state == StageState::Open
+                && s.runs.iter().all(|r| r.state == RunState::Pending)
+                && s.opened_at
+                    .as_deref()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .is_some_and(|t| now.duration_since(t).unsigned_abs() >= self.stale_stage)
+        });
+        for stage in stale {
+            tracing::warn!(rr = %rr.id, stage = stage.number, "stage open without created runs; publishing it again");
+            match self
+                .recorder
+                .store
+                .republish_stage(&rr.id, stage.number, rr.attempt)
+                .await
+            {
+                Ok(()) => {
+                    self.recorder.metrics.stages_republished.inc();
+                }
+                Err(error) => tracing::warn!(%error, rr = %rr.id, "cannot republish stage"),
+            }
+        }
+    }
+
+    /// Records one created run as `Deleted` if the object created for it is gone: its name is
+    /// free, or taken by another object (another UID). A run whose UID is not recorded yet is
+    /// left alone — the object may have been created after the list — until the creator records
+    /// it or a later watch event decides it.
+    async fn reconcile_run(&self, rr: &str, run: &Run) {
+        let Some(uid) = run.uid.as_deref() else {
+            return;
+        };
+        let api = tekton::pipelinerun_api(self.client.clone(), &self.api_version, &run.namespace);
+        let gone = match api.get_opt(&run.pipeline_run).await {
+            Ok(None) => true,
+            Ok(Some(obj)) => obj.metadata.uid.as_deref() != Some(uid),
+            Err(error) => {
+                tracing::debug!(%error, pipeline_run = %run.pipeline_run, "cannot check PipelineRun");
+                false
+            }
+        };
+        if gone {
+            tracing::info!(rr, pipeline_run = %run.pipeline_run, "PipelineRun vanished while unobserved");
+            let identity = ObjectIdentity {
+                name: &run.pipeline_run,
+                namespace: &run.namespace,
+                uid,
+                token: None,
+            };
+            self.recorder
+                .record_object(rr, &identity, Observed::Deleted)
+                .await;
         }
     }
 }

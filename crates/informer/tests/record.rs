@@ -3,7 +3,11 @@
 
 use kube::api::DynamicObject;
 use prometheus_client::registry::Registry;
-use stagetime_common::{fixture::RevisionRunBuilder, model::RunState};
+use stagetime_common::{
+    fixture::{RevisionRunBuilder, TOKEN},
+    model::RunState,
+    tekton::ANNOTATION_TOKEN,
+};
 use stagetime_informer::{Recorded, Recorder, metrics::Metrics};
 use stagetime_testenv::TestEnv;
 
@@ -18,7 +22,10 @@ fn pipelinerun(
     );
     Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
-        "metadata": {"name": name, "namespace": "default", "labels": labels},
+        "metadata": {
+            "name": name, "namespace": "default", "uid": format!("uid-{name}"), "labels": labels,
+            "annotations": {ANNOTATION_TOKEN: TOKEN},
+        },
         "status": status,
     }))?)
 }

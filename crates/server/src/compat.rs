@@ -3,7 +3,9 @@
 use stagetime_common::request::{PipelineRef, RevisionRequest, RunSpec};
 use stagetime_proto::revisionrun::{CreateRevisionRunRequest, Pipelinerun};
 
-use crate::{error::Error, grammar, render::MAX_STAGE};
+use stagetime_common::validate::MAX_STAGE;
+
+use crate::{error::Error, grammar};
 
 /// Resolver used when a compat run carries `resolverParams` (the original always used git).
 pub const COMPAT_RESOLVER: &str = "git";
@@ -50,10 +52,8 @@ fn parse_run(i: usize, pr: &Pipelinerun) -> Result<RunSpec, Error> {
     };
     let mut params = grammar::params(&pr.params).map_err(item("params"))?;
     let list = grammar::list_params(&pr.listparams).map_err(item("listparams"))?;
-    if let Some(dup) = list
-        .iter()
-        .find(|l| params.iter().any(|p| p.name == l.name))
-    {
+    let names: std::collections::HashSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
+    if let Some(dup) = list.iter().find(|l| names.contains(l.name.as_str())) {
         return Err(Error::InvalidArgument {
             field: field("listparams"),
             reason: format!("param {:?} is also in params", dup.name),

@@ -3,12 +3,13 @@
 use stagetime_common::{
     model::{Phase, RevisionRun},
     request::{
-        Param, ParamValue, PipelineRef, RevisionRequest, RunSpec, VolumeClaimTemplate, Workspace,
+        AccessMode, Param, ParamValue, PipelineRef, RevisionRequest, RunSpec, VolumeClaimTemplate,
+        Workspace, WorkspaceKind,
     },
 };
 use stagetime_proto::stagetime::v1 as pb;
 
-use crate::{error::Error, grammar};
+use crate::error::Error;
 
 fn invalid(field: String, reason: impl Into<String>) -> Error {
     Error::InvalidArgument {
@@ -18,9 +19,6 @@ fn invalid(field: String, reason: impl Into<String>) -> Error {
 }
 
 fn param(field: &str, p: &pb::Param) -> Result<Param, Error> {
-    if p.name.trim().is_empty() {
-        return Err(invalid(format!("{field}.name"), "required"));
-    }
     let value = match &p.value {
         Some(pb::param::Value::StringValue(s)) => ParamValue::String(s.clone()),
         Some(pb::param::Value::ArrayValue(a)) => ParamValue::Array(a.values.clone()),
@@ -37,21 +35,12 @@ fn param(field: &str, p: &pb::Param) -> Result<Param, Error> {
     })
 }
 
+/// Converts params; names and duplicates are checked by the one validation afterwards.
 fn params(field: &str, list: &[pb::Param]) -> Result<Vec<Param>, Error> {
-    let out = list
-        .iter()
+    list.iter()
         .enumerate()
         .map(|(i, p)| param(&format!("{field}[{i}]"), p))
-        .collect::<Result<Vec<_>, _>>()?;
-    for (i, p) in out.iter().enumerate() {
-        if out[..i].iter().any(|q| q.name == p.name) {
-            return Err(invalid(
-                format!("{field}[{i}].name"),
-                format!("duplicate param {:?}", p.name),
-            ));
-        }
-    }
-    Ok(out)
+        .collect()
 }
 
 fn run(i: usize, r: &pb::RunSpec) -> Result<RunSpec, Error> {
@@ -69,48 +58,40 @@ fn run(i: usize, r: &pb::RunSpec) -> Result<RunSpec, Error> {
         .iter()
         .enumerate()
         .map(|(j, w)| {
-            if grammar::workspace_ref_key(&w.kind).is_none() {
-                return Err(invalid(
-                    at(&format!("workspaces[{j}].kind")),
-                    format!(
-                        "unknown kind {:?} (secret, configMap, persistentVolumeClaim, emptyDir)",
-                        w.kind
-                    ),
-                ));
-            }
-            if w.name.trim().is_empty() {
-                return Err(invalid(at(&format!("workspaces[{j}].name")), "required"));
-            }
+            let kind = w
+                .kind
+                .parse::<WorkspaceKind>()
+                .map_err(|reason| invalid(at(&format!("workspaces[{j}].kind")), reason))?;
             Ok(Workspace {
                 name: w.name.clone(),
-                kind: w.kind.clone(),
+                kind,
                 reference: w.r#ref.clone(),
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, Error>>()?;
     let volume_claim_templates = r
         .volume_claim_templates
         .iter()
         .enumerate()
         .map(|(j, v)| {
-            if !grammar::is_quantity(&v.size) {
-                return Err(invalid(
-                    at(&format!("volume_claim_templates[{j}].size")),
-                    format!("{:?} is not a quantity such as 1Gi", v.size),
-                ));
-            }
+            let access_mode = if v.access_mode.is_empty() {
+                AccessMode::default()
+            } else {
+                v.access_mode.parse().map_err(|reason| {
+                    invalid(
+                        at(&format!("volume_claim_templates[{j}].access_mode")),
+                        reason,
+                    )
+                })?
+            };
             Ok(VolumeClaimTemplate {
                 name: v.name.clone(),
                 storage_class: v.storage_class.clone(),
-                access_mode: if v.access_mode.is_empty() {
-                    "ReadWriteOnce".into()
-                } else {
-                    v.access_mode.clone()
-                },
+                access_mode,
                 size: v.size.clone(),
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, Error>>()?;
     Ok(RunSpec {
         name: r.name.trim().to_string(),
         stage: r.stage,

@@ -46,6 +46,9 @@ impl From<Error> for tonic::Status {
             Error::Store(StoreError::InvalidArgument { field, reason }) => {
                 tonic::Status::invalid_argument(format!("{field}: {reason}"))
             }
+            Error::Store(StoreError::IdCollision { id }) => tonic::Status::already_exists(format!(
+                "revision run id {id} belongs to a different request; change the request (e.g. its commit or runs)"
+            )),
             Error::Store(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "store unavailable");
                 tonic::Status::unavailable("the revision run store is unavailable; retry later")

@@ -3,7 +3,10 @@
 //! Every malformed item is reported with its field and position; nothing here can panic.
 //! Items are split on `,` and trimmed; a value is everything after the first `=`, kept exactly.
 
-use stagetime_common::request::{Param, ParamValue, VolumeClaimTemplate, Workspace};
+use stagetime_common::{
+    request::{AccessMode, Param, ParamValue, VolumeClaimTemplate, Workspace, WorkspaceKind},
+    validate::is_quantity,
+};
 
 /// A grammar error: which item of the field is wrong and why (the caller adds the field path).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +30,8 @@ impl std::fmt::Display for ItemError {
 /// Splits `k=v, k2=v2` into trimmed `(key, value)` pairs; empty input gives no pairs.
 pub fn key_values(raw: &str) -> Result<Vec<(String, String)>, ItemError> {
     let mut out = Vec::new();
+    // A set, not a scan of `out`: a megabyte of `a=,b=,…` must stay linear.
+    let mut seen = std::collections::HashSet::new();
     if raw.trim().is_empty() {
         return Ok(out);
     }
@@ -55,7 +60,7 @@ pub fn key_values(raw: &str) -> Result<Vec<(String, String)>, ItemError> {
                 "key may only contain letters, digits, '-', '_' and '.'",
             ));
         }
-        if out.iter().any(|(k, _): &(String, String)| k == key) {
+        if !seen.insert(key) {
             return Err(err("duplicate key"));
         }
         out.push((key.to_string(), value.trim().to_string()));
@@ -85,17 +90,6 @@ pub fn list_params(raw: &str) -> Result<Vec<Param>, ItemError> {
         .collect())
 }
 
-/// The field inside a workspace binding that names the backing object, per kind.
-pub fn workspace_ref_key(kind: &str) -> Option<&'static str> {
-    match kind {
-        "secret" => Some("secretName"),
-        "configMap" => Some("name"),
-        "persistentVolumeClaim" => Some("claimName"),
-        "emptyDir" => Some(""),
-        _ => None,
-    }
-}
-
 /// `workspaces`: `name=kind;ref;refKey`, e.g. `ssh=secret;codehub-ssh;secretName`.
 pub fn workspaces(raw: &str) -> Result<Vec<Workspace>, ItemError> {
     let pairs = key_values(raw)?;
@@ -107,20 +101,20 @@ pub fn workspaces(raw: &str) -> Result<Vec<Workspace>, ItemError> {
             reason,
         };
         let parts: Vec<&str> = value.split(';').map(str::trim).collect();
-        let kind = parts.first().copied().unwrap_or_default();
-        let expected = workspace_ref_key(kind).ok_or_else(|| {
-            err(format!(
-                "unknown workspace kind {kind:?} (secret, configMap, persistentVolumeClaim, emptyDir)"
-            ))
-        })?;
-        if kind == "emptyDir" {
+        let kind: WorkspaceKind = parts
+            .first()
+            .copied()
+            .unwrap_or_default()
+            .parse()
+            .map_err(err)?;
+        let Some(expected) = kind.ref_key() else {
             out.push(Workspace {
                 name,
-                kind: kind.to_string(),
+                kind,
                 reference: String::new(),
             });
             continue;
-        }
+        };
         let [_, reference, ref_key] = parts.as_slice() else {
             return Err(err("expected kind;ref;refKey".into()));
         };
@@ -129,12 +123,13 @@ pub fn workspaces(raw: &str) -> Result<Vec<Workspace>, ItemError> {
         }
         if *ref_key != expected {
             return Err(err(format!(
-                "refKey of {kind} must be {expected}, got {ref_key:?}"
+                "refKey of {} must be {expected}, got {ref_key:?}",
+                kind.as_str()
             )));
         }
         out.push(Workspace {
             name,
-            kind: kind.to_string(),
+            kind,
             reference: (*reference).to_string(),
         });
     }
@@ -155,14 +150,7 @@ pub fn volume_claim_templates(raw: &str) -> Result<Vec<VolumeClaimTemplate>, Ite
         let [storage_class, access_mode, size] = parts.as_slice() else {
             return Err(err("expected storageClass;accessMode;size"));
         };
-        if !matches!(
-            *access_mode,
-            "ReadWriteOnce" | "ReadOnlyMany" | "ReadWriteMany" | "ReadWriteOncePod"
-        ) {
-            return Err(err(
-                "accessMode must be ReadWriteOnce, ReadOnlyMany, ReadWriteMany or ReadWriteOncePod",
-            ));
-        }
+        let access_mode: AccessMode = access_mode.parse().map_err(|e: String| err(&e))?;
         if !is_quantity(size) {
             return Err(err(
                 "size must be a Kubernetes quantity such as 1Gi or 500M",
@@ -171,27 +159,11 @@ pub fn volume_claim_templates(raw: &str) -> Result<Vec<VolumeClaimTemplate>, Ite
         out.push(VolumeClaimTemplate {
             name,
             storage_class: (*storage_class).to_string(),
-            access_mode: (*access_mode).to_string(),
+            access_mode,
             size: (*size).to_string(),
         });
     }
     Ok(out)
-}
-
-/// A plain Kubernetes quantity: digits (optional fraction) and an optional binary/decimal suffix.
-pub fn is_quantity(s: &str) -> bool {
-    let digits_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(digits_end);
-    let number_ok = !number.is_empty()
-        && number.chars().filter(|c| *c == '.').count() <= 1
-        && number.chars().any(|c| c.is_ascii_digit());
-    number_ok
-        && matches!(
-            suffix,
-            "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "k" | "M" | "G" | "T" | "P" | "E" | "m"
-        )
 }
 
 #[cfg(test)]
@@ -243,7 +215,7 @@ mod tests {
         .unwrap_or_default();
         assert_eq!(ws.len(), 2);
         assert_eq!(ws[0].reference, "codehub-ssh");
-        assert_eq!(ws[1].kind, "persistentVolumeClaim");
+        assert_eq!(ws[1].kind, WorkspaceKind::PersistentVolumeClaim);
         assert!(workspaces("ssh=secret;codehub-ssh;claimName").is_err());
         assert!(workspaces("ssh=vault;x;y").is_err());
         assert!(workspaces("ssh=secret;x").is_err());

@@ -29,6 +29,7 @@ use stagetime_common::{
     config::{AdminArgs, LogArgs, RedisArgs},
     shutdown::Shutdown,
     store::Store,
+    validate::Limits,
 };
 use stagetime_proto::{
     FILE_DESCRIPTOR_SET,
@@ -39,7 +40,7 @@ use stagetime_proto::{
     stagetime::v1::revision_runs_server::RevisionRunsServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use error::{Error, Result};
 pub use service::Api;
@@ -69,7 +70,7 @@ pub struct Args {
     #[arg(
         long = "tekton-api-version",
         env = "TEKTON_API_VERSION",
-        default_value = "tekton.dev/v1"
+        default_value = stagetime_common::tekton::API_VERSION
     )]
     pub tekton_api_version: String,
     /// Pipeline timeout (seconds) of runs that set none.
@@ -81,6 +82,9 @@ pub struct Args {
     pub default_timeout_seconds: u32,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub redis: RedisArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -90,12 +94,56 @@ pub struct Args {
     pub log: LogArgs,
 }
 
+/// Default of `--max-request-bytes`: room for the largest request the default limits allow.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+
+/// Size limits of requests (see [`Limits`]); every request is bounded before any work is done.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Largest gRPC request message accepted, in bytes (larger ones get OUT_OF_RANGE).
+    #[arg(long = "max-request-bytes", env = "MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// Runs in one revision run.
+    #[arg(long = "max-runs", env = "MAX_RUNS", default_value_t = Limits::default().max_runs)]
+    pub max_runs: usize,
+    /// Runs in one stage.
+    #[arg(long = "max-runs-per-stage", env = "MAX_RUNS_PER_STAGE", default_value_t = Limits::default().max_runs_per_stage)]
+    pub max_runs_per_stage: usize,
+    /// Params of one run (and resolver params).
+    #[arg(long = "max-params", env = "MAX_PARAMS", default_value_t = Limits::default().max_params)]
+    pub max_params: usize,
+    /// Bytes of one string value.
+    #[arg(long = "max-string-bytes", env = "MAX_STRING_BYTES", default_value_t = Limits::default().max_string_bytes)]
+    pub max_string_bytes: usize,
+    /// Longest pipeline timeout a run may ask for, in seconds.
+    #[arg(long = "max-timeout-seconds", env = "MAX_TIMEOUT_SECONDS", default_value_t = Limits::default().max_timeout_seconds)]
+    pub max_timeout_seconds: u32,
+    /// Bytes of one rendered PipelineRun.
+    #[arg(long = "max-manifest-bytes", env = "MAX_MANIFEST_BYTES", default_value_t = Limits::default().max_manifest_bytes)]
+    pub max_manifest_bytes: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_runs: self.max_runs,
+            max_runs_per_stage: self.max_runs_per_stage,
+            max_params: self.max_params,
+            max_string_bytes: self.max_string_bytes,
+            max_timeout_seconds: self.max_timeout_seconds,
+            max_manifest_bytes: self.max_manifest_bytes,
+            ..Limits::default()
+        }
+    }
+}
+
 impl Args {
     fn settings(&self) -> render::RenderSettings {
         render::RenderSettings {
             default_namespace: self.pipeline_namespace.clone(),
             api_version: self.tekton_api_version.clone(),
             default_timeout_seconds: self.default_timeout_seconds,
+            limits: self.limits.limits(),
         }
     }
 }
@@ -120,7 +168,13 @@ pub async fn run(
     let admin_task = tokio::spawn(admin.serve(shutdown.clone().wait()));
     ready.set(store.ping().await.is_ok());
     let readiness = tokio::spawn(track_readiness(store, ready));
-    serve(listener, api, shutdown.wait()).await?;
+    serve(
+        listener,
+        api,
+        args.limits.max_request_bytes,
+        shutdown.wait(),
+    )
+    .await?;
     readiness.abort();
     admin_task.await??;
     Ok(())
@@ -133,12 +187,25 @@ async fn track_readiness(store: Store, ready: Readiness) {
     }
 }
 
+/// The accepted connections of `listener`, each with TCP_NODELAY set: gRPC sends small frames
+/// (a unary reply is a few hundred bytes), and with Nagle's algorithm on, a reply that follows a
+/// not-yet-acknowledged frame waits for the client's delayed ACK — about 40 ms on Linux.
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Serves both APIs, health and reflection (v1 and v1alpha) on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     api: Api,
+    max_request_bytes: usize,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let closer = api.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closer.close();
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<StageTimeApplicationServiceServer<Api>>()
@@ -159,10 +226,13 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(StageTimeApplicationServiceServer::new(api.clone()))
-        .add_service(StatusesServer::new(api.clone()))
-        .add_service(RevisionRunsServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .add_service(
+            StageTimeApplicationServiceServer::new(api.clone())
+                .max_decoding_message_size(max_request_bytes),
+        )
+        .add_service(StatusesServer::new(api.clone()).max_decoding_message_size(max_request_bytes))
+        .add_service(RevisionRunsServer::new(api).max_decoding_message_size(max_request_bytes))
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())
 }
@@ -192,5 +262,33 @@ mod args_tests {
                 flag.get_id()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod incoming_tests {
+    use std::time::Duration;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_stream::StreamExt as _;
+
+    async fn accepted_nodelay(wrap: fn(TcpListener) -> super::TcpIncoming) -> bool {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut incoming = wrap(listener);
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let accepted = tokio::time::timeout(Duration::from_secs(5), incoming.next())
+            .await
+            .expect("accept within 5 s")
+            .expect("a connection")
+            .expect("accepted");
+        accepted.nodelay().expect("read TCP_NODELAY")
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_have_tcp_nodelay() {
+        assert!(accepted_nodelay(super::incoming).await);
+        // The check itself can tell: a listener without the option leaves Nagle on.
+        assert!(!accepted_nodelay(super::TcpIncoming::from).await);
     }
 }

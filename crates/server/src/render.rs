@@ -1,14 +1,15 @@
 //! Validation of a typed request and rendering of every PipelineRun manifest up front
 //! (DESIGN.md section 5), so bad input is rejected before anything is stored.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use stagetime_common::{
     model::{Phase, Revision, RevisionRun, Run, RunState, Stage, StageState},
-    names::{dns_label, sanitize_label},
+    names::{self, dns_label, sanitize_label},
     request::{ParamValue, PipelineRef, RevisionRequest, RunSpec},
-    tekton::LABEL_REVISION_RUN,
+    tekton::{ANNOTATION_TOKEN, LABEL_REVISION_RUN},
+    validate::{self, Limits},
 };
 
 use crate::error::Error;
@@ -22,14 +23,17 @@ pub struct RenderSettings {
     pub api_version: String,
     /// Pipeline timeout when a run sets none.
     pub default_timeout_seconds: u32,
+    /// Size limits of requests and manifests.
+    pub limits: Limits,
 }
 
 impl Default for RenderSettings {
     fn default() -> Self {
         Self {
             default_namespace: "default".into(),
-            api_version: "tekton.dev/v1".into(),
+            api_version: stagetime_common::tekton::API_VERSION.into(),
             default_timeout_seconds: 30 * 60,
+            limits: Limits::default(),
         }
     }
 }
@@ -40,8 +44,6 @@ pub const CANFAIL_ANNOTATION: &str = "canfail";
 pub const LABEL_STAGE: &str = "stagetime/stage";
 /// pod `fsGroup` of every run, as the original set it.
 pub const FS_GROUP: i64 = 65532;
-/// Highest stage number accepted.
-pub const MAX_STAGE: u32 = 1_000_000;
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Error {
     Error::InvalidArgument {
@@ -50,60 +52,10 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Checks a request; `runs_field` is how the API calls the run list (`runs` or `pipelineruns`).
-pub fn validate(req: &RevisionRequest, runs_field: &str) -> Result<(), Error> {
-    if req.repo_name.trim().is_empty() {
-        return Err(invalid("repo_name", "required"));
-    }
-    if req.commit_id.trim().is_empty() {
-        return Err(invalid("commit_id", "required"));
-    }
-    if req.runs.is_empty() {
-        return Err(invalid(runs_field, "at least one run is required"));
-    }
-    let mut seen = HashSet::new();
-    for (i, run) in req.runs.iter().enumerate() {
-        let at = |f: &str| format!("{runs_field}[{i}].{f}");
-        if run.name.trim().is_empty() {
-            return Err(invalid(at("name"), "required"));
-        }
-        if sanitize_label(&run.name, 63).is_empty() {
-            return Err(invalid(
-                at("name"),
-                format!("{:?} has no letters or digits", run.name),
-            ));
-        }
-        if run.stage > MAX_STAGE {
-            return Err(invalid(at("stage"), format!("must be at most {MAX_STAGE}")));
-        }
-        if !seen.insert((run.stage, dns_label(&[&run.name]))) {
-            return Err(invalid(
-                at("name"),
-                format!("{:?} appears twice in stage {}", run.name, run.stage),
-            ));
-        }
-        match &run.pipeline_ref {
-            PipelineRef::Name(n) if n.trim().is_empty() => {
-                return Err(invalid(at("pipeline_ref"), "pipeline name is empty"));
-            }
-            PipelineRef::Resolver { resolver, .. } if resolver.trim().is_empty() => {
-                return Err(invalid(at("pipeline_ref.resolver"), "resolver is empty"));
-            }
-            _ => {}
-        }
-        if let Some(ns) = &run.namespace
-            && dns_label(&[ns]) != *ns
-        {
-            return Err(invalid(
-                at("namespace"),
-                format!("{ns:?} is not a DNS-1123 label"),
-            ));
-        }
-        if run.timeout_seconds == Some(0) {
-            return Err(invalid(at("timeout_seconds"), "must be positive"));
-        }
-    }
-    Ok(())
+/// Checks a request with the server's limits (the one validation both APIs share);
+/// `runs_field` is how the API calls the run list (`runs` or `pipelineruns`).
+pub fn validate(req: &RevisionRequest, limits: &Limits, runs_field: &str) -> Result<(), Error> {
+    validate::request(req, limits, runs_field).map_err(|e| invalid(e.field, e.reason))
 }
 
 /// The rendered revision run: the initial document and each PipelineRun manifest as JSON.
@@ -122,19 +74,32 @@ pub fn render(
     runs_field: &str,
     now: &str,
 ) -> Result<Rendered, Error> {
-    validate(req, runs_field)?;
+    validate(req, &settings.limits, runs_field)?;
+    let request_hash = req.canonical_hash();
     let id = req.revision_run_id();
+    let token = names::random_hex(16);
     let suffix = name_suffix(&id);
     let mut by_stage: BTreeMap<u32, Vec<Run>> = BTreeMap::new();
     let mut manifests = Vec::new();
-    for run in &req.runs {
+    for (i, run) in req.runs.iter().enumerate() {
         let namespace = run
             .namespace
             .clone()
             .unwrap_or_else(|| settings.default_namespace.clone());
         let name = dns_label(&["st", &run.stage.to_string(), &run.name, &suffix]);
-        let manifest = manifest(req, run, &id, &name, &namespace, settings, now);
-        manifests.push((name.clone(), manifest.to_string()));
+        let manifest = manifest(req, run, (&id, &token), &name, &namespace, settings, now);
+        let manifest = manifest.to_string();
+        if manifest.len() > settings.limits.max_manifest_bytes {
+            return Err(invalid(
+                format!("{runs_field}[{i}]"),
+                format!(
+                    "the rendered PipelineRun is {} bytes, more than the limit of {}",
+                    manifest.len(),
+                    settings.limits.max_manifest_bytes
+                ),
+            ));
+        }
+        manifests.push((name.clone(), manifest));
         by_stage.entry(run.stage).or_default().push(Run {
             name: run.name.clone(),
             pipeline_run: name,
@@ -144,6 +109,7 @@ pub fn render(
             reason: None,
             message: None,
             finished_at: None,
+            uid: None,
         });
     }
     let stages = by_stage
@@ -171,6 +137,9 @@ pub fn render(
         created_at: now.to_string(),
         updated_at: now.to_string(),
         stages,
+        token,
+        request_hash,
+        rev: String::new(),
     };
     Ok(Rendered { rr, manifests })
 }
@@ -179,12 +148,7 @@ pub fn render(
 /// id, so names of different revision runs practically never collide even when nothing is
 /// cleaned up for a long time.
 pub fn name_suffix(id: &str) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(id.as_bytes())
-        .iter()
-        .take(5)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    names::short_hash(id.as_bytes(), 5)
 }
 
 fn param_json(name: &str, value: &ParamValue) -> Value {
@@ -197,7 +161,7 @@ fn param_json(name: &str, value: &ParamValue) -> Value {
 fn manifest(
     req: &RevisionRequest,
     run: &RunSpec,
-    id: &str,
+    (id, token): (&str, &str),
     name: &str,
     namespace: &str,
     settings: &RenderSettings,
@@ -221,15 +185,15 @@ fn manifest(
     let mut workspaces: Vec<Value> = run
         .workspaces
         .iter()
-        .map(|w| match crate::grammar::workspace_ref_key(&w.kind) {
-            Some("") | None => json!({"name": w.name, "emptyDir": {}}),
-            Some(key) => json!({"name": w.name, w.kind.clone(): {key: w.reference}}),
+        .map(|w| match w.kind.ref_key() {
+            None => json!({"name": w.name, "emptyDir": {}}),
+            Some(key) => json!({"name": w.name, w.kind.as_str(): {key: w.reference}}),
         })
         .collect();
     workspaces.extend(run.volume_claim_templates.iter().map(|v| {
         json!({"name": v.name, "volumeClaimTemplate": {"spec": {
             "storageClassName": v.storage_class,
-            "accessModes": [v.access_mode],
+            "accessModes": [v.access_mode.as_str()],
             "resources": {"requests": {"storage": v.size}},
         }}})
     }));
@@ -256,7 +220,10 @@ fn manifest(
             "name": name,
             "namespace": namespace,
             "labels": labels,
-            "annotations": {CANFAIL_ANNOTATION: run.canfail.to_string()},
+            "annotations": {
+                CANFAIL_ANNOTATION: run.canfail.to_string(),
+                ANNOTATION_TOKEN: token,
+            },
         },
         "spec": spec,
     })

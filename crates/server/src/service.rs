@@ -34,6 +34,9 @@ pub struct Api {
     pub(crate) settings: Arc<RenderSettings>,
     pub(crate) metrics: Metrics,
     pub(crate) watch_block: Duration,
+    /// Set once the server shuts down: open Watch streams end (resumably) instead of keeping
+    /// the graceful shutdown waiting for them.
+    pub(crate) closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Api {
@@ -44,7 +47,13 @@ impl Api {
             settings: Arc::new(settings),
             metrics,
             watch_block: Duration::from_secs(5),
+            closing: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Ends every open Watch stream with `UNAVAILABLE` (clients resume from their last event id).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Renders, stores and opens the first stage; idempotent for an identical request.

@@ -41,10 +41,14 @@ pub async fn start(
     let snapshot = store.get(&id).await?;
     let reader = store.blocking_reader(api.watch_block).await?;
     let (tx, rx) = mpsc::channel(16);
+    let closing = api.closing.subscribe();
     tokio::spawn(follow(
-        store,
-        reader,
-        id,
+        Follow {
+            store,
+            reader,
+            id,
+            closing,
+        },
         cursor,
         snapshot,
         resume.is_empty(),
@@ -60,10 +64,21 @@ fn is_stream_id(s: &str) -> bool {
     !ms.is_empty() && ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok()
 }
 
-async fn follow(
+/// What one watch follows, and the signal that ends it.
+struct Follow {
     store: Store,
-    mut reader: stagetime_common::stream::BlockingReader,
+    reader: stagetime_common::stream::BlockingReader,
     id: String,
+    closing: tokio::sync::watch::Receiver<bool>,
+}
+
+async fn follow(
+    Follow {
+        store,
+        mut reader,
+        id,
+        mut closing,
+    }: Follow,
     mut cursor: String,
     snapshot: stagetime_common::model::RevisionRun,
     send_snapshot: bool,
@@ -83,6 +98,11 @@ async fn follow(
     loop {
         let events = tokio::select! {
             () = tx.closed() => return,
+            () = async { drop(closing.wait_for(|c| *c).await) } => {
+                let message = format!("the server is shutting down; resume with after_event_id {cursor}");
+                let _ = tx.send(Err(Status::unavailable(message))).await;
+                return;
+            }
             events = reader.read_events(&store, &cursor) => events,
         };
         let events = match events {

@@ -385,6 +385,7 @@ async fn watch_sends_the_snapshot_then_each_change_in_order() -> anyhow::Result<
             &build,
             &Observed::Created {
                 namespace: "ci".into(),
+                uid: None,
             },
         )
         .await?;
@@ -449,5 +450,123 @@ async fn watch_sends_the_snapshot_then_each_change_in_order() -> anyhow::Result<
         .await
         .err();
     assert_eq!(bad.map(|s| s.code()), Some(Code::InvalidArgument));
+    Ok(())
+}
+
+/// The rules the compat grammar enforces hold in the typed API too, and sizes are bounded.
+#[tokio::test]
+async fn both_apis_share_one_validation_and_bound_every_size() -> anyhow::Result<()> {
+    let mut server = TestServer::start("hostile").await?;
+    let channel = server.channel().await?;
+    let mut typed = RevisionRunsClient::new(channel.clone());
+    let mut compat = StageTimeApplicationServiceClient::new(channel);
+    let before = server.keys().await?.len();
+    let string = |n: &str| pb::Param {
+        name: n.into(),
+        value: Some(pb::param::Value::StringValue("v".into())),
+    };
+    type Edit = Box<dyn Fn(&mut pb::CreateRequest)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (Box::new(|r| r.commit_id = "main".into()), "commit_id"),
+        (
+            Box::new(move |r| r.runs[0].params = vec![string("has space")]),
+            "runs[0].params[0].name",
+        ),
+        (
+            Box::new(move |r| r.runs[0].params = vec![string("p"), string("p")]),
+            "runs[0].params[1].name",
+        ),
+        (
+            Box::new(|r| {
+                r.runs[0].pipeline_ref = Some(pb::PipelineRef {
+                    r#ref: Some(pb::pipeline_ref::Ref::Name(String::new())),
+                })
+            }),
+            "runs[0].pipeline_ref.name",
+        ),
+        (
+            Box::new(|r| {
+                r.runs[0].workspaces = vec![pb::Workspace {
+                    name: "ws".into(),
+                    kind: "secret".into(),
+                    r#ref: String::new(),
+                }]
+            }),
+            "runs[0].workspaces[0].ref",
+        ),
+        (
+            Box::new(|r| {
+                r.runs[0].volume_claim_templates = vec![pb::VolumeClaimTemplate {
+                    name: "ws".into(),
+                    storage_class: "sc".into(),
+                    access_mode: "Sometimes".into(),
+                    size: "1Gi".into(),
+                }]
+            }),
+            "runs[0].volume_claim_templates[0].access_mode",
+        ),
+        (
+            Box::new(|r| r.runs[0].timeout_seconds = u32::MAX),
+            "runs[0].timeout_seconds",
+        ),
+        (
+            Box::new(|r| {
+                let run = r.runs[1].clone();
+                r.runs = (0..600)
+                    .map(|i| pb::RunSpec {
+                        name: format!("r{i}"),
+                        ..run.clone()
+                    })
+                    .collect();
+            }),
+            "runs",
+        ),
+    ];
+    for (edit, field) in cases {
+        let mut req = typed_request();
+        edit(&mut req);
+        let status = typed.create(req).await.err();
+        let status = status.ok_or_else(|| anyhow::anyhow!("accepted invalid request ({field})"))?;
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+
+    // A 1.4 MB field of 170,000 distinct keys: refused quickly, naming the field.
+    let mut req = original_request()?;
+    req.pipelineruns[0].params = (0..170_000)
+        .map(|i| format!("k{i}="))
+        .collect::<Vec<_>>()
+        .join(",");
+    let started = std::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(30), compat.create_revision_run(req))
+        .await?
+        .err();
+    let status = status.ok_or_else(|| anyhow::anyhow!("accepted 170,000 params"))?;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("pipelineruns[0].params"),
+        "{}",
+        status.message()
+    );
+    eprintln!("170,000 params refused in {:?}", started.elapsed());
+
+    // Beyond the decode limit the request is not even read.
+    let mut req = original_request()?;
+    req.author = "x".repeat(stagetime_server::DEFAULT_MAX_REQUEST_BYTES + 1);
+    let status = compat
+        .create_revision_run(req)
+        .await
+        .err()
+        .map(|s| s.code());
+    assert_eq!(status, Some(Code::OutOfRange));
+    assert_eq!(
+        server.keys().await?.len(),
+        before,
+        "an invalid request wrote something"
+    );
     Ok(())
 }

@@ -50,10 +50,13 @@ fn manifests_carry_names_labels_refs_params_and_workspaces() -> anyhow::Result<(
             "stagetime/stage": "0", "stagetime/date": "2026-11-22"
         })
     );
+    // The revision run's random token rides along, the same on every run of it.
     assert_eq!(
         build["metadata"]["annotations"],
-        json!({"canfail": "false"})
+        json!({"canfail": "false", "stagetime/token": r.rr.token})
     );
+    assert_eq!(r.rr.token.len(), 32);
+    assert_eq!(r.rr.request_hash, req.canonical_hash());
     assert_eq!(build["spec"]["pipelineRef"]["resolver"], "git");
     assert_eq!(
         build["spec"]["pipelineRef"]["params"][2],
@@ -163,7 +166,18 @@ async fn the_api_server_accepts_every_rendered_manifest() -> anyhow::Result<()> 
         let obj: DynamicObject = serde_json::from_str(text)?;
         let created = api.create(&dry_run, &obj).await?;
         assert_eq!(created.metadata.name.as_deref(), Some(name.as_str()));
+        // Tekton's schema prunes what it does not know: every field we render must survive.
+        assert_eq!(created.data["spec"], obj.data["spec"], "{name}: spec changed");
     }
+    // The CRD is Tekton's real one: a spec that breaks its schema is refused.
+    let (_, text) = &r.manifests[0];
+    let mut bad: DynamicObject = serde_json::from_str(text)?;
+    bad.data["spec"]["timeouts"]["pipeline"] = json!(1800);
+    let refused = api.create(&dry_run, &bad).await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("timeouts.pipeline")),
+        "{refused:?}"
+    );
     // The dry run stored nothing.
     assert!(api.list(&Default::default()).await?.items.is_empty());
     Ok(())

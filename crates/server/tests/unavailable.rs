@@ -23,6 +23,7 @@ async fn redis_down_is_unavailable_and_recovers() -> anyhow::Result<()> {
     tokio::spawn(stagetime_server::serve(
         listener,
         api,
+        stagetime_server::DEFAULT_MAX_REQUEST_BYTES,
         std::future::pending(),
     ));
     let mut client = RevisionRunsClient::connect(url).await?;

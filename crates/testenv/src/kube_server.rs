@@ -162,6 +162,34 @@ impl KubeEnv {
         Ok(kube::Client::try_from(config)?)
     }
 
+    /// The API server's address (host and port of the kubeconfig's server URL).
+    pub fn apiserver_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let server = kubeconfig
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.as_ref())
+            .and_then(|c| c.server.clone())
+            .ok_or_else(|| anyhow::anyhow!("kubeconfig names no server"))?;
+        let authority = server
+            .trim_start_matches("https://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        authority
+            .parse()
+            .map_err(|e| anyhow::anyhow!("server {server:?} is not https://<ip>:<port>: {e}"))
+    }
+
+    /// A client that reaches the API server through `addr` (e.g. a [`crate::proxy::SlowProxy`]).
+    pub async fn client_via(&self, addr: std::net::SocketAddr) -> anyhow::Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        config.cluster_url = format!("https://{addr}").parse()?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
     /// Applies CRDs and waits until each is established and its resource is served.
     pub async fn install_crds(&self, crds: &[CustomResourceDefinition]) -> anyhow::Result<()> {
         let client = self.client().await?;

@@ -15,12 +15,14 @@
 //! - [`redis_server`]: Redis + RedisJSON.
 //! - [`kube_server`]: etcd + kube-apiserver, kubeconfig, CRD installation.
 //! - [`crds`]: the minimal Tekton `PipelineRun` CRD.
+//! - [`proxy`]: a TCP proxy that plays a slow API server.
 //! - [`simulator`]: the Tekton simulator (plays Tekton's controller).
 #![forbid(unsafe_code)]
 
 pub mod crds;
 pub mod kube_server;
 pub mod process;
+pub mod proxy;
 pub mod redis_server;
 pub mod simulator;
 
@@ -55,7 +57,7 @@ impl TestEnv {
                 let kube = KubeEnv::from_env_or_start()
                     .await
                     .context("start kube-apiserver")?;
-                kube.install_crds(&[crds::tekton_pipelinerun()])
+                kube.install_crds(&[crds::tekton_pipelinerun_real()?])
                     .await
                     .context("install Tekton PipelineRun CRD")?;
                 Ok(TestEnv { redis, kube })

@@ -11,6 +11,9 @@ use crate::process::{Supervised, free_port, scratch_dir, tool};
 pub struct Options {
     /// Turn on the append-only file (for restart tests).
     pub appendonly: bool,
+    /// fsync the append-only file once a second instead of before every reply (Redis'
+    /// default: up to a second of acknowledged writes is lost on a crash).
+    pub fsync_everysec: bool,
 }
 
 /// A running Redis; stopped on drop.
@@ -50,7 +53,11 @@ impl RedisServer {
             "--appendonly",
             if self.options.appendonly { "yes" } else { "no" },
             "--appendfsync",
-            "always",
+            if self.options.fsync_everysec {
+                "everysec"
+            } else {
+                "always"
+            },
             "--loadmodule",
             &rejson.display().to_string(),
         ]

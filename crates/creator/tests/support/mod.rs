@@ -40,7 +40,7 @@ impl Fixture {
         let req = RevisionRequest {
             repo_name: "repo".into(),
             repo_url: String::new(),
-            commit_id: commit.into(),
+            commit_id: stagetime_common::names::short_hash(commit.as_bytes(), 20),
             author: "tester".into(),
             pushed_at: String::new(),
             runs: runs
@@ -105,6 +105,9 @@ pub fn names(objs: &[DynamicObject]) -> Vec<String> {
         .collect()
 }
 
+/// The UIDs of `objs`, sorted.
 pub fn uids(objs: &[DynamicObject]) -> Vec<String> {
-    objs.iter().filter_map(|o| o.metadata.uid.clone()).collect()
+    let mut uids: Vec<String> = objs.iter().filter_map(|o| o.metadata.uid.clone()).collect();
+    uids.sort();
+    uids
 }

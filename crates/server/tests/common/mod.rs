@@ -33,9 +33,14 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(stagetime_server::serve(listener, api, async {
-            let _ = rx.await;
-        }));
+        tokio::spawn(stagetime_server::serve(
+            listener,
+            api,
+            stagetime_server::DEFAULT_MAX_REQUEST_BYTES,
+            async {
+                let _ = rx.await;
+            },
+        ));
         Ok(Self {
             addr,
             store,
