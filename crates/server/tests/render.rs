@@ -167,7 +167,10 @@ async fn the_api_server_accepts_every_rendered_manifest() -> anyhow::Result<()> 
         let created = api.create(&dry_run, &obj).await?;
         assert_eq!(created.metadata.name.as_deref(), Some(name.as_str()));
         // Tekton's schema prunes what it does not know: every field we render must survive.
-        assert_eq!(created.data["spec"], obj.data["spec"], "{name}: spec changed");
+        assert_eq!(
+            created.data["spec"], obj.data["spec"],
+            "{name}: spec changed"
+        );
     }
     // The CRD is Tekton's real one: a spec that breaks its schema is refused.
     let (_, text) = &r.manifests[0];
