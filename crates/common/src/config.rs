@@ -161,6 +161,33 @@ impl KubeArgs {
     }
 }
 
+/// The namespaces stageTime works in, one setting for every service: the server accepts runs
+/// only for these (and its default namespace), the creator creates only there, the informer
+/// watches them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NamespaceArgs {
+    /// Namespaces PipelineRuns may be created in (comma-separated; empty = only the server's
+    /// default namespace, and the informer watches every namespace).
+    #[arg(
+        long = "namespaces",
+        env = "STAGETIME_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub namespaces: Vec<String>,
+}
+
+impl NamespaceArgs {
+    /// The configured namespaces, trimmed, empty entries dropped.
+    pub fn list(&self) -> Vec<String> {
+        self.namespaces
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+}
+
 /// Log output format.
 #[derive(ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogFormat {

@@ -38,6 +38,8 @@ pub const FIELD_MANAGER: &str = "stagetime-creator";
 const APPLY_CONCURRENCY: usize = 16;
 /// Reason recorded on runs that could not be created.
 pub const REASON_CREATE_FAILED: &str = "CreateFailed";
+/// Reason recorded on runs rendered for a namespace outside the configured set.
+pub const REASON_NAMESPACE_NOT_ALLOWED: &str = "NamespaceNotAllowed";
 /// Reason recorded on runs whose PipelineRun name is held by an object not created for them.
 pub const REASON_NAME_TAKEN: &str = "NameTaken";
 
@@ -59,6 +61,10 @@ pub struct Settings {
     /// Transient failures are retried this many times in place before the message is left
     /// pending for a later reclaim.
     pub inline_retries: u32,
+    /// Namespaces PipelineRuns may be created in (empty = any); a run rendered for another one
+    /// fails with `NamespaceNotAllowed` (the server refuses such requests; this guards documents
+    /// written by anything else).
+    pub allowed_namespaces: Vec<String>,
     /// How long shutdown waits for messages in flight before leaving them pending (a
     /// Kubernetes pod gets 30 s between SIGTERM and SIGKILL; stopping fast keeps rollouts fast).
     pub drain_grace: Duration,
@@ -75,6 +81,7 @@ impl Default for Settings {
             block: Duration::from_secs(5),
             inline_retries: 4,
             drain_grace: Duration::from_millis(1500),
+            allowed_namespaces: Vec::new(),
         }
     }
 }
@@ -446,6 +453,10 @@ impl Creator {
                             reason: REASON_NAME_TAKEN.to_string(),
                             message: error.to_string(),
                         },
+                        Error::NamespaceNotAllowed { .. } => Observed::Failed {
+                            reason: REASON_NAMESPACE_NOT_ALLOWED.to_string(),
+                            message: error.to_string(),
+                        },
                         _ => create_failed(&error.to_string()),
                     }
                 }
@@ -478,6 +489,13 @@ impl Creator {
             obj.metadata.namespace = Some(ns.clone());
         }
         let namespace = obj.metadata.namespace.clone().unwrap_or_default();
+        let allowed = &self.settings.allowed_namespaces;
+        if !allowed.is_empty() && !allowed.contains(&namespace) {
+            return Err(Error::NamespaceNotAllowed {
+                name: name.to_string(),
+                namespace,
+            });
+        }
         let api_version = obj
             .types
             .as_ref()

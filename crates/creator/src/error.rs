@@ -37,6 +37,14 @@ pub enum Error {
         /// The deadline.
         after: std::time::Duration,
     },
+    /// The run's namespace is not one the creator may create in.
+    #[error("PipelineRun {name}: namespace {namespace:?} is not in STAGETIME_NAMESPACES")]
+    NamespaceNotAllowed {
+        /// PipelineRun name.
+        name: String,
+        /// Namespace.
+        namespace: String,
+    },
     /// The message names a stage the revision run does not have.
     #[error("revision run {rr} has no stage {stage}")]
     UnknownStage {
@@ -64,7 +72,8 @@ impl Error {
             Error::Deadline { .. } => true,
             Error::MalformedManifest { .. }
             | Error::UnknownStage { .. }
-            | Error::NameTaken { .. } => false,
+            | Error::NameTaken { .. }
+            | Error::NamespaceNotAllowed { .. } => false,
         }
     }
 }

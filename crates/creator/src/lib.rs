@@ -16,7 +16,7 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use stagetime_common::{
     admin::{AdminServer, Readiness},
-    config::{AdminArgs, KubeArgs, LogArgs, RedisArgs},
+    config::{AdminArgs, KubeArgs, LogArgs, NamespaceArgs, RedisArgs},
     shutdown::Shutdown,
 };
 
@@ -40,6 +40,16 @@ pub struct Args {
     /// Create every PipelineRun in this namespace instead of the rendered one.
     #[arg(long = "tekton-namespace", env = "TEKTON_NAMESPACE")]
     pub tekton_namespace: Option<String>,
+    /// The server's default namespace (allowed besides `--namespaces`).
+    #[arg(
+        long = "pipeline-namespace",
+        env = "PIPELINE_WORKSPACE",
+        default_value = "default"
+    )]
+    pub pipeline_namespace: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub namespaces: NamespaceArgs,
     /// Stage messages processed at once.
     #[arg(long = "concurrency", env = "CREATOR_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
@@ -71,6 +81,17 @@ pub struct Args {
     pub log: LogArgs,
 }
 
+impl Args {
+    /// Namespaces the creator may create in (empty = any): `--namespaces` plus the default one.
+    pub fn allowed_namespaces(&self) -> Vec<String> {
+        let mut list = self.namespaces.list();
+        if !list.is_empty() {
+            list.push(self.pipeline_namespace.clone());
+        }
+        list
+    }
+}
+
 /// Runs the creator until `shutdown`, then drains.
 pub async fn run(
     args: Args,
@@ -83,7 +104,15 @@ pub async fn run(
     let ready = Readiness::default();
     let admin = AdminServer::bind(args.admin.addr, registry, ready.clone()).await?;
     tracing::info!(admin = %admin.local_addr()?, consumer = %args.consumer, "stagetime-creator starting");
+    let allowed = args.allowed_namespaces();
+    if let Some(ns) = args.tekton_namespace.as_deref().filter(|n| !n.is_empty())
+        && !allowed.is_empty()
+        && !allowed.iter().any(|a| a == ns)
+    {
+        anyhow::bail!("TEKTON_NAMESPACE {ns:?} is not in STAGETIME_NAMESPACES");
+    }
     let settings = Settings {
+        allowed_namespaces: allowed,
         consumer: args.consumer.clone(),
         namespace_override: args.tekton_namespace.clone().filter(|n| !n.is_empty()),
         concurrency: args.concurrency.max(1),

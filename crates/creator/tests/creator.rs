@@ -495,3 +495,27 @@ async fn a_slow_api_server_never_turns_the_creator_against_its_own_message() -> 
     assert!(dlq.ids.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn runs_outside_the_allowed_namespaces_fail_and_create_nothing() -> anyhow::Result<()> {
+    let f = Fixture::new("namespaces").await?;
+    let id = f.submit("c6", &[("a", 0, false)]).await?;
+    let creator = f.creator(
+        "c6",
+        Settings {
+            allowed_namespaces: vec!["somewhere-else".into()],
+            ..fast()
+        },
+    );
+    assert_eq!(
+        creator.handle(read_one(&f, "c6").await?).await,
+        Outcome::Acked
+    );
+    let rr = f.store.get(&id).await?;
+    assert_eq!(
+        (rr.phase, rr.stages[0].runs[0].reason.as_deref()),
+        (Phase::Failed, Some("NamespaceNotAllowed"))
+    );
+    assert!(f.pipelineruns().await?.is_empty());
+    Ok(())
+}

@@ -18,7 +18,7 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use stagetime_common::{
     admin::{AdminServer, Readiness},
-    config::{AdminArgs, KubeArgs, LogArgs, RedisArgs},
+    config::{AdminArgs, KubeArgs, LogArgs, NamespaceArgs, RedisArgs},
     shutdown::Shutdown,
 };
 
@@ -33,13 +33,17 @@ pub use watch::Informer;
     about = "Records PipelineRun results and advances stages"
 )]
 pub struct Args {
-    /// Namespace to watch; empty watches all namespaces.
+    /// Namespace to watch; empty watches the one namespace of `--namespaces` if it names
+    /// exactly one, else all namespaces.
     #[arg(
         long = "informing-namespace",
         env = "INFORMING_NAMESPACE",
         default_value = ""
     )]
     pub informing_namespace: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub namespaces: NamespaceArgs,
     /// Seconds between full re-lists of PipelineRuns (level-triggered resync).
     #[arg(
         long = "resync-seconds",
@@ -76,6 +80,20 @@ pub struct Args {
     pub log: LogArgs,
 }
 
+impl Args {
+    /// The namespace to watch (empty = all): `--informing-namespace`, else the only namespace
+    /// of `--namespaces`.
+    pub fn scope(&self) -> String {
+        if !self.informing_namespace.is_empty() {
+            return self.informing_namespace.clone();
+        }
+        match self.namespaces.list().as_slice() {
+            [only] => only.clone(),
+            _ => String::new(),
+        }
+    }
+}
+
 /// Runs the informer until `shutdown`.
 pub async fn run(
     args: Args,
@@ -87,11 +105,12 @@ pub async fn run(
     let metrics = metrics::Metrics::register(&mut registry);
     let ready = Readiness::default();
     let admin = AdminServer::bind(args.admin.addr, registry, ready.clone()).await?;
-    tracing::info!(admin = %admin.local_addr()?, namespace = %args.informing_namespace, "stagetime-informer starting");
+    let scope = args.scope();
+    tracing::info!(admin = %admin.local_addr()?, namespace = %scope, "stagetime-informer starting");
     let informer = Informer::new(
         client,
         &args.tekton_api_version,
-        &args.informing_namespace,
+        &scope,
         Recorder { store, metrics },
     )
     .with_resync(std::time::Duration::from_secs(args.resync_seconds))
@@ -106,7 +125,23 @@ pub async fn run(
 
 #[cfg(test)]
 mod args_tests {
-    use clap::CommandFactory as _;
+    use clap::{CommandFactory as _, Parser as _};
+
+    #[test]
+    fn scope_follows_the_one_namespace_setting() {
+        let scope = |args: &[&str]| {
+            super::Args::try_parse_from(std::iter::once("informer").chain(args.iter().copied()))
+                .map(|a| a.scope())
+                .unwrap_or_else(|e| format!("error: {e}"))
+        };
+        assert_eq!(scope(&[]), "");
+        assert_eq!(scope(&["--namespaces", "ci"]), "ci");
+        assert_eq!(scope(&["--namespaces", "ci,builds"]), "");
+        assert_eq!(
+            scope(&["--namespaces", "ci", "--informing-namespace", "x"]),
+            "x"
+        );
+    }
 
     #[test]
     fn flags_are_consistent_and_have_env_names() {

@@ -19,6 +19,14 @@ pub enum Error {
     /// A store operation failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A run names a namespace outside the configured set.
+    #[error("{field}: namespace {namespace:?} is not one stageTime may create runs in")]
+    NamespaceNotAllowed {
+        /// Field path.
+        field: String,
+        /// The namespace asked for.
+        namespace: String,
+    },
     /// The API exists but the server does not implement it yet.
     #[error("{0} is not implemented yet")]
     Unimplemented(&'static str),
@@ -29,6 +37,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::InvalidArgument { .. } => "invalid_argument",
+            Error::NamespaceNotAllowed { .. } => "namespace_not_allowed",
             Error::Store(e) => e.metric_label(),
             Error::Unimplemented(_) => "unimplemented",
         }
@@ -39,6 +48,9 @@ impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         match error {
             Error::InvalidArgument { .. } => tonic::Status::invalid_argument(error.to_string()),
+            Error::NamespaceNotAllowed { .. } => {
+                tonic::Status::permission_denied(error.to_string())
+            }
             Error::Unimplemented(_) => tonic::Status::unimplemented(error.to_string()),
             Error::Store(StoreError::NotFound { id }) => {
                 tonic::Status::not_found(format!("revision run {id} not found"))

@@ -26,7 +26,7 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use stagetime_common::{
     admin::{AdminServer, Readiness},
-    config::{AdminArgs, LogArgs, RedisArgs},
+    config::{AdminArgs, LogArgs, NamespaceArgs, RedisArgs},
     shutdown::Shutdown,
     store::Store,
     validate::Limits,
@@ -80,6 +80,9 @@ pub struct Args {
         default_value_t = 1800
     )]
     pub default_timeout_seconds: u32,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub namespaces: NamespaceArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub limits: LimitArgs,
@@ -144,6 +147,7 @@ impl Args {
             api_version: self.tekton_api_version.clone(),
             default_timeout_seconds: self.default_timeout_seconds,
             limits: self.limits.limits(),
+            allowed_namespaces: self.namespaces.list(),
         }
     }
 }

@@ -25,6 +25,17 @@ pub struct RenderSettings {
     pub default_timeout_seconds: u32,
     /// Size limits of requests and manifests.
     pub limits: Limits,
+    /// Namespaces runs may be created in besides the default one (`STAGETIME_NAMESPACES`); the
+    /// informer watches the same set, so no run can go where nothing sees it.
+    pub allowed_namespaces: Vec<String>,
+}
+
+impl RenderSettings {
+    /// Whether runs may be created in `namespace`.
+    pub fn namespace_allowed(&self, namespace: &str) -> bool {
+        namespace == self.default_namespace
+            || self.allowed_namespaces.iter().any(|n| n == namespace)
+    }
 }
 
 impl Default for RenderSettings {
@@ -34,6 +45,7 @@ impl Default for RenderSettings {
             api_version: stagetime_common::tekton::API_VERSION.into(),
             default_timeout_seconds: 30 * 60,
             limits: Limits::default(),
+            allowed_namespaces: Vec::new(),
         }
     }
 }
@@ -75,6 +87,17 @@ pub fn render(
     now: &str,
 ) -> Result<Rendered, Error> {
     validate(req, &settings.limits, runs_field)?;
+    if let Some((i, ns)) = req.runs.iter().enumerate().find_map(|(i, r)| {
+        r.namespace
+            .as_deref()
+            .filter(|ns| !settings.namespace_allowed(ns))
+            .map(|ns| (i, ns))
+    }) {
+        return Err(Error::NamespaceNotAllowed {
+            field: format!("{runs_field}[{i}].namespace"),
+            namespace: ns.to_string(),
+        });
+    }
     let request_hash = req.canonical_hash();
     let id = req.revision_run_id();
     let token = names::random_hex(16);

@@ -535,6 +535,18 @@ async fn both_apis_share_one_validation_and_bound_every_size() -> anyhow::Result
         );
     }
 
+    // A namespace outside STAGETIME_NAMESPACES (here: besides "builds", only "ci").
+    let mut req = typed_request();
+    req.runs[1].namespace = "kube-system".into();
+    let status = typed.create(req).await.err();
+    let status = status.ok_or_else(|| anyhow::anyhow!("accepted a run for kube-system"))?;
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().starts_with("runs[1].namespace"),
+        "{}",
+        status.message()
+    );
+
     // A 1.4 MB field of 170,000 distinct keys: refused quickly, naming the field.
     let mut req = original_request()?;
     req.pipelineruns[0].params = (0..170_000)

@@ -58,7 +58,11 @@ impl Fixture {
                 })
                 .collect(),
         };
-        let rendered = render(&req, &RenderSettings::default(), "runs", &now_rfc3339())?;
+        let settings = RenderSettings {
+            default_namespace: self.ns.clone(),
+            ..RenderSettings::default()
+        };
+        let rendered = render(&req, &settings, "runs", &now_rfc3339())?;
         Ok(self
             .store
             .create(&rendered.rr, &rendered.manifests)

@@ -26,6 +26,7 @@ impl TestServer {
             store.clone(),
             RenderSettings {
                 default_namespace: "builds".into(),
+                allowed_namespaces: vec!["ci".into()],
                 ..RenderSettings::default()
             },
             Metrics::register(&mut Registry::default()),
