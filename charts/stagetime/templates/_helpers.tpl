@@ -31,6 +31,10 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
   value: "0.0.0.0:{{ .Values.adminPort }}"
 - name: TEKTON_API_VERSION
   value: {{ .Values.tekton.apiVersion | quote }}
+- name: PIPELINE_WORKSPACE
+  value: {{ .Values.tekton.pipelineNamespace | quote }}
+- name: STAGETIME_NAMESPACES
+  value: {{ join "," .Values.tekton.namespaces | quote }}
 {{- end }}
 
 {{/* Probes on the admin port. */}}
