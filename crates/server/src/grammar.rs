@@ -23,7 +23,12 @@ impl std::error::Error for ItemError {}
 
 impl std::fmt::Display for ItemError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "item {} {:?}: {}", self.item, self.text, self.reason)
+        // At most 64 characters of the item: a megabyte-long item is not echoed back.
+        let text = match self.text.char_indices().nth(64) {
+            Some((end, _)) => format!("{}…", &self.text[..end]),
+            None => self.text.clone(),
+        };
+        write!(f, "item {} {text:?}: {}", self.item, self.reason)
     }
 }
 

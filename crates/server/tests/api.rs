@@ -582,3 +582,41 @@ async fn both_apis_share_one_validation_and_bound_every_size() -> anyhow::Result
     );
     Ok(())
 }
+
+/// Old grpcurl builds speak only the v1alpha reflection service: it lists both APIs.
+#[tokio::test]
+async fn reflection_v1alpha_lists_both_apis() -> anyhow::Result<()> {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let server = TestServer::start("reflection").await?;
+    let mut client = ServerReflectionClient::new(server.channel().await?);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let reply = tokio::time::timeout(Duration::from_secs(10), replies.message())
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("no reflection reply"))?;
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        anyhow::bail!("unexpected reply {reply:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "revisionrun.StageTimeApplicationService",
+        "revisionrun.Statuses",
+        "stagetime.v1.RevisionRuns",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    Ok(())
+}
