@@ -9,6 +9,7 @@
 //! - [`store`]: the Redis store with the atomic *record and advance* step.
 //! - [`stream`]: stage stream consumer-group helpers, dead letters, change events.
 //! - [`keys`]: every Redis key name.
+//! - [`patch`]: the smallest set of RedisJSON writes between two documents.
 //! - [`fixture`]: builders of revision runs for tests.
 //! - [`names`]: DNS-1123 names and label values.
 //! - [`tekton`]: the PipelineRun dynamic API and its `Succeeded` condition.
@@ -23,6 +24,7 @@ pub mod keys;
 pub mod machine;
 pub mod model;
 pub mod names;
+pub mod patch;
 pub mod request;
 pub mod shutdown;
 pub mod store;

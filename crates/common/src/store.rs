@@ -17,7 +17,7 @@ use crate::{
     keys::Keys,
     machine::{self, Decision, Effect, ObjectIdentity, Observed},
     model::{Phase, RevisionRun},
-    names,
+    names, patch,
 };
 
 /// Length the event stream is capped at (approximately), enough for watchers to resume.
@@ -47,20 +47,28 @@ return 1
 
 const CAS_LUA: &str = r#"
 -- KEYS: doc, stage stream, events
--- ARGV: expected version, new doc json, id, attempt, events maxlen, new version, expected rev,
---       stages to open...
+-- ARGV: expected version, id, attempt, events maxlen, new version, expected rev,
+--       number of stages to open, the stages..., then writes as (op, path, json) triples
+--       (op 'S' = JSON.SET, 'D' = JSON.DEL; json empty for D).
 -- The random rev decides; the version is compared too for documents written before revs.
 local cur = redis.call('JSON.GET', KEYS[1], '$.version', '$.rev')
 if not cur then return -1 end
 cur = cjson.decode(cur)
 local v = cur['$.version'][1]
 local rev = cur['$.rev'][1] or ''
-if v ~= tonumber(ARGV[1]) or rev ~= ARGV[7] then return 0 end
-redis.call('JSON.SET', KEYS[1], '$', ARGV[2])
-for i = 8, #ARGV do
-  redis.call('XADD', KEYS[2], '*', 'rr', ARGV[3], 'stage', ARGV[i], 'attempt', ARGV[4])
+if v ~= tonumber(ARGV[1]) or rev ~= ARGV[6] then return 0 end
+local stages = tonumber(ARGV[7])
+for i = 8, 7 + stages do
+  redis.call('XADD', KEYS[2], '*', 'rr', ARGV[2], 'stage', ARGV[i], 'attempt', ARGV[3])
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'rr', ARGV[3], 'version', ARGV[6])
+for i = 8 + stages, #ARGV, 3 do
+  if ARGV[i] == 'S' then
+    redis.call('JSON.SET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
+  else
+    redis.call('JSON.DEL', KEYS[1], ARGV[i + 1])
+  end
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'rr', ARGV[2], 'version', ARGV[5])
 return 1
 "#;
 
@@ -390,23 +398,36 @@ impl Store {
         next: &RevisionRun,
         decision: &Decision,
     ) -> Result<bool> {
-        let json = serde_json::to_string(next).map_err(Error::Encode)?;
+        // Only what changed is written: a run's new state, not the whole document.
+        let before = serde_json::to_value(current).map_err(Error::Encode)?;
+        let after = serde_json::to_value(next).map_err(Error::Encode)?;
+        let writes = patch::diff(&before, &after);
+        let opened: Vec<u32> = decision
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::OpenStage { stage } => Some(*stage),
+                _ => None,
+            })
+            .collect();
         let mut invocation = self.cas_script.prepare_invoke();
         invocation
             .key(self.keys.doc(&next.id))
             .key(self.keys.stage_stream())
             .key(self.keys.events())
             .arg(current.version)
-            .arg(json)
             .arg(&next.id)
             .arg(next.attempt)
             .arg(EVENTS_MAXLEN)
             .arg(next.version)
-            .arg(&current.rev);
-        for effect in &decision.effects {
-            if let Effect::OpenStage { stage } = effect {
-                invocation.arg(*stage);
-            }
+            .arg(&current.rev)
+            .arg(opened.len())
+            .arg(&opened);
+        for write in writes {
+            match write {
+                patch::Op::Set(path, json) => invocation.arg("S").arg(path).arg(json),
+                patch::Op::Del(path) => invocation.arg("D").arg(path).arg(""),
+            };
         }
         let mut conn = self.conn.clone();
         let result: i64 = invocation

@@ -457,3 +457,28 @@ async fn durability_is_checked_at_start() -> anyhow::Result<()> {
     assert!(store.persistence().await?.is_durable());
     Ok(())
 }
+
+#[tokio::test]
+async fn an_observation_writes_only_what_changed() -> anyhow::Result<()> {
+    let (store, mut conn) = store("partial").await?;
+    store.create(&two_stage("rrp"), &[]).await?;
+    // A field the model does not know survives only if the document is not rewritten whole.
+    let key = store.keys().doc("rrp");
+    let _: () = redis::cmd("JSON.SET")
+        .arg(&key)
+        .arg("$.marker")
+        .arg("\"kept\"")
+        .query_async(&mut conn)
+        .await?;
+    store.record("rrp", "rrp-0-a", &Observed::Running).await?;
+    let marker: String = redis::cmd("JSON.GET")
+        .arg(&key)
+        .arg("$.marker")
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(marker, "[\"kept\"]");
+    let rr = store.get("rrp").await?;
+    assert_eq!(rr.stages[0].runs[0].state, RunState::Running);
+    assert_eq!(rr.version, 2);
+    Ok(())
+}
