@@ -215,7 +215,7 @@ impl Stack {
         .await
     }
 
-    /// Stage numbers of the stage-stream messages of one revision run, in order.
+    /// Stage numbers of the "open stage" messages of one revision run, in order.
     pub async fn opened_stages(&self, id: &str) -> anyhow::Result<Vec<u32>> {
         opened_stages(&self.store, &mut self.env.redis_conn().await?, id).await
     }
@@ -261,7 +261,7 @@ pub async fn wait_rr(
     .await
 }
 
-/// Stage numbers of the stage-stream messages of one revision run, in order.
+/// Stage numbers of the "open stage" messages of one revision run, in order.
 pub async fn opened_stages(
     store: &Store,
     conn: &mut redis::aio::MultiplexedConnection,
@@ -277,6 +277,7 @@ pub async fn opened_stages(
         .ids
         .iter()
         .filter(|e| e.get::<String>("rr").as_deref() == Some(id))
+        .filter(|e| e.get::<String>("op").as_deref() != Some("cancel"))
         .map(|e| e.get::<u32>("stage").unwrap_or(u32::MAX))
         .collect())
 }

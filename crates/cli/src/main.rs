@@ -62,6 +62,16 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Cancel a revision run: running PipelineRuns are cancelled gracefully, later stages skipped.
+    Cancel {
+        /// Revision run id.
+        id: String,
+    },
+    /// Retry a Failed or Cancelled revision run from its first stage that did not succeed.
+    Retry {
+        /// Revision run id.
+        id: String,
+    },
     /// Follow a revision run with a live table until it ends.
     Watch {
         /// Revision run id.
@@ -148,6 +158,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     rr.created
                 );
             }
+        }
+        Command::Cancel { id } => {
+            let mut client = RevisionRunsClient::new(channel(&cli.server).await?);
+            let rr = client.cancel(pb::CancelRequest { id }).await?.into_inner();
+            print!("{}", table::render(&rr));
+        }
+        Command::Retry { id } => {
+            let mut client = RevisionRunsClient::new(channel(&cli.server).await?);
+            let rr = client.retry(pb::RetryRequest { id }).await?.into_inner();
+            print!("{}", table::render(&rr));
         }
         Command::Watch { id } => return watch(&cli.server, id).await,
     }

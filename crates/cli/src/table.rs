@@ -26,6 +26,28 @@ pub fn render(rr: &RevisionRun) -> String {
         rr.current_stage.map_or("-".to_string(), |s| s.to_string()),
         rr.updated,
     );
+    for attempt in &rr.history {
+        let stages: Vec<String> = attempt
+            .stages
+            .iter()
+            .map(|s| format!("{} {}", s.number, s.state))
+            .collect();
+        out.push_str(&format!(
+            "  attempt {} ended {} (retried {}): stages {}
+",
+            attempt.attempt,
+            phase_name(attempt.phase),
+            attempt.replaced,
+            stages.join(", ")
+        ));
+    }
+    if rr.attempt > 1 {
+        out.push_str(&format!(
+            "  attempt {} (current)
+",
+            rr.attempt
+        ));
+    }
     let mut rows: Vec<[String; 6]> =
         vec![["STAGE", "STAGE STATE", "RUN", "CANFAIL", "STATE", "REASON"].map(str::to_string)];
     for stage in &rr.stages {

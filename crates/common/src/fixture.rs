@@ -34,6 +34,7 @@ impl RevisionRunBuilder {
                 stages: Vec::new(),
                 token: TOKEN.into(),
                 request_hash: String::new(),
+                history: Vec::new(),
                 rev: String::new(),
             },
         }

@@ -55,6 +55,12 @@ pub enum Effect {
         /// Stage number.
         stage: u32,
     },
+    /// A cancelled stage's runs must be cancelled gracefully (Tekton's `CancelledRunFinally`):
+    /// one stage-stream control message for the creator, the only writer of PipelineRuns.
+    CancelRuns {
+        /// Stage number.
+        stage: u32,
+    },
     /// The revision run reached a terminal phase.
     Finish {
         /// The terminal phase.
@@ -85,6 +91,14 @@ pub enum MachineError {
     /// The revision run has no stages.
     #[error("revision run {0} has no stages")]
     NoStages(String),
+    /// Only a `Failed` or `Cancelled` revision run can be retried.
+    #[error("revision run {rr} is {phase}; only a Failed or Cancelled one can be retried")]
+    NotRetryable {
+        /// Revision run id.
+        rr: String,
+        /// Its phase.
+        phase: Phase,
+    },
     /// An object with a run's name that was not created for it (another namespace, another UID,
     /// or without the revision run's token): it must never decide the run.
     #[error("PipelineRun {namespace}/{pipeline_run} is foreign to revision run {rr}: {why}")]
@@ -224,11 +238,15 @@ pub fn cancel(rr: &mut RevisionRun, now: &str) -> Decision {
     if rr.phase.is_terminal() {
         return Decision::default();
     }
+    let mut effects = Vec::new();
     for stage in &mut rr.stages {
         match stage.state {
             StageState::Open => {
                 stage.state = StageState::Cancelled;
                 stage.finished_at = Some(now.to_string());
+                effects.push(Effect::CancelRuns {
+                    stage: stage.number,
+                });
             }
             StageState::Pending => stage.state = StageState::Skipped,
             _ => {}
@@ -236,12 +254,67 @@ pub fn cancel(rr: &mut RevisionRun, now: &str) -> Decision {
     }
     rr.phase = Phase::Cancelled;
     rr.updated_at = now.to_string();
+    effects.push(Effect::Finish {
+        phase: Phase::Cancelled,
+    });
     Decision {
         changed: true,
-        effects: vec![Effect::Finish {
-            phase: Phase::Cancelled,
-        }],
+        effects,
     }
+}
+
+/// Starts the next attempt of a `Failed` or `Cancelled` revision run at its first stage that did
+/// not succeed: stages that succeeded are kept, the others (and their runs) start over with new
+/// PipelineRun names, and the attempt that ended is kept in `history`.
+pub fn retry(rr: &mut RevisionRun, now: &str) -> Result<Decision, MachineError> {
+    if !matches!(rr.phase, Phase::Failed | Phase::Cancelled) {
+        return Err(MachineError::NotRetryable {
+            rr: rr.id.clone(),
+            phase: rr.phase,
+        });
+    }
+    let first = rr
+        .stages
+        .iter()
+        .position(|s| {
+            !matches!(
+                s.state,
+                StageState::Succeeded | StageState::SucceededWithAllowedFailures
+            )
+        })
+        .ok_or_else(|| MachineError::NoStages(rr.id.clone()))?;
+    rr.history.push(crate::model::AttemptRecord {
+        attempt: rr.attempt,
+        phase: rr.phase,
+        replaced_at: now.to_string(),
+        stages: rr.stages[first..].to_vec(),
+    });
+    rr.attempt += 1;
+    let (id, attempt) = (rr.id.clone(), rr.attempt);
+    for stage in &mut rr.stages[first..] {
+        stage.state = StageState::Pending;
+        stage.opened_at = None;
+        stage.finished_at = None;
+        for run in &mut stage.runs {
+            run.pipeline_run =
+                crate::names::pipeline_run_name(stage.number, &run.name, &id, attempt);
+            run.state = RunState::Pending;
+            run.reason = None;
+            run.message = None;
+            run.finished_at = None;
+            run.uid = None;
+        }
+    }
+    let stage = &mut rr.stages[first];
+    stage.state = StageState::Open;
+    stage.opened_at = Some(now.to_string());
+    let number = stage.number;
+    rr.phase = Phase::Running;
+    rr.updated_at = now.to_string();
+    Ok(Decision {
+        changed: true,
+        effects: vec![Effect::OpenStage { stage: number }],
+    })
 }
 
 /// Applies an observation to one run; returns whether it changed.

@@ -185,6 +185,21 @@ pub struct Stage {
     pub finished_at: Option<String>,
 }
 
+/// A finished attempt of a revision run, kept when a retry starts the next one: the stages it
+/// re-ran, as they ended.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    /// Attempt number.
+    pub attempt: u32,
+    /// How it ended (`Failed` or `Cancelled`).
+    pub phase: Phase,
+    /// When the retry replaced it (RFC 3339).
+    pub replaced_at: String,
+    /// The stages the next attempt runs again, as this attempt left them.
+    pub stages: Vec<Stage>,
+}
+
 /// The revision whose runs these are.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -233,6 +248,9 @@ pub struct RevisionRun {
     /// collides is refused instead of silently answered with this run.
     #[serde(default)]
     pub request_hash: String,
+    /// Earlier attempts, oldest first (see [`AttemptRecord`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptRecord>,
     /// Random compare-and-set token, new on every stored change. Unlike `version`, it cannot
     /// repeat after Redis lost recent writes, so a writer that read a lost state cannot win.
     #[serde(default)]

@@ -35,6 +35,25 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// Suffix of every PipelineRun name of a revision run: 10 hex digits (40 bits) of a hash of its
+/// id, so names of different revision runs practically never collide.
+pub fn name_suffix(id: &str) -> String {
+    short_hash(id.as_bytes(), 5)
+}
+
+/// The PipelineRun name of run `name` in `stage` of revision run `id`, attempt `attempt`:
+/// `st-<stage>-<name>-<suffix>`, with `-a<attempt>` from the second attempt on; always a DNS-1123
+/// label of at most 63 characters.
+pub fn pipeline_run_name(stage: u32, name: &str, id: &str, attempt: u32) -> String {
+    let suffix = name_suffix(id);
+    let stage = stage.to_string();
+    if attempt <= 1 {
+        dns_label(&["st", &stage, name, &suffix])
+    } else {
+        dns_label(&["st", &stage, name, &suffix, &format!("a{attempt}")])
+    }
+}
+
 /// Maps arbitrary text to label-value syntax (`[A-Za-z0-9._-]`, alphanumeric at both ends),
 /// at most `max` characters. Other characters become `-`.
 pub fn sanitize_label(raw: &str, max: usize) -> String {
@@ -122,6 +141,23 @@ mod tests {
         assert_eq!(
             sanitize_label("2024-01-01T10:00:00Z", 63),
             "2024-01-01T10-00-00Z"
+        );
+    }
+
+    #[test]
+    fn attempts_get_their_own_names() {
+        let first = pipeline_run_name(1, "deploy", "repo-abc-1", 1);
+        let second = pipeline_run_name(1, "deploy", "repo-abc-1", 2);
+        assert!(
+            second.ends_with("-a2") && second.starts_with("st-1-deploy-"),
+            "{second}"
+        );
+        assert_ne!(first, second);
+        let long = pipeline_run_name(1, &"x".repeat(80), "repo-abc-1", 12);
+        assert!(long.len() <= 63, "{long}");
+        assert_ne!(
+            long,
+            pipeline_run_name(1, &"x".repeat(80), "repo-abc-1", 13)
         );
     }
 

@@ -18,6 +18,7 @@ use crate::{
     machine::{self, Decision, Effect, ObjectIdentity, Observed},
     model::{Phase, RevisionRun},
     names, patch,
+    stream::StageOp,
 };
 
 /// Length the event stream is capped at (approximately), enough for watchers to resume.
@@ -48,7 +49,8 @@ return 1
 const CAS_LUA: &str = r#"
 -- KEYS: doc, stage stream, events
 -- ARGV: expected version, id, attempt, events maxlen, new version, expected rev,
---       number of stages to open, the stages..., then writes as (op, path, json) triples
+--       number of stage messages, the messages as (op, stage) pairs ('open' or 'cancel'),
+--       then writes as (op, path, json) triples
 --       (op 'S' = JSON.SET, 'D' = JSON.DEL; json empty for D).
 -- The random rev decides; the version is compared too for documents written before revs.
 local cur = redis.call('JSON.GET', KEYS[1], '$.version', '$.rev')
@@ -57,11 +59,12 @@ cur = cjson.decode(cur)
 local v = cur['$.version'][1]
 local rev = cur['$.rev'][1] or ''
 if v ~= tonumber(ARGV[1]) or rev ~= ARGV[6] then return 0 end
-local stages = tonumber(ARGV[7])
-for i = 8, 7 + stages do
-  redis.call('XADD', KEYS[2], '*', 'rr', ARGV[2], 'stage', ARGV[i], 'attempt', ARGV[3])
+local messages = tonumber(ARGV[7])
+for i = 8, 7 + 2 * messages, 2 do
+  redis.call('XADD', KEYS[2], '*', 'rr', ARGV[2], 'stage', ARGV[i + 1], 'attempt', ARGV[3],
+    'op', ARGV[i])
 end
-for i = 8 + stages, #ARGV, 3 do
+for i = 8 + 2 * messages, #ARGV, 3 do
   if ARGV[i] == 'S' then
     redis.call('JSON.SET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
   else
@@ -330,6 +333,32 @@ impl Store {
         .await
     }
 
+    /// Cancels a revision run (see [`machine::cancel`]): the open stage's runs get a cancel
+    /// message for the creator in the same atomic step. A terminal run is left as it is.
+    pub async fn cancel(&self, id: &str) -> Result<Updated> {
+        self.update(id, |rr| Ok(machine::cancel(rr, &now_rfc3339())))
+            .await
+    }
+
+    /// Starts the next attempt (see [`machine::retry`]). `manifests` are the rendered manifests
+    /// under the next attempt's PipelineRun names; they are stored first (harmless if the retry
+    /// then loses a race: the names belong to that attempt only).
+    pub async fn retry(&self, id: &str, manifests: &[(String, String)]) -> Result<Updated> {
+        if !manifests.is_empty() {
+            let mut conn = self.conn.clone();
+            let _: i64 = redis::cmd("HSET")
+                .arg(self.keys.manifests(id))
+                .arg(manifests)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err("store retry manifests"))?;
+        }
+        self.update(id, |rr| {
+            machine::retry(rr, &now_rfc3339()).map_err(Error::from)
+        })
+        .await
+    }
+
     /// Records what the API server showed about an object, if it is the one created for the run
     /// (see [`machine::observe_object`]); a foreign object is a [`machine::MachineError::Foreign`].
     pub async fn record_object(
@@ -402,11 +431,12 @@ impl Store {
         let before = serde_json::to_value(current).map_err(Error::Encode)?;
         let after = serde_json::to_value(next).map_err(Error::Encode)?;
         let writes = patch::diff(&before, &after);
-        let opened: Vec<u32> = decision
+        let messages: Vec<(&str, u32)> = decision
             .effects
             .iter()
             .filter_map(|e| match e {
-                Effect::OpenStage { stage } => Some(*stage),
+                Effect::OpenStage { stage } => Some((StageOp::Open.as_str(), *stage)),
+                Effect::CancelRuns { stage } => Some((StageOp::Cancel.as_str(), *stage)),
                 _ => None,
             })
             .collect();
@@ -421,8 +451,10 @@ impl Store {
             .arg(EVENTS_MAXLEN)
             .arg(next.version)
             .arg(&current.rev)
-            .arg(opened.len())
-            .arg(&opened);
+            .arg(messages.len());
+        for (op, stage) in &messages {
+            invocation.arg(*op).arg(*stage);
+        }
         for write in writes {
             match write {
                 patch::Op::Set(path, json) => invocation.arg("S").arg(path).arg(json),

@@ -18,7 +18,28 @@ use crate::{
     store::{Store, connection},
 };
 
-/// "Stage N of revision run R (attempt A) is open": the creator creates its PipelineRuns.
+/// What a stage message asks the creator to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StageOp {
+    /// Create the stage's PipelineRuns (messages without an `op` field mean this).
+    #[default]
+    Open,
+    /// Cancel the stage's running PipelineRuns gracefully (`CancelledRunFinally`).
+    Cancel,
+}
+
+impl StageOp {
+    /// The `op` field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageOp::Open => "open",
+            StageOp::Cancel => "cancel",
+        }
+    }
+}
+
+/// "Stage N of revision run R (attempt A) is open" (or: is cancelled): the creator creates (or
+/// cancels) its PipelineRuns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StageMessage {
     /// Revision run id.
@@ -27,6 +48,8 @@ pub struct StageMessage {
     pub stage: u32,
     /// Attempt of the revision run.
     pub attempt: u32,
+    /// What to do.
+    pub op: StageOp,
 }
 
 /// One delivered stream entry: its id, and the parsed message or why it is malformed.
@@ -89,10 +112,16 @@ fn parse_message(id: &str, map: &HashMap<&str, &str>) -> Result<StageMessage> {
             ))
         })
     };
+    let op = match map.get("op").copied() {
+        None | Some("open") => StageOp::Open,
+        Some("cancel") => StageOp::Cancel,
+        Some(other) => return Err(bad(format!("unknown op {other:?}"))),
+    };
     Ok(StageMessage {
         rr: (*rr).to_string(),
         stage: number("stage")?,
         attempt: number("attempt")?,
+        op,
     })
 }
 
@@ -374,7 +403,8 @@ mod tests {
             Some(StageMessage {
                 rr: "a".into(),
                 stage: 2,
-                attempt: 1
+                attempt: 1,
+                op: StageOp::Open,
             })
         );
         let neg: HashMap<&str, &str> = [("rr", "a"), ("stage", "-1"), ("attempt", "1")].into();

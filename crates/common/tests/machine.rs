@@ -134,9 +134,12 @@ fn cancel_skips_unopened_stages_and_is_final() {
     let d = machine::cancel(&mut rr, NOW);
     assert_eq!(
         d.effects,
-        vec![Effect::Finish {
-            phase: Phase::Cancelled
-        }]
+        vec![
+            Effect::CancelRuns { stage: 0 },
+            Effect::Finish {
+                phase: Phase::Cancelled
+            }
+        ]
     );
     assert_eq!(rr.stages[0].state, StageState::Cancelled);
     assert_eq!(rr.stages[1].state, StageState::Skipped);
@@ -223,7 +226,7 @@ proptest! {
                         let idx = rr.stages.iter().position(|s| s.number == *stage).unwrap_or(usize::MAX);
                         prop_assert_eq!(*outcome, expected_outcome(rr, idx));
                     }
-                    Effect::Finish { .. } => {}
+                    Effect::Finish { .. } | Effect::CancelRuns { .. } => {}
                 }
             }
             if let Some(p) = terminal {
@@ -273,5 +276,77 @@ proptest! {
         let d = machine::observe(&mut rr, "rr-0-a", &later, NOW).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert!(!d.changed);
         prop_assert_eq!(rr, before);
+    }
+}
+
+/// What one step of the lifecycle property does.
+#[derive(Clone, Debug)]
+enum Step {
+    Observe(prop::sample::Index, Observed),
+    Cancel,
+    Retry,
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => (any::<prop::sample::Index>(), arb_observed()).prop_map(|(i, o)| Step::Observe(i, o)),
+        1 => Just(Step::Cancel),
+        1 => Just(Step::Retry),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Observations, cancels and retries in any order: within an attempt each stage opens at
+    /// most once and in order; a terminal phase changes only through a retry, which only a
+    /// Failed or Cancelled run accepts; stages that succeeded before a retry stay succeeded and
+    /// are never opened again.
+    #[test]
+    fn cancel_and_retry_keep_every_rule(rr in arb_run(), steps in proptest::collection::vec(arb_step(), 0..80)) {
+        let (mut rr, effects) = started(rr);
+        let mut opened: Vec<(u32, u32)> = effects.iter().filter_map(|e| match e { Effect::OpenStage { stage } => Some((1, *stage)), _ => None }).collect();
+        for step in steps {
+            let before = rr.clone();
+            let retried = matches!(step, Step::Retry);
+            let decision = match step {
+                Step::Observe(idx, observed) => {
+                    let names: Vec<String> = rr.stages.iter().flat_map(|s| s.runs.iter().map(|r| r.pipeline_run.clone())).collect();
+                    let name = names[idx.index(names.len())].clone();
+                    machine::observe(&mut rr, &name, &observed, NOW).map_err(|e| TestCaseError::fail(e.to_string()))?
+                }
+                Step::Cancel => machine::cancel(&mut rr, NOW),
+                Step::Retry => match machine::retry(&mut rr, NOW) {
+                    Ok(d) => {
+                        prop_assert!(matches!(before.phase, Phase::Failed | Phase::Cancelled));
+                        prop_assert_eq!(rr.attempt, before.attempt + 1);
+                        for (b, a) in before.stages.iter().zip(&rr.stages) {
+                            if matches!(b.state, StageState::Succeeded | StageState::SucceededWithAllowedFailures) {
+                                prop_assert_eq!(a, b, "a succeeded stage was touched");
+                            }
+                        }
+                        d
+                    }
+                    Err(_) => {
+                        prop_assert!(!matches!(before.phase, Phase::Failed | Phase::Cancelled));
+                        prop_assert_eq!(&rr, &before);
+                        continue;
+                    }
+                },
+            };
+            if before.phase.is_terminal() && !retried {
+                prop_assert_eq!(rr.phase, before.phase, "terminal phase changed without a retry");
+            }
+            for e in &decision.effects {
+                if let Effect::OpenStage { stage } = e {
+                    opened.push((rr.attempt, *stage));
+                }
+            }
+        }
+        for attempt in 1..=rr.attempt {
+            let stages: Vec<u32> = opened.iter().filter(|(a, _)| *a == attempt).map(|(_, s)| *s).collect();
+            prop_assert!(stages.windows(2).all(|w| w[0] < w[1]), "attempt {}: opened {:?}", attempt, stages);
+        }
+        prop_assert_eq!(rr.history.len() as u32, rr.attempt - 1);
     }
 }

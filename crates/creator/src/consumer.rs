@@ -16,13 +16,13 @@ use std::{
 use futures::{StreamExt as _, stream};
 use kube::{
     Api,
-    api::{DynamicObject, PostParams},
+    api::{DynamicObject, Patch, PatchParams, PostParams},
 };
 use stagetime_common::{
     machine::Observed,
     model::{RevisionRun, Run, RunState, StageState},
     store::Store,
-    stream::{Delivery, StageMessage},
+    stream::{Delivery, StageMessage, StageOp},
     tekton,
 };
 use tokio::{sync::Semaphore, task::JoinSet};
@@ -261,7 +261,11 @@ impl Creator {
         };
         let mut attempt = 0;
         loop {
-            match self.process(&message).await {
+            let done = match message.op {
+                StageOp::Open => self.process(&message).await,
+                StageOp::Cancel => self.cancel_stage(&message).await,
+            };
+            match done {
                 Ok(()) => break,
                 Err(error) if error.is_transient() => {
                     self.metrics.retried.inc();
@@ -379,6 +383,64 @@ impl Creator {
         Ok(())
     }
 
+    /// Cancels the running PipelineRuns of a cancelled stage gracefully.
+    pub async fn cancel_stage(&self, message: &StageMessage) -> Result<()> {
+        let rr = self.store.get(&message.rr).await?;
+        if rr.attempt != message.attempt {
+            return Ok(());
+        }
+        let runs: Vec<&Run> = rr
+            .stages
+            .iter()
+            .filter(|s| s.number == message.stage)
+            .flat_map(|s| &s.runs)
+            .collect();
+        self.cancel_runs(&runs).await?;
+        tracing::info!(rr = %rr.id, stage = message.stage, "stage cancelled");
+        Ok(())
+    }
+
+    /// Sets Tekton's `spec.status: CancelledRunFinally` on each run's object that is not
+    /// terminal: finally tasks still run, as `tkn pipelinerun cancel` does. The patch carries
+    /// the recorded UID, so an object that merely has the name is never touched.
+    async fn cancel_runs(&self, runs: &[&Run]) -> Result<()> {
+        for run in runs.iter().filter(|r| !r.state.is_terminal()) {
+            let Some(uid) = run.uid.as_deref() else {
+                continue;
+            };
+            let api =
+                tekton::pipelinerun_api(self.client.clone(), tekton::API_VERSION, &run.namespace);
+            let patch = serde_json::json!({
+                "metadata": {"uid": uid},
+                "spec": {"status": tekton::CANCELLED_RUN_FINALLY},
+            });
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..PatchParams::default()
+            };
+            let result = self
+                .deadline(
+                    &run.pipeline_run,
+                    api.patch(&run.pipeline_run, &params, &Patch::Merge(&patch)),
+                )
+                .await?;
+            match result {
+                Ok(_) => {
+                    self.metrics.cancelled.inc();
+                }
+                // Gone already, or the name now belongs to another object: nothing to cancel.
+                Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409 | 422) => {}
+                Err(source) => {
+                    return Err(Error::CreatePipelineRun {
+                        name: run.pipeline_run.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Namespace and UID of the object created for `run`, if it exists.
     async fn existing(&self, rr: &RevisionRun, run: &Run) -> Result<Option<(String, String)>> {
         let namespace = self
@@ -465,7 +527,20 @@ impl Creator {
         }
         // What was applied is recorded even when another apply of the stage must be retried, so
         // a later give-up never marks a run failed whose PipelineRun exists.
-        self.store.record_many(&rr.id, &observations).await?;
+        let updated = self.store.record_many(&rr.id, &observations).await?;
+        // A cancel that landed while these were being created found them not yet recorded:
+        // the recorded document says so, and they are cancelled here.
+        if updated.rr.phase.is_terminal() {
+            let created: Vec<&Run> = updated
+                .rr
+                .stages
+                .iter()
+                .filter(|s| s.number == message.stage)
+                .flat_map(|s| &s.runs)
+                .filter(|r| observations.iter().any(|(n, _)| *n == r.pipeline_run))
+                .collect();
+            self.cancel_runs(&created).await?;
+        }
         if let Some(error) = transient {
             return Err(error);
         }

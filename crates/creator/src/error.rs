@@ -10,8 +10,8 @@ pub enum Error {
     /// A store operation failed.
     #[error(transparent)]
     Store(#[from] stagetime_common::Error),
-    /// Creating (or reading back) a PipelineRun failed.
-    #[error("create PipelineRun {name}: {source}")]
+    /// Creating, reading back or cancelling a PipelineRun failed.
+    #[error("PipelineRun {name}: {source}")]
     CreatePipelineRun {
         /// PipelineRun name.
         name: String,

@@ -23,7 +23,9 @@ pub struct Metrics {
     dead_lettered: Family<ReasonLabels, Counter>,
     /// Runs marked Failed because they could not be created.
     pub runs_failed: Counter,
-    /// Latency of one server-side apply.
+    /// PipelineRuns given Tekton's graceful cancel.
+    pub cancelled: Counter,
+    /// Latency of one PipelineRun create.
     pub apply_latency: Histogram,
     /// Delivered but unacknowledged stage messages.
     pub pending: Gauge,
@@ -38,6 +40,7 @@ impl Metrics {
             retried: Counter::default(),
             dead_lettered: Family::default(),
             runs_failed: Counter::default(),
+            cancelled: Counter::default(),
             apply_latency: Histogram::new([
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
@@ -51,7 +54,7 @@ impl Metrics {
         );
         sub.register(
             "pipelineruns_applied",
-            "PipelineRuns server-side applied",
+            "PipelineRuns created",
             m.applied.clone(),
         );
         sub.register("retries", "Transient failures retried", m.retried.clone());
@@ -64,6 +67,11 @@ impl Metrics {
             "runs_failed",
             "Runs marked Failed because they could not be created",
             m.runs_failed.clone(),
+        );
+        sub.register(
+            "pipelineruns_cancelled",
+            "PipelineRuns given Tekton's graceful cancel (CancelledRunFinally)",
+            m.cancelled.clone(),
         );
         sub.register(
             "apply_latency_seconds",

@@ -129,6 +129,7 @@ async fn redelivery_and_a_crash_before_ack_create_nothing_twice() -> anyhow::Res
         rr: id.clone(),
         stage: 0,
         attempt: 1,
+        op: stagetime_common::stream::StageOp::Open,
     };
     survivor.process(&dup).await?;
     assert_eq!(

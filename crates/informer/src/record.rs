@@ -93,6 +93,9 @@ impl Recorder {
                                     "stage finished"
                                 );
                             }
+                            Effect::CancelRuns { stage } => {
+                                tracing::info!(rr, stage, "stage runs to be cancelled");
+                            }
                             Effect::Finish { phase } => {
                                 self.metrics.finished(phase.as_str());
                                 tracing::info!(rr, phase = phase.as_str(), "revision run finished");

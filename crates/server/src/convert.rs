@@ -1,7 +1,7 @@
 //! Conversions between the typed API (`stagetime.v1`) and the domain model.
 
 use stagetime_common::{
-    model::{Phase, RevisionRun},
+    model::{Phase, RevisionRun, Stage},
     request::{
         AccessMode, Param, ParamValue, PipelineRef, RevisionRequest, RunSpec, VolumeClaimTemplate,
         Workspace, WorkspaceKind,
@@ -161,25 +161,35 @@ pub fn revision_run(rr: &RevisionRun) -> pb::RevisionRun {
         created: rr.created_at.clone(),
         updated: rr.updated_at.clone(),
         version: rr.version,
-        stages: rr
-            .stages
+        stages: rr.stages.iter().map(stage_status).collect(),
+        history: rr
+            .history
             .iter()
-            .map(|s| pb::StageStatus {
-                number: s.number,
-                state: s.state.as_str().to_string(),
-                runs: s
-                    .runs
-                    .iter()
-                    .map(|r| pb::RunStatus {
-                        name: r.name.clone(),
-                        pipeline_run: r.pipeline_run.clone(),
-                        namespace: r.namespace.clone(),
-                        canfail: r.canfail,
-                        state: r.state.as_str().to_string(),
-                        reason: r.reason.clone().unwrap_or_default(),
-                        message: r.message.clone().unwrap_or_default(),
-                    })
-                    .collect(),
+            .map(|a| pb::AttemptStatus {
+                attempt: a.attempt,
+                phase: phase(a.phase) as i32,
+                replaced: a.replaced_at.clone(),
+                stages: a.stages.iter().map(stage_status).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn stage_status(s: &Stage) -> pb::StageStatus {
+    pb::StageStatus {
+        number: s.number,
+        state: s.state.as_str().to_string(),
+        runs: s
+            .runs
+            .iter()
+            .map(|r| pb::RunStatus {
+                name: r.name.clone(),
+                pipeline_run: r.pipeline_run.clone(),
+                namespace: r.namespace.clone(),
+                canfail: r.canfail,
+                state: r.state.as_str().to_string(),
+                reason: r.reason.clone().unwrap_or_default(),
+                message: r.message.clone().unwrap_or_default(),
             })
             .collect(),
     }

@@ -27,9 +27,9 @@ pub enum Error {
         /// The namespace asked for.
         namespace: String,
     },
-    /// The API exists but the server does not implement it yet.
-    #[error("{0} is not implemented yet")]
-    Unimplemented(&'static str),
+    /// The revision run is not in a phase that allows the operation.
+    #[error("{0}")]
+    FailedPrecondition(String),
 }
 
 impl Error {
@@ -39,7 +39,7 @@ impl Error {
             Error::InvalidArgument { .. } => "invalid_argument",
             Error::NamespaceNotAllowed { .. } => "namespace_not_allowed",
             Error::Store(e) => e.metric_label(),
-            Error::Unimplemented(_) => "unimplemented",
+            Error::FailedPrecondition(_) => "failed_precondition",
         }
     }
 }
@@ -51,7 +51,7 @@ impl From<Error> for tonic::Status {
             Error::NamespaceNotAllowed { .. } => {
                 tonic::Status::permission_denied(error.to_string())
             }
-            Error::Unimplemented(_) => tonic::Status::unimplemented(error.to_string()),
+            Error::FailedPrecondition(_) => tonic::Status::failed_precondition(error.to_string()),
             Error::Store(StoreError::NotFound { id }) => {
                 tonic::Status::not_found(format!("revision run {id} not found"))
             }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use stagetime_common::{
     model::{Phase, Revision, RevisionRun, Run, RunState, Stage, StageState},
-    names::{self, dns_label, sanitize_label},
+    names::{self, sanitize_label},
     request::{ParamValue, PipelineRef, RevisionRequest, RunSpec},
     tekton::{ANNOTATION_TOKEN, LABEL_REVISION_RUN},
     validate::{self, Limits},
@@ -101,7 +101,6 @@ pub fn render(
     let request_hash = req.canonical_hash();
     let id = req.revision_run_id();
     let token = names::random_hex(16);
-    let suffix = name_suffix(&id);
     let mut by_stage: BTreeMap<u32, Vec<Run>> = BTreeMap::new();
     let mut manifests = Vec::new();
     for (i, run) in req.runs.iter().enumerate() {
@@ -109,7 +108,7 @@ pub fn render(
             .namespace
             .clone()
             .unwrap_or_else(|| settings.default_namespace.clone());
-        let name = dns_label(&["st", &run.stage.to_string(), &run.name, &suffix]);
+        let name = names::pipeline_run_name(run.stage, &run.name, &id, 1);
         let manifest = manifest(req, run, (&id, &token), &name, &namespace, settings, now);
         let manifest = manifest.to_string();
         if manifest.len() > settings.limits.max_manifest_bytes {
@@ -162,6 +161,7 @@ pub fn render(
         stages,
         token,
         request_hash,
+        history: Vec::new(),
         rev: String::new(),
     };
     Ok(Rendered { rr, manifests })
@@ -171,7 +171,7 @@ pub fn render(
 /// id, so names of different revision runs practically never collide even when nothing is
 /// cleaned up for a long time.
 pub fn name_suffix(id: &str) -> String {
-    names::short_hash(id.as_bytes(), 5)
+    names::name_suffix(id)
 }
 
 fn param_json(name: &str, value: &ParamValue) -> Value {

@@ -5,7 +5,7 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 use futures::Stream;
 use stagetime_common::{
     Error as StoreError,
-    model::RevisionRun,
+    model::{Phase, RevisionRun},
     request::RevisionRequest,
     store::{ListFilter, Store, now_rfc3339},
 };
@@ -71,6 +71,84 @@ impl Api {
             tracing::info!(rr = %created.id, "identical revision run already exists");
         }
         Ok((created.id, created.created))
+    }
+
+    /// Cancels a revision run; cancelling a cancelled one again answers the same, cancelling
+    /// one that finished otherwise is `FAILED_PRECONDITION`.
+    pub async fn cancel_run(&self, id: &str) -> Result<RevisionRun, Error> {
+        if id.is_empty() {
+            return Err(Error::InvalidArgument {
+                field: "id".into(),
+                reason: "required".into(),
+            });
+        }
+        let rr = self.store.cancel(id).await?.rr;
+        match rr.phase {
+            Phase::Cancelled => {
+                tracing::info!(rr = %rr.id, "revision run cancelled");
+                Ok(rr)
+            }
+            phase => Err(Error::FailedPrecondition(format!(
+                "revision run {id} already finished ({phase}); only a running one can be cancelled"
+            ))),
+        }
+    }
+
+    /// Starts the next attempt of a `Failed` or `Cancelled` revision run from its first stage
+    /// that did not succeed. Two retries at once start one attempt; the other is
+    /// `FAILED_PRECONDITION`.
+    pub async fn retry_run(&self, id: &str) -> Result<RevisionRun, Error> {
+        if id.is_empty() {
+            return Err(Error::InvalidArgument {
+                field: "id".into(),
+                reason: "required".into(),
+            });
+        }
+        let rr = self.store.get(id).await?;
+        let manifests = self.next_attempt_manifests(&rr).await?;
+        match self.store.retry(id, &manifests).await {
+            Ok(updated) => {
+                tracing::info!(rr = %id, attempt = updated.rr.attempt, "revision run retried");
+                Ok(updated.rr)
+            }
+            Err(StoreError::Machine(error)) => Err(Error::FailedPrecondition(error.to_string())),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The manifests of the runs a retry re-runs, renamed for the next attempt.
+    async fn next_attempt_manifests(
+        &self,
+        rr: &RevisionRun,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let mut next = rr.clone();
+        if stagetime_common::machine::retry(&mut next, &now_rfc3339()).is_err() {
+            // Not retryable: the store's retry says so with the right message.
+            return Ok(Vec::new());
+        }
+        let renamed: Vec<(String, String)> = rr
+            .stages
+            .iter()
+            .zip(&next.stages)
+            .flat_map(|(old, new)| old.runs.iter().zip(&new.runs))
+            .filter(|(old, new)| old.pipeline_run != new.pipeline_run)
+            .map(|(old, new)| (old.pipeline_run.clone(), new.pipeline_run.clone()))
+            .collect();
+        let olds: Vec<String> = renamed.iter().map(|(o, _)| o.clone()).collect();
+        let stored = self.store.manifests(&rr.id, &olds).await?;
+        let mut out = Vec::with_capacity(renamed.len());
+        for ((old, new), manifest) in renamed.into_iter().zip(stored) {
+            let manifest = manifest.ok_or_else(|| {
+                Error::FailedPrecondition(format!("the manifest of {old} is missing"))
+            })?;
+            let mut value: serde_json::Value = serde_json::from_str(&manifest)
+                .map_err(|e| Error::FailedPrecondition(format!("manifest of {old}: {e}")))?;
+            value["metadata"]["name"] = serde_json::Value::String(new.clone());
+            value["metadata"]["labels"]["stagetime/attempt"] =
+                serde_json::Value::String(next.attempt.to_string());
+            out.push((new, value.to_string()));
+        }
+        Ok(out)
     }
 
     async fn by_id_or_commit(&self, key: &str) -> Result<RevisionRun, Error> {
@@ -225,15 +303,29 @@ impl RevisionRuns for Api {
 
     async fn cancel(
         &self,
-        _request: Request<pb::CancelRequest>,
+        request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::RevisionRun>, Status> {
-        Err(Error::Unimplemented("Cancel").into())
+        let timer = self.metrics.start("Cancel");
+        let result = self
+            .cancel_run(request.get_ref().id.trim())
+            .await
+            .map(|rr| Response::new(convert::revision_run(&rr)))
+            .map_err(Status::from);
+        timer.finish(&result);
+        result
     }
 
     async fn retry(
         &self,
-        _request: Request<pb::RetryRequest>,
+        request: Request<pb::RetryRequest>,
     ) -> Result<Response<pb::RevisionRun>, Status> {
-        Err(Error::Unimplemented("Retry").into())
+        let timer = self.metrics.start("Retry");
+        let result = self
+            .retry_run(request.get_ref().id.trim())
+            .await
+            .map(|rr| Response::new(convert::revision_run(&rr)))
+            .map_err(Status::from);
+        timer.finish(&result);
+        result
     }
 }

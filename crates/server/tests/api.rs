@@ -321,14 +321,15 @@ async fn typed_create_get_list_and_invalid_requests() -> anyhow::Result<()> {
         .err()
         .map(|s| s.code());
     assert_eq!(err, Some(Code::NotFound));
-    let cancel = client
+    let cancelled = client
         .cancel(pb::CancelRequest {
             id: created.id.clone(),
         })
-        .await
-        .err()
-        .map(|s| s.code());
-    assert_eq!(cancel, Some(Code::Unimplemented));
+        .await?
+        .into_inner();
+    assert_eq!(cancelled.phase, pb::Phase::Cancelled as i32);
+    // The stage that was open gets a cancel message; nothing else opens.
+    assert_eq!(server.stage_messages().await?, vec![0, 0]);
 
     let before = server.keys().await?.len();
     let mut bad = typed_request();

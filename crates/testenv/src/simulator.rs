@@ -55,6 +55,14 @@ pub enum Outcome {
     Cancelled,
 }
 
+/// Whether `spec.status` asks Tekton to cancel (or stop) the run.
+fn cancel_requested(obj: &DynamicObject) -> bool {
+    matches!(
+        obj.data.pointer("/spec/status").and_then(|s| s.as_str()),
+        Some("CancelledRunFinally" | "Cancelled" | "StoppedRunFinally")
+    )
+}
+
 /// Decides the outcome of one PipelineRun.
 pub fn outcome(obj: &DynamicObject, failure_rate: f64) -> Outcome {
     let requested = obj
@@ -78,10 +86,7 @@ pub fn outcome(obj: &DynamicObject, failure_rate: f64) -> Outcome {
         Some("succeed") => return Outcome::Succeed,
         _ => {}
     }
-    if matches!(
-        obj.data.pointer("/spec/status").and_then(|s| s.as_str()),
-        Some("CancelledRunFinally" | "Cancelled" | "StoppedRunFinally")
-    ) {
+    if cancel_requested(obj) {
         return Outcome::Cancelled;
     }
     // A stable pseudo-random draw per name: the same run always gets the same outcome.
@@ -186,6 +191,21 @@ pub async fn run(
             },
         };
         if has_outcome(&obj) {
+            continue;
+        }
+        // Tekton acts on a cancel at once (no finally tasks here): the run ends Cancelled now,
+        // whatever its simulated run time.
+        if cancel_requested(&obj) {
+            let ns = obj.namespace().unwrap_or_default();
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+            let status = terminal_status(Outcome::Cancelled);
+            let _ = api
+                .patch_status(
+                    &obj.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&status),
+                )
+                .await;
             continue;
         }
         let uid = obj.uid().unwrap_or_else(|| obj.name_any());

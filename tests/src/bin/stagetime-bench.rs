@@ -196,6 +196,7 @@ async fn bench_creator() -> anyhow::Result<()> {
             rr: id.clone(),
             stage: 0,
             attempt: 1,
+            op: stagetime_common::stream::StageOp::Open,
         })
         .await?;
     let ours = start.elapsed();

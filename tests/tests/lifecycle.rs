@@ -1,0 +1,265 @@
+//! Cancel and retry end to end: server, creator, informer and the Tekton simulator against real
+//! Redis and a real API server.
+
+use std::time::Duration;
+
+use kube::api::{DynamicObject, Patch, PatchParams};
+use stagetime_common::{
+    model::{Phase, RunState, StageState},
+    tekton,
+};
+use stagetime_proto::stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient};
+use stagetime_testenv::wait_for;
+use stagetime_tests::{Stack, example, submit, wait_rr};
+use tonic::Code;
+
+const FINISH: Duration = Duration::from_secs(90);
+
+async fn client(stack: &Stack) -> anyhow::Result<RevisionRunsClient<tonic::transport::Channel>> {
+    Ok(RevisionRunsClient::connect(stack.url()).await?)
+}
+
+/// Sets a PipelineRun's outcome as Tekton would (the simulator here never finishes on its own).
+async fn finish(stack: &Stack, name: &str, succeeded: bool) -> anyhow::Result<()> {
+    let api = tekton::pipelinerun_api(stack.client.clone(), tekton::API_VERSION, &stack.ns);
+    let (status, reason) = if succeeded {
+        ("True", "Succeeded")
+    } else {
+        ("False", "Failed")
+    };
+    let body = serde_json::json!({"status": {"conditions": [
+        {"type": "Succeeded", "status": status, "reason": reason, "message": "set by the test"}]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await?;
+    Ok(())
+}
+
+async fn objects(stack: &Stack) -> anyhow::Result<Vec<DynamicObject>> {
+    let api = tekton::pipelinerun_api(stack.client.clone(), tekton::API_VERSION, &stack.ns);
+    Ok(api.list(&Default::default()).await?.items)
+}
+
+#[tokio::test]
+async fn cancel_mid_run_cancels_running_pipelineruns_and_skips_later_stages() -> anyhow::Result<()>
+{
+    let stack = Stack::start("cancel", Duration::from_secs(3600)).await?;
+    let id = submit(&stack.url(), example("three-stages.json")?).await?;
+    wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
+        rr.stages[0]
+            .runs
+            .iter()
+            .all(|r| r.state == RunState::Running)
+    })
+    .await?;
+    let mut api = client(&stack).await?;
+    let rr = api
+        .cancel(pb::CancelRequest { id: id.clone() })
+        .await?
+        .into_inner();
+    assert_eq!(rr.phase, pb::Phase::Cancelled as i32);
+    let states: Vec<&str> = rr.stages.iter().map(|s| s.state.as_str()).collect();
+    assert_eq!(states, ["Cancelled", "Skipped", "Skipped"]);
+    // The running PipelineRuns get Tekton's graceful cancel; the simulator then ends them.
+    let done = wait_rr(&stack.store, &id, "runs cancelled", FINISH, |rr| {
+        rr.stages[0]
+            .runs
+            .iter()
+            .all(|r| r.state == RunState::Failed)
+    })
+    .await?;
+    assert!(
+        done.stages[0]
+            .runs
+            .iter()
+            .all(|r| r.reason.as_deref() == Some("Cancelled")),
+        "{:?}",
+        done.stages[0].runs
+    );
+    let objs = objects(&stack).await?;
+    assert_eq!(objs.len(), 2, "only stage 0 was ever created");
+    assert!(
+        objs.iter()
+            .all(|o| o.data["spec"]["status"] == tekton::CANCELLED_RUN_FINALLY)
+    );
+    assert_eq!(done.phase, Phase::Cancelled, "the outcome stays Cancelled");
+    // Cancelling again answers the same and changes nothing.
+    let again = api
+        .cancel(pb::CancelRequest { id: id.clone() })
+        .await?
+        .into_inner();
+    assert_eq!(again.phase, pb::Phase::Cancelled as i32);
+    assert_eq!(stack.store.get(&id).await?.version, done.version);
+    assert_eq!(stack.opened_stages(&id).await?, vec![0]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_of_a_finished_or_unknown_run_is_refused() -> anyhow::Result<()> {
+    let stack = Stack::start("cancel-finished", Duration::from_millis(50)).await?;
+    let id = submit(&stack.url(), example("gaps.json")?).await?;
+    stack.wait_terminal(&id, FINISH).await?;
+    let mut api = client(&stack).await?;
+    let refused = api.cancel(pb::CancelRequest { id: id.clone() }).await.err();
+    assert_eq!(refused.map(|s| s.code()), Some(Code::FailedPrecondition));
+    assert_eq!(stack.store.get(&id).await?.phase, Phase::Succeeded);
+    let missing = api
+        .cancel(pb::CancelRequest {
+            id: "no-such-run".into(),
+        })
+        .await
+        .err();
+    assert_eq!(missing.map(|s| s.code()), Some(Code::NotFound));
+    let retry = api.retry(pb::RetryRequest { id }).await.err();
+    assert_eq!(retry.map(|s| s.code()), Some(Code::FailedPrecondition));
+    Ok(())
+}
+
+/// A cancel racing the informer's stage hand-off, many times: no PipelineRun of a stage that was
+/// not open when the cancel was acknowledged ever appears.
+#[tokio::test]
+async fn cancel_racing_a_stage_hand_off_never_creates_a_later_stage() -> anyhow::Result<()> {
+    let stack = Stack::start("cancel-race", Duration::from_millis(30)).await?;
+    let mut api = client(&stack).await?;
+    for i in 0..12u64 {
+        let mut req = example("three-stages.json")?;
+        req.commit_id = format!("{:040x}", 0xca_0000 + i);
+        let id = submit(&stack.url(), req).await?;
+        // Cancel at a different moment each time: right away, or once some stage is running.
+        if i % 3 != 0 {
+            let stage = (i % 3) as usize;
+            wait_rr(&stack.store, &id, "a stage open", FINISH, |rr| {
+                rr.phase.is_terminal() || rr.stages[stage.min(2)].state != StageState::Pending
+            })
+            .await?;
+        }
+        let reply = api.cancel(pb::CancelRequest { id: id.clone() }).await;
+        let rr = match reply {
+            Ok(rr) => rr.into_inner(),
+            // It finished before the cancel: nothing to check.
+            Err(status) if status.code() == Code::FailedPrecondition => continue,
+            Err(status) => return Err(status.into()),
+        };
+        let skipped: Vec<String> = rr
+            .stages
+            .iter()
+            .filter(|s| s.state == "Skipped")
+            .map(|s| s.number.to_string())
+            .collect();
+        // Let every message the creator may still hold be handled: the stage stream drained.
+        let store = stack.store.clone();
+        wait_for("the creator idle", FINISH, || {
+            let store = store.clone();
+            async move { (store.pending_count().await.ok()? == 0).then_some(()) }
+        })
+        .await?;
+        let created = stack.pipelineruns().await?;
+        let late: Vec<&(String, String)> = created
+            .iter()
+            .filter(|(name, stage)| {
+                name.ends_with(&stagetime_common::names::name_suffix(&id))
+                    && skipped.contains(stage)
+            })
+            .collect();
+        assert!(
+            late.is_empty(),
+            "run {i}: created after the cancel: {late:?}"
+        );
+        assert_eq!(stack.store.get(&id).await?.phase, Phase::Cancelled);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn retry_after_a_failure_in_stage_one_reruns_only_stage_one_onward() -> anyhow::Result<()> {
+    let stack = Stack::start("retry", Duration::from_secs(3600)).await?;
+    let id = submit(&stack.url(), example("failing.json")?).await?;
+    let rr = wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
+        rr.stages[0]
+            .runs
+            .iter()
+            .all(|r| r.state == RunState::Running)
+    })
+    .await?;
+    for run in &rr.stages[0].runs {
+        finish(&stack, &run.pipeline_run, true).await?;
+    }
+    let rr = wait_rr(&stack.store, &id, "stage 1 running", FINISH, |rr| {
+        rr.stages[1]
+            .runs
+            .iter()
+            .all(|r| r.state == RunState::Running)
+    })
+    .await?;
+    let first_attempt: Vec<String> = rr.stages[1]
+        .runs
+        .iter()
+        .map(|r| r.pipeline_run.clone())
+        .collect();
+    for run in &rr.stages[1].runs {
+        finish(&stack, &run.pipeline_run, run.canfail).await?;
+    }
+    let failed = stack.wait_terminal(&id, FINISH).await?;
+    assert_eq!(failed.phase, Phase::Failed, "{:?}", failed.stages);
+
+    // Two retries at once start one attempt.
+    let (mut a, mut b) = (client(&stack).await?, client(&stack).await?);
+    let (ra, rb) = tokio::join!(
+        a.retry(pb::RetryRequest { id: id.clone() }),
+        b.retry(pb::RetryRequest { id: id.clone() })
+    );
+    let won: Vec<pb::RevisionRun> = [ra, rb]
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|r| r.into_inner())
+        .collect();
+    assert_eq!(won.len(), 1, "both retries started an attempt");
+    assert_eq!(won[0].attempt, 2);
+    assert_eq!(won[0].history.len(), 1);
+    assert_eq!(won[0].history[0].phase, pb::Phase::Failed as i32);
+
+    let rr = wait_rr(&stack.store, &id, "attempt 2 running", FINISH, |rr| {
+        rr.stages[1]
+            .runs
+            .iter()
+            .all(|r| r.state == RunState::Running)
+    })
+    .await?;
+    assert_eq!(rr.stages[0].state, StageState::Succeeded, "stage 0 is kept");
+    for run in &rr.stages[1].runs {
+        assert!(
+            !first_attempt.contains(&run.pipeline_run),
+            "{} reused a name",
+            run.pipeline_run
+        );
+        assert!(run.pipeline_run.ends_with("-a2") && run.pipeline_run.len() <= 63);
+        finish(&stack, &run.pipeline_run, true).await?;
+    }
+    for stage in 2..rr.stages.len() {
+        let rr = wait_rr(&stack.store, &id, "next stage running", FINISH, |rr| {
+            rr.stages[stage]
+                .runs
+                .iter()
+                .all(|r| r.state == RunState::Running)
+        })
+        .await?;
+        for run in &rr.stages[stage].runs {
+            finish(&stack, &run.pipeline_run, true).await?;
+        }
+    }
+    let done = stack.wait_terminal(&id, FINISH).await?;
+    assert_eq!(done.phase, Phase::Succeeded, "{:?}", done.stages);
+    // Stage 0 ran once; stage 1 twice (one object per attempt).
+    let stage_of = |o: &DynamicObject| {
+        o.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("stagetime/stage").cloned())
+            .unwrap_or_default()
+    };
+    let objs = objects(&stack).await?;
+    let count = |s: &str| objs.iter().filter(|o| stage_of(o) == s).count();
+    assert_eq!(count("0"), rr.stages[0].runs.len());
+    assert_eq!(count("1"), 2 * rr.stages[1].runs.len());
+    assert_eq!(done.history.len(), 1);
+    Ok(())
+}
