@@ -117,6 +117,9 @@ pub fn service_env(
         ("INFORMING_NAMESPACE", ns.to_string()),
         ("SIM_NAMESPACE", ns.to_string()),
         ("CREATOR_VISIBILITY_TIMEOUT_SECONDS", "2".to_string()),
+        // Recovery of state changes a Redis crash lost comes from re-lists: keep them frequent.
+        ("INFORMER_RESYNC_SECONDS", "5".to_string()),
+        ("INFORMER_STALE_STAGE_SECONDS", "10".to_string()),
         ("ADMIN_ADDR", "127.0.0.1:0".to_string()),
         ("RUST_LOG", "info".to_string()),
     ]
