@@ -263,3 +263,96 @@ async fn retry_after_a_failure_in_stage_one_reruns_only_stage_one_onward() -> an
     assert_eq!(done.history.len(), 1);
     Ok(())
 }
+
+fn typed(commit: &str, stage_timeout_seconds: u32, timeout_seconds: u32) -> pb::CreateRequest {
+    let run = |name: &str, stage: u32| pb::RunSpec {
+        name: name.into(),
+        stage,
+        pipeline_ref: Some(pb::PipelineRef {
+            r#ref: Some(pb::pipeline_ref::Ref::Name("build".into())),
+        }),
+        ..Default::default()
+    };
+    pb::CreateRequest {
+        repo_name: "timeouts".into(),
+        commit_id: commit.into(),
+        runs: vec![run("build", 0), run("deploy", 1)],
+        stage_timeout_seconds,
+        timeout_seconds,
+        ..Default::default()
+    }
+}
+
+/// A PipelineRun Tekton never finishes: its stage times out on time, even with the informer
+/// restarted in between (the deadline lives in Redis), and its PipelineRun is cancelled.
+#[tokio::test]
+async fn a_stage_that_never_finishes_fails_with_stage_timeout() -> anyhow::Result<()> {
+    let mut stack = Stack::start("stage-timeout", Duration::from_secs(3600)).await?;
+    let mut api = client(&stack).await?;
+    let id = api
+        .create(typed("5ca1ab1e", 3, 3600))
+        .await?
+        .into_inner()
+        .id;
+    wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
+        rr.stages[0].runs[0].state == RunState::Running
+    })
+    .await?;
+    if let Some(informer) = stack.informer.take() {
+        informer.stop().await;
+    }
+    stack.informer = Some(stack.spawn_informer());
+    let rr = stack.wait_terminal(&id, FINISH).await?;
+    assert_eq!(
+        (rr.phase, rr.reason.as_deref()),
+        (Phase::Failed, Some("StageTimeout"))
+    );
+    assert_eq!(
+        (rr.stages[0].state, rr.stages[1].state),
+        (StageState::Failed, StageState::Skipped)
+    );
+    // It was not early: the stage stayed open for its whole timeout.
+    let opened: jiff::Timestamp = rr.stages[0]
+        .opened_at
+        .as_deref()
+        .unwrap_or_default()
+        .parse()?;
+    let failed: jiff::Timestamp = rr.stages[0]
+        .finished_at
+        .as_deref()
+        .unwrap_or_default()
+        .parse()?;
+    assert!(failed.duration_since(opened) >= jiff::SignedDuration::from_secs(3));
+    let name = rr.stages[0].runs[0].pipeline_run.clone();
+    let api_pr = tekton::pipelinerun_api(stack.client.clone(), tekton::API_VERSION, &stack.ns);
+    wait_for("the PipelineRun cancelled", FINISH, || {
+        let api_pr = api_pr.clone();
+        let name = name.clone();
+        async move {
+            let obj = api_pr.get(&name).await.ok()?;
+            (obj.data["spec"]["status"] == tekton::CANCELLED_RUN_FINALLY).then_some(())
+        }
+    })
+    .await?;
+    assert_eq!(stack.opened_stages(&id).await?, vec![0]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_revision_run_past_its_timeout_fails_with_revision_run_timeout() -> anyhow::Result<()> {
+    let stack = Stack::start("rr-timeout", Duration::from_secs(3600)).await?;
+    let mut api = client(&stack).await?;
+    let id = api
+        .create(typed("7e57ab1e", 3600, 2))
+        .await?
+        .into_inner()
+        .id;
+    let rr = stack.wait_terminal(&id, FINISH).await?;
+    assert_eq!(
+        (rr.phase, rr.reason.as_deref()),
+        (Phase::Failed, Some("RevisionRunTimeout"))
+    );
+    let reply = api.get(pb::GetRequest { id }).await?.into_inner();
+    assert_eq!(reply.reason, "RevisionRunTimeout");
+    Ok(())
+}

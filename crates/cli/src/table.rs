@@ -26,6 +26,9 @@ pub fn render(rr: &RevisionRun) -> String {
         rr.current_stage.map_or("-".to_string(), |s| s.to_string()),
         rr.updated,
     );
+    if !rr.reason.is_empty() {
+        out.push_str(&format!("  reason: {}: {}\n", rr.reason, rr.message));
+    }
     for attempt in &rr.history {
         let stages: Vec<String> = attempt
             .stages

@@ -35,6 +35,11 @@ impl RevisionRunBuilder {
                 token: TOKEN.into(),
                 request_hash: String::new(),
                 history: Vec::new(),
+                reason: None,
+                message: None,
+                timeout_seconds: None,
+                deadline: None,
+                stage_timeout_seconds: None,
                 rev: String::new(),
             },
         }
@@ -81,6 +86,7 @@ impl RevisionRunBuilder {
             runs,
             opened_at: None,
             finished_at: None,
+            deadline: None,
         });
         self.rr.stages.sort_by_key(|s| s.number);
         self

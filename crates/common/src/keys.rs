@@ -55,6 +55,11 @@ impl Keys {
         format!("{}:deadletter", self.prefix)
     }
 
+    /// Sorted set of unfinished revision runs by their next deadline (ms since the epoch).
+    pub fn deadlines(&self) -> String {
+        format!("{}:deadlines", self.prefix)
+    }
+
     /// Capped stream of document changes that Watch follows.
     pub fn events(&self) -> String {
         format!("{}:events", self.prefix)

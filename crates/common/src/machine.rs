@@ -173,6 +173,112 @@ pub fn observe_object(
     Ok(decision)
 }
 
+/// Reason of a revision run failed because a stage stayed open past its deadline.
+pub const REASON_STAGE_TIMEOUT: &str = "StageTimeout";
+/// Reason of a revision run failed because it ran past its own deadline.
+pub const REASON_REVISION_RUN_TIMEOUT: &str = "RevisionRunTimeout";
+
+/// `now` (RFC 3339) plus `seconds`, as RFC 3339; `None` if `now` does not parse.
+pub fn after(now: &str, seconds: u32) -> Option<String> {
+    let t: jiff::Timestamp = now.parse().ok()?;
+    Some(
+        t.checked_add(jiff::SignedDuration::from_secs(i64::from(seconds)))
+            .ok()?
+            .to_string(),
+    )
+}
+
+fn millis(at: &str) -> Option<i64> {
+    at.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+}
+
+/// Opens a stage at `now`, with its deadline when the revision run has a stage timeout.
+fn open_stage(stage: &mut crate::model::Stage, stage_timeout: Option<u32>, now: &str) {
+    stage.state = StageState::Open;
+    stage.opened_at = Some(now.to_string());
+    stage.deadline = stage_timeout.and_then(|s| after(now, s));
+}
+
+/// The earliest deadline (ms since the epoch) of a revision run still going: its own or its open
+/// stage's. `None` when it is terminal or has none; the store keeps it in the deadline index.
+pub fn next_deadline(rr: &RevisionRun) -> Option<i64> {
+    if rr.phase.is_terminal() {
+        return None;
+    }
+    let stage = rr
+        .stages
+        .iter()
+        .filter(|s| s.state == StageState::Open)
+        .filter_map(|s| s.deadline.as_deref().and_then(millis));
+    rr.deadline
+        .as_deref()
+        .and_then(millis)
+        .into_iter()
+        .chain(stage)
+        .min()
+}
+
+/// Fails a revision run whose deadline (its own, or its open stage's) has passed at `now`: the
+/// open stage fails (its runs get a cancel message), later stages are skipped, and the reason is
+/// `RevisionRunTimeout` or `StageTimeout`. Nothing changes before the deadline or once terminal.
+pub fn expire(rr: &mut RevisionRun, now: &str) -> Decision {
+    let Some(now_ms) = millis(now) else {
+        return Decision::default();
+    };
+    if rr.phase.is_terminal() {
+        return Decision::default();
+    }
+    let due = |at: &Option<String>| at.as_deref().and_then(millis).is_some_and(|t| t <= now_ms);
+    let (reason, message) = if due(&rr.deadline) {
+        (
+            REASON_REVISION_RUN_TIMEOUT,
+            "the revision run ran past its timeout".to_string(),
+        )
+    } else if let Some(stage) = rr
+        .stages
+        .iter()
+        .find(|s| s.state == StageState::Open && due(&s.deadline))
+    {
+        (
+            REASON_STAGE_TIMEOUT,
+            format!("stage {} stayed open past its timeout", stage.number),
+        )
+    } else {
+        return Decision::default();
+    };
+    let mut effects = Vec::new();
+    for stage in &mut rr.stages {
+        match stage.state {
+            StageState::Open => {
+                stage.state = StageState::Failed;
+                stage.finished_at = Some(now.to_string());
+                effects.push(Effect::CancelRuns {
+                    stage: stage.number,
+                });
+                effects.push(Effect::CloseStage {
+                    stage: stage.number,
+                    outcome: StageState::Failed,
+                });
+            }
+            StageState::Pending => stage.state = StageState::Skipped,
+            _ => {}
+        }
+    }
+    rr.phase = Phase::Failed;
+    rr.reason = Some(reason.to_string());
+    rr.message = Some(message);
+    rr.updated_at = now.to_string();
+    effects.push(Effect::Finish {
+        phase: Phase::Failed,
+    });
+    Decision {
+        changed: true,
+        effects,
+    }
+}
+
 /// Opens the first stage of a freshly built revision run.
 pub fn start(rr: &mut RevisionRun, now: &str) -> Result<Decision, MachineError> {
     let first = rr
@@ -182,8 +288,8 @@ pub fn start(rr: &mut RevisionRun, now: &str) -> Result<Decision, MachineError> 
     if first.state != StageState::Pending || rr.phase.is_terminal() {
         return Ok(Decision::default());
     }
-    first.state = StageState::Open;
-    first.opened_at = Some(now.to_string());
+    open_stage(first, rr.stage_timeout_seconds, now);
+    rr.deadline = rr.timeout_seconds.and_then(|s| after(now, s));
     rr.updated_at = now.to_string();
     Ok(Decision {
         changed: true,
@@ -295,6 +401,7 @@ pub fn retry(rr: &mut RevisionRun, now: &str) -> Result<Decision, MachineError> 
         stage.state = StageState::Pending;
         stage.opened_at = None;
         stage.finished_at = None;
+        stage.deadline = None;
         for run in &mut stage.runs {
             run.pipeline_run =
                 crate::names::pipeline_run_name(stage.number, &run.name, &id, attempt);
@@ -305,11 +412,15 @@ pub fn retry(rr: &mut RevisionRun, now: &str) -> Result<Decision, MachineError> 
             run.uid = None;
         }
     }
+    let stage_timeout = rr.stage_timeout_seconds;
     let stage = &mut rr.stages[first];
-    stage.state = StageState::Open;
-    stage.opened_at = Some(now.to_string());
+    open_stage(stage, stage_timeout, now);
     let number = stage.number;
     rr.phase = Phase::Running;
+    rr.reason = None;
+    rr.message = None;
+    // Each attempt gets the whole revision-run timeout again.
+    rr.deadline = rr.timeout_seconds.and_then(|s| after(now, s));
     rr.updated_at = now.to_string();
     Ok(Decision {
         changed: true,
@@ -389,6 +500,7 @@ fn close_and_advance(
     now: &str,
     effects: &mut Vec<Effect>,
 ) {
+    let stage_timeout = rr.stage_timeout_seconds;
     let stage = &mut rr.stages[si];
     stage.state = outcome;
     stage.finished_at = Some(now.to_string());
@@ -405,8 +517,7 @@ fn close_and_advance(
     }
     match rr.stages.get_mut(si + 1) {
         Some(next) => {
-            next.state = StageState::Open;
-            next.opened_at = Some(now.to_string());
+            open_stage(next, stage_timeout, now);
             effects.push(Effect::OpenStage { stage: next.number });
         }
         None => {

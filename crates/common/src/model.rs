@@ -183,6 +183,9 @@ pub struct Stage {
     /// When it got its outcome (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// When it times out if still open (RFC 3339): opened + the stage timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
 }
 
 /// A finished attempt of a revision run, kept when a retry starts the next one: the stages it
@@ -248,6 +251,21 @@ pub struct RevisionRun {
     /// collides is refused instead of silently answered with this run.
     #[serde(default)]
     pub request_hash: String,
+    /// Why the revision run failed when no run decided it (`StageTimeout`, `RevisionRunTimeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human message to `reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Longest time one attempt of the whole revision run may take, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
+    /// When the current attempt times out (RFC 3339): started + `timeout_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// Longest time a stage may stay open, in seconds (each opened stage gets a deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_timeout_seconds: Option<u32>,
     /// Earlier attempts, oldest first (see [`AttemptRecord`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AttemptRecord>,
@@ -283,15 +301,23 @@ impl RevisionRun {
         })
     }
 
-    /// One-line human summary, e.g. `Running (stage 1 of 3)`.
+    /// One-line human summary, e.g. `Running (stage 1, 2 of 3)` or
+    /// `Failed: StageTimeout (stage 0, 1 of 2)`, with the attempt from the second on.
     pub fn summary(&self) -> String {
         let total = self.stages.len();
+        let mut phase = self.phase.to_string();
+        if let Some(reason) = &self.reason {
+            phase = format!("{phase}: {reason}");
+        }
+        if self.attempt > 1 {
+            phase = format!("{phase}, attempt {}", self.attempt);
+        }
         match self.current_stage() {
             Some(n) => {
                 let pos = self.stages.iter().position(|s| s.number == n).unwrap_or(0) + 1;
-                format!("{} (stage {n}, {pos} of {total})", self.phase)
+                format!("{phase} (stage {n}, {pos} of {total})")
             }
-            None => format!("{} ({total} stages)", self.phase),
+            None => format!("{phase} ({total} stages)"),
         }
     }
 }

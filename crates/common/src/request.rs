@@ -204,6 +204,12 @@ pub struct RevisionRequest {
     pub pushed_at: String,
     /// The runs.
     pub runs: Vec<RunSpec>,
+    /// Longest time one stage may stay open, in seconds (`None` = the server's default).
+    #[serde(default)]
+    pub stage_timeout_seconds: Option<u32>,
+    /// Longest time the whole revision run may take, in seconds (`None` = the server's default).
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
 }
 
 impl RevisionRequest {

@@ -28,16 +28,17 @@ pub const EVENTS_MAXLEN: usize = 100_000;
 const CAS_ATTEMPTS: u32 = 64;
 
 const CREATE_LUA: &str = r#"
--- KEYS: doc, manifests, idx:created, idx:repo, idx:commit, stage stream, events
+-- KEYS: doc, manifests, idx:created, idx:repo, idx:commit, stage stream, events, deadlines
 -- ARGV: doc json, score, id, first stage, attempt, events maxlen, request hash,
---       manifest field/value pairs...
+--       next deadline (ms, '' = none), manifest field/value pairs...
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local stored = cjson.decode(redis.call('JSON.GET', KEYS[1], '$.requestHash'))[1]
   if stored and stored ~= '' and stored ~= ARGV[7] then return -2 end
   return 0
 end
 redis.call('JSON.SET', KEYS[1], '$', ARGV[1])
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if ARGV[8] ~= '' then redis.call('ZADD', KEYS[8], ARGV[8], ARGV[3]) end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[3])
@@ -47,9 +48,9 @@ return 1
 "#;
 
 const CAS_LUA: &str = r#"
--- KEYS: doc, stage stream, events
+-- KEYS: doc, stage stream, events, deadlines
 -- ARGV: expected version, id, attempt, events maxlen, new version, expected rev,
---       number of stage messages, the messages as (op, stage) pairs ('open' or 'cancel'),
+--       next deadline (ms, '' = none: the entry is removed), number of stage messages, the messages as (op, stage) pairs ('open' or 'cancel'),
 --       then writes as (op, path, json) triples
 --       (op 'S' = JSON.SET, 'D' = JSON.DEL; json empty for D).
 -- The random rev decides; the version is compared too for documents written before revs.
@@ -59,12 +60,17 @@ cur = cjson.decode(cur)
 local v = cur['$.version'][1]
 local rev = cur['$.rev'][1] or ''
 if v ~= tonumber(ARGV[1]) or rev ~= ARGV[6] then return 0 end
-local messages = tonumber(ARGV[7])
-for i = 8, 7 + 2 * messages, 2 do
+if ARGV[7] == '' then
+  redis.call('ZREM', KEYS[4], ARGV[2])
+else
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[2])
+end
+local messages = tonumber(ARGV[8])
+for i = 9, 8 + 2 * messages, 2 do
   redis.call('XADD', KEYS[2], '*', 'rr', ARGV[2], 'stage', ARGV[i + 1], 'attempt', ARGV[3],
     'op', ARGV[i])
 end
-for i = 8 + 2 * messages, #ARGV, 3 do
+for i = 9 + 2 * messages, #ARGV, 3 do
   if ARGV[i] == 'S' then
     redis.call('JSON.SET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
   else
@@ -250,13 +256,15 @@ impl Store {
             .key(self.keys.idx_commit(&rr.revision.commit_id))
             .key(self.keys.stage_stream())
             .key(self.keys.events())
+            .key(self.keys.deadlines())
             .arg(json)
             .arg(score)
             .arg(&rr.id)
             .arg(stage)
             .arg(rr.attempt)
             .arg(EVENTS_MAXLEN)
-            .arg(&rr.request_hash);
+            .arg(&rr.request_hash)
+            .arg(deadline_arg(&rr));
         for (name, manifest) in manifests {
             invocation.arg(name).arg(manifest);
         }
@@ -331,6 +339,43 @@ impl Store {
             machine::observe(rr, pipeline_run, observed, &now_rfc3339()).map_err(Error::from)
         })
         .await
+    }
+
+    /// Ids of revision runs whose next deadline is at or before `now_ms` (at most `limit`).
+    pub async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.deadlines())
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("due deadlines"))
+    }
+
+    /// Fails a revision run past its deadline (see [`machine::expire`]); a document that is gone
+    /// leaves the deadline index.
+    pub async fn expire(&self, id: &str) -> Result<Option<Updated>> {
+        match self
+            .update(id, |rr| Ok(machine::expire(rr, &now_rfc3339())))
+            .await
+        {
+            Ok(updated) => Ok(Some(updated)),
+            Err(Error::NotFound { .. }) => {
+                let mut conn = self.conn.clone();
+                let _: i64 = redis::cmd("ZREM")
+                    .arg(self.keys.deadlines())
+                    .arg(id)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_err("forget deadline"))?;
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Cancels a revision run (see [`machine::cancel`]): the open stage's runs get a cancel
@@ -445,12 +490,14 @@ impl Store {
             .key(self.keys.doc(&next.id))
             .key(self.keys.stage_stream())
             .key(self.keys.events())
+            .key(self.keys.deadlines())
             .arg(current.version)
             .arg(&next.id)
             .arg(next.attempt)
             .arg(EVENTS_MAXLEN)
             .arg(next.version)
             .arg(&current.rev)
+            .arg(deadline_arg(next))
             .arg(messages.len());
         for (op, stage) in &messages {
             invocation.arg(*op).arg(*stage);
@@ -544,6 +591,11 @@ impl Store {
             }
         }
     }
+}
+
+/// The deadline index score of a revision run (`''` removes it from the index).
+fn deadline_arg(rr: &RevisionRun) -> String {
+    machine::next_deadline(rr).map_or_else(String::new, |ms| ms.to_string())
 }
 
 fn decode(key: &str, raw: &str) -> Result<RevisionRun> {

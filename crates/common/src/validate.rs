@@ -128,6 +128,21 @@ pub fn request(req: &RevisionRequest, limits: &Limits, runs_field: &str) -> Resu
             ),
         ));
     }
+    for (field, value) in [
+        ("stage_timeout_seconds", req.stage_timeout_seconds),
+        ("timeout_seconds", req.timeout_seconds),
+    ] {
+        match value {
+            Some(0) => return Err(bad(field, "must be positive")),
+            Some(t) if t > limits.max_timeout_seconds => {
+                return Err(bad(
+                    field,
+                    format!("must be at most {}", limits.max_timeout_seconds),
+                ));
+            }
+            _ => {}
+        }
+    }
     if req.runs.is_empty() {
         return Err(bad(runs_field, "at least one run is required"));
     }
@@ -402,6 +417,8 @@ mod tests {
             author: String::new(),
             pushed_at: String::new(),
             runs,
+            stage_timeout_seconds: None,
+            timeout_seconds: None,
         }
     }
 

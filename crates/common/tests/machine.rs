@@ -285,6 +285,7 @@ enum Step {
     Observe(prop::sample::Index, Observed),
     Cancel,
     Retry,
+    Expire,
 }
 
 fn arb_step() -> impl Strategy<Value = Step> {
@@ -292,6 +293,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
         8 => (any::<prop::sample::Index>(), arb_observed()).prop_map(|(i, o)| Step::Observe(i, o)),
         1 => Just(Step::Cancel),
         1 => Just(Step::Retry),
+        1 => Just(Step::Expire),
     ]
 }
 
@@ -304,6 +306,9 @@ proptest! {
     /// are never opened again.
     #[test]
     fn cancel_and_retry_keep_every_rule(rr in arb_run(), steps in proptest::collection::vec(arb_step(), 0..80)) {
+        let mut rr = rr;
+        rr.stage_timeout_seconds = Some(60);
+        rr.timeout_seconds = Some(3600);
         let (mut rr, effects) = started(rr);
         let mut opened: Vec<(u32, u32)> = effects.iter().filter_map(|e| match e { Effect::OpenStage { stage } => Some((1, *stage)), _ => None }).collect();
         for step in steps {
@@ -316,6 +321,16 @@ proptest! {
                     machine::observe(&mut rr, &name, &observed, NOW).map_err(|e| TestCaseError::fail(e.to_string()))?
                 }
                 Step::Cancel => machine::cancel(&mut rr, NOW),
+                Step::Expire => {
+                    // Long after every deadline: a running revision run fails with the reason.
+                    let d = machine::expire(&mut rr, "2027-01-01T00:00:00Z");
+                    if !before.phase.is_terminal() {
+                        prop_assert_eq!(rr.phase, Phase::Failed);
+                        prop_assert!(matches!(rr.reason.as_deref(), Some("StageTimeout" | "RevisionRunTimeout")));
+                        prop_assert!(machine::next_deadline(&rr).is_none());
+                    }
+                    d
+                }
                 Step::Retry => match machine::retry(&mut rr, NOW) {
                     Ok(d) => {
                         prop_assert!(matches!(before.phase, Phase::Failed | Phase::Cancelled));
@@ -349,4 +364,39 @@ proptest! {
         }
         prop_assert_eq!(rr.history.len() as u32, rr.attempt - 1);
     }
+}
+
+#[test]
+fn deadlines_fail_the_open_stage_with_a_reason_and_nothing_before() {
+    let mut rr = RevisionRunBuilder::new("rr")
+        .stage(0, &[("a", false)])
+        .stage(1, &[("b", false)])
+        .build();
+    rr.stage_timeout_seconds = Some(60);
+    rr.timeout_seconds = Some(600);
+    let (mut rr, _) = started(rr);
+    assert_eq!(
+        rr.stages[0].deadline.as_deref(),
+        Some("2026-01-01T00:01:01Z")
+    );
+    assert_eq!(rr.deadline.as_deref(), Some("2026-01-01T00:10:01Z"));
+    assert_eq!(
+        machine::next_deadline(&rr),
+        "2026-01-01T00:01:01Z"
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(|t| t.as_millisecond())
+    );
+    assert!(
+        !machine::expire(&mut rr, "2026-01-01T00:01:00Z").changed,
+        "expired early"
+    );
+    let d = machine::expire(&mut rr, "2026-01-01T00:01:01Z");
+    assert!(d.effects.contains(&Effect::CancelRuns { stage: 0 }));
+    assert_eq!(
+        (rr.phase, rr.reason.as_deref()),
+        (Phase::Failed, Some("StageTimeout"))
+    );
+    assert_eq!(rr.stages[1].state, StageState::Skipped);
+    assert!(!machine::expire(&mut rr, "2026-01-01T01:00:00Z").changed);
 }

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub watch_restarts: Counter,
     /// Open stages whose message was published again because no run of theirs was created.
     pub stages_republished: Counter,
+    timeouts: Family<KindLabels, Counter>,
 }
 
 impl Metrics {
@@ -43,6 +44,7 @@ impl Metrics {
             finished: Family::default(),
             watch_restarts: Counter::default(),
             stages_republished: Counter::default(),
+            timeouts: Family::default(),
         };
         let sub = registry.sub_registry_with_prefix("stagetime_informer");
         sub.register(
@@ -76,7 +78,22 @@ impl Metrics {
             "Open stages published again because none of their runs was created",
             m.stages_republished.clone(),
         );
+        sub.register(
+            "timeouts",
+            "Revision runs failed by a deadline, by reason",
+            m.timeouts.clone(),
+        );
         m
+    }
+
+    /// Counts a revision run failed by a deadline (`StageTimeout`, `RevisionRunTimeout`).
+    pub fn timed_out(&self, reason: &str) {
+        let kind = match reason {
+            "StageTimeout" => "StageTimeout",
+            "RevisionRunTimeout" => "RevisionRunTimeout",
+            _ => "other",
+        };
+        self.timeouts.get_or_create(&KindLabels { kind }).inc();
     }
 
     /// Counts a watch event (`apply`, `delete`, `init`).

@@ -32,6 +32,9 @@ pub struct Informer {
     stale_stage: std::time::Duration,
 }
 
+/// How often due deadlines are looked for.
+const DEADLINE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Default age after which an open stage whose runs are all still uncreated is published again.
 pub const DEFAULT_STALE_STAGE: std::time::Duration = std::time::Duration::from_secs(180);
 
@@ -73,15 +76,47 @@ impl Informer {
         self
     }
 
-    /// Watches until `shutdown`, starting over with a full list every resync interval.
+    /// Watches until `shutdown`, starting over with a full list every resync interval, and
+    /// enforces stage and revision-run deadlines meanwhile.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let reaper = self.enforce_deadlines();
+        tokio::pin!(reaper);
         loop {
             let resync = tokio::time::sleep(self.resync);
             tokio::select! {
                 () = &mut shutdown => return,
+                () = &mut reaper => return,
                 () = self.watch_once() => return,
                 () = resync => tracing::debug!("periodic resync: re-listing PipelineRuns"),
+            }
+        }
+    }
+
+    /// Fails revision runs whose deadline passed, once a second. The deadlines live in Redis
+    /// (the store's deadline index), so they survive restarts of every service; every informer
+    /// replica may do this, the compare-and-set makes it happen once.
+    async fn enforce_deadlines(&self) {
+        loop {
+            tokio::time::sleep(DEADLINE_TICK).await;
+            let now = jiff::Timestamp::now().as_millisecond();
+            let due = match self.recorder.store.due(now, 100).await {
+                Ok(due) => due,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read due deadlines");
+                    continue;
+                }
+            };
+            for id in due {
+                match self.recorder.store.expire(&id).await {
+                    Ok(Some(updated)) if updated.decision.changed => {
+                        let reason = updated.rr.reason.as_deref().unwrap_or_default();
+                        self.recorder.metrics.timed_out(reason);
+                        tracing::warn!(rr = %id, reason, "revision run timed out");
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, rr = %id, "cannot enforce deadline"),
+                }
             }
         }
     }

@@ -25,6 +25,9 @@ pub fn parse(req: &CreateRevisionRunRequest) -> Result<RevisionRequest, Error> {
         author: req.author.trim().to_string(),
         pushed_at: req.pushed_at.trim().to_string(),
         runs,
+        // The original API has no timeouts: the server's defaults apply.
+        stage_timeout_seconds: None,
+        timeout_seconds: None,
     })
 }
 

@@ -119,6 +119,8 @@ pub fn request(req: &pb::CreateRequest) -> Result<RevisionRequest, Error> {
             .enumerate()
             .map(|(i, r)| run(i, r))
             .collect::<Result<Vec<_>, _>>()?,
+        stage_timeout_seconds: (req.stage_timeout_seconds > 0).then_some(req.stage_timeout_seconds),
+        timeout_seconds: (req.timeout_seconds > 0).then_some(req.timeout_seconds),
     })
 }
 
@@ -162,6 +164,8 @@ pub fn revision_run(rr: &RevisionRun) -> pb::RevisionRun {
         updated: rr.updated_at.clone(),
         version: rr.version,
         stages: rr.stages.iter().map(stage_status).collect(),
+        reason: rr.reason.clone().unwrap_or_default(),
+        message: rr.message.clone().unwrap_or_default(),
         history: rr
             .history
             .iter()

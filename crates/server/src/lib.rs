@@ -73,6 +73,20 @@ pub struct Args {
         default_value = stagetime_common::tekton::API_VERSION
     )]
     pub tekton_api_version: String,
+    /// Stage timeout (seconds) of requests that set none; 0 = stages have no deadline.
+    #[arg(
+        long = "default-stage-timeout-seconds",
+        env = "DEFAULT_STAGE_TIMEOUT_SECONDS",
+        default_value_t = 2 * 3600
+    )]
+    pub default_stage_timeout_seconds: u32,
+    /// Revision-run timeout (seconds) of requests that set none; 0 = no deadline.
+    #[arg(
+        long = "default-revision-run-timeout-seconds",
+        env = "DEFAULT_REVISION_RUN_TIMEOUT_SECONDS",
+        default_value_t = 24 * 3600
+    )]
+    pub default_revision_run_timeout_seconds: u32,
     /// Pipeline timeout (seconds) of runs that set none.
     #[arg(
         long = "default-timeout-seconds",
@@ -148,6 +162,10 @@ impl Args {
             default_timeout_seconds: self.default_timeout_seconds,
             limits: self.limits.limits(),
             allowed_namespaces: self.namespaces.list(),
+            default_stage_timeout_seconds: Some(self.default_stage_timeout_seconds)
+                .filter(|s| *s > 0),
+            default_revision_run_timeout_seconds: Some(self.default_revision_run_timeout_seconds)
+                .filter(|s| *s > 0),
         }
     }
 }

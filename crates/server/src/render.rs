@@ -25,6 +25,10 @@ pub struct RenderSettings {
     pub default_timeout_seconds: u32,
     /// Size limits of requests and manifests.
     pub limits: Limits,
+    /// Stage timeout of requests that set none (`None` = stages have no deadline).
+    pub default_stage_timeout_seconds: Option<u32>,
+    /// Revision-run timeout of requests that set none (`None` = no deadline).
+    pub default_revision_run_timeout_seconds: Option<u32>,
     /// Namespaces runs may be created in besides the default one (`STAGETIME_NAMESPACES`); the
     /// informer watches the same set, so no run can go where nothing sees it.
     pub allowed_namespaces: Vec<String>,
@@ -46,6 +50,8 @@ impl Default for RenderSettings {
             default_timeout_seconds: 30 * 60,
             limits: Limits::default(),
             allowed_namespaces: Vec::new(),
+            default_stage_timeout_seconds: Some(2 * 3600),
+            default_revision_run_timeout_seconds: Some(24 * 3600),
         }
     }
 }
@@ -142,6 +148,7 @@ pub fn render(
             runs,
             opened_at: None,
             finished_at: None,
+            deadline: None,
         })
         .collect();
     let rr = RevisionRun {
@@ -162,6 +169,15 @@ pub fn render(
         token,
         request_hash,
         history: Vec::new(),
+        reason: None,
+        message: None,
+        timeout_seconds: req
+            .timeout_seconds
+            .or(settings.default_revision_run_timeout_seconds),
+        deadline: None,
+        stage_timeout_seconds: req
+            .stage_timeout_seconds
+            .or(settings.default_stage_timeout_seconds),
         rev: String::new(),
     };
     Ok(Rendered { rr, manifests })

@@ -57,6 +57,8 @@ impl Fixture {
                     namespace: Some(self.ns.clone()),
                 })
                 .collect(),
+            stage_timeout_seconds: None,
+            timeout_seconds: None,
         };
         let settings = RenderSettings {
             default_namespace: self.ns.clone(),
