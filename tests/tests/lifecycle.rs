@@ -356,3 +356,93 @@ async fn a_revision_run_past_its_timeout_fails_with_revision_run_timeout() -> an
     assert_eq!(reply.reason, "RevisionRunTimeout");
     Ok(())
 }
+
+fn grouped(commit: &str, max: u32, policy: pb::ConcurrencyPolicy) -> pb::CreateRequest {
+    pb::CreateRequest {
+        concurrency_group: "one-repo".into(),
+        max_concurrent: max,
+        concurrency_policy: policy as i32,
+        ..typed(commit, 3600, 3600)
+    }
+}
+
+/// Eight revision runs of one group with a limit of two: never more than two past Queued, each
+/// admitted in arrival order, all finish.
+#[tokio::test]
+async fn a_concurrency_group_runs_two_at_a_time_in_arrival_order() -> anyhow::Result<()> {
+    let stack = Stack::start("queue", Duration::from_millis(200)).await?;
+    let mut api = client(&stack).await?;
+    let mut ids = Vec::new();
+    for i in 0..8u64 {
+        let req = grouped(
+            &format!("{:040x}", 0x9000 + i),
+            2,
+            pb::ConcurrencyPolicy::Queue,
+        );
+        ids.push(api.create(req).await?.into_inner().id);
+    }
+    let mut runs = Vec::new();
+    for id in &ids {
+        runs.push(stack.wait_terminal(id, FINISH).await?);
+    }
+    // Each run's life: from its first stage opening to its last stage finishing.
+    let span = |rr: &stagetime_common::model::RevisionRun| -> anyhow::Result<(i64, i64)> {
+        let at = |t: Option<&String>| -> anyhow::Result<i64> {
+            let t: jiff::Timestamp = t.map(String::as_str).unwrap_or_default().parse()?;
+            Ok(t.as_millisecond())
+        };
+        Ok((
+            at(rr.stages[0].opened_at.as_ref())?,
+            at(rr.stages.last().and_then(|s| s.finished_at.as_ref()))?,
+        ))
+    };
+    let spans = runs.iter().map(span).collect::<anyhow::Result<Vec<_>>>()?;
+    for rr in &runs {
+        assert_eq!(rr.phase, Phase::Succeeded, "{}", rr.id);
+    }
+    let starts: Vec<i64> = spans.iter().map(|s| s.0).collect();
+    assert!(
+        starts.windows(2).all(|w| w[0] <= w[1]),
+        "not in arrival order: {starts:?}"
+    );
+    for (i, (start, _)) in spans.iter().enumerate() {
+        let running = spans
+            .iter()
+            .filter(|(s, e)| s <= start && start < e)
+            .count();
+        assert!(
+            running <= 2,
+            "run {i} started with {running} running: {spans:?}"
+        );
+    }
+    Ok(())
+}
+
+/// With `supersede`, a new revision run cancels the older one of its group.
+#[tokio::test]
+async fn supersede_cancels_the_older_run_of_the_group() -> anyhow::Result<()> {
+    let stack = Stack::start("supersede", Duration::from_secs(3600)).await?;
+    let mut api = client(&stack).await?;
+    let policy = pb::ConcurrencyPolicy::Supersede;
+    let old = api
+        .create(grouped("0d1d0d1d", 1, policy))
+        .await?
+        .into_inner()
+        .id;
+    wait_rr(&stack.store, &old, "old one running", FINISH, |rr| {
+        rr.stages[0].runs[0].state == RunState::Running
+    })
+    .await?;
+    let new = api
+        .create(grouped("ae0ae0ae", 1, policy))
+        .await?
+        .into_inner()
+        .id;
+    assert_eq!(stack.store.get(&old).await?.phase, Phase::Cancelled);
+    let rr = wait_rr(&stack.store, &new, "new one running", FINISH, |rr| {
+        rr.stages[0].runs[0].state == RunState::Running
+    })
+    .await?;
+    assert_eq!(rr.phase, Phase::Running);
+    Ok(())
+}

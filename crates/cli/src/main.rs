@@ -61,6 +61,9 @@ enum Command {
         /// Page size.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Only this phase (queued, pending, running, succeeded, failed, cancelled, …).
+        #[arg(long)]
+        phase: Option<String>,
     },
     /// Cancel a revision run: running PipelineRuns are cancelled gracefully, later stages skipped.
     Cancel {
@@ -137,12 +140,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}  {}  {}", s.id, s.updated, s.status);
             }
         }
-        Command::List { repo, limit } => {
+        Command::List { repo, limit, phase } => {
+            let phase = match phase {
+                Some(name) => table::phase_by_name(&name)
+                    .ok_or_else(|| anyhow::anyhow!("unknown phase {name:?}"))?,
+                None => pb::Phase::Unspecified,
+            };
             let mut client = RevisionRunsClient::new(channel(&cli.server).await?);
             let page = client
                 .list(pb::ListRequest {
                     repo_name: repo.unwrap_or_default(),
                     page_size: limit,
+                    phase: phase as i32,
                     ..Default::default()
                 })
                 .await?

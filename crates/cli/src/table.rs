@@ -6,6 +6,7 @@ use stagetime_proto::stagetime::v1::{Phase, RevisionRun};
 pub fn phase_name(phase: i32) -> &'static str {
     match Phase::try_from(phase).unwrap_or(Phase::Unspecified) {
         Phase::Unspecified => "Unknown",
+        Phase::Queued => "Queued",
         Phase::Pending => "Pending",
         Phase::Running => "Running",
         Phase::Succeeded => "Succeeded",
@@ -13,6 +14,13 @@ pub fn phase_name(phase: i32) -> &'static str {
         Phase::Failed => "Failed",
         Phase::Cancelled => "Cancelled",
     }
+}
+
+/// The phase named `name` (any case; `SucceededWithAllowedFailures` too).
+pub fn phase_by_name(name: &str) -> Option<Phase> {
+    (1..=7)
+        .filter_map(|i| Phase::try_from(i).ok())
+        .find(|p| phase_name(*p as i32).eq_ignore_ascii_case(name))
 }
 
 /// The status table of one revision run.

@@ -68,6 +68,14 @@ pub enum Error {
         /// What was found.
         reason: String,
     },
+    /// The revision run's concurrency group has no free slot.
+    #[error("concurrency group {group:?} of revision run {id} has no free slot")]
+    NoSlot {
+        /// Revision run id.
+        id: String,
+        /// Group key.
+        group: String,
+    },
     /// Encoding a document failed.
     #[error("encode document: {0}")]
     Encode(#[source] serde_json::Error),
@@ -86,6 +94,7 @@ impl Error {
             Error::Contention { .. } => "contention",
             Error::IdCollision { .. } => "id_collision",
             Error::NotDurable { .. } => "not_durable",
+            Error::NoSlot { .. } => "no_slot",
             Error::Encode(_) => "encode",
         }
     }

@@ -35,6 +35,7 @@ impl RevisionRunBuilder {
                 token: TOKEN.into(),
                 request_hash: String::new(),
                 history: Vec::new(),
+                concurrency: None,
                 reason: None,
                 message: None,
                 timeout_seconds: None,

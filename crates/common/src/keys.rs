@@ -60,6 +60,26 @@ impl Keys {
         format!("{}:deadlines", self.prefix)
     }
 
+    /// Set of the revision runs of concurrency group `group` that hold a slot.
+    pub fn group_active(&self, group: &str) -> String {
+        format!("{}:group:{{{group}}}:active", self.prefix)
+    }
+
+    /// Sorted set of the queued revision runs of `group`, by arrival.
+    pub fn group_queue(&self, group: &str) -> String {
+        format!("{}:group:{{{group}}}:queue", self.prefix)
+    }
+
+    /// Set of groups that have queued revision runs (what admission looks at).
+    pub fn groups_waiting(&self) -> String {
+        format!("{}:groups:waiting", self.prefix)
+    }
+
+    /// Counter giving queued revision runs their arrival order.
+    pub fn queue_sequence(&self) -> String {
+        format!("{}:queue:seq", self.prefix)
+    }
+
     /// Capped stream of document changes that Watch follows.
     pub fn events(&self) -> String {
         format!("{}:events", self.prefix)

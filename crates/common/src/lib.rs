@@ -8,6 +8,7 @@
 //! - [`machine`]: the stage state machine as pure functions.
 //! - [`store`]: the Redis store with the atomic *record and advance* step.
 //! - [`stream`]: stage stream consumer-group helpers, dead letters, change events.
+//! - [`admission`]: concurrency groups: who is admitted next.
 //! - [`keys`]: every Redis key name.
 //! - [`patch`]: the smallest set of RedisJSON writes between two documents.
 //! - [`fixture`]: builders of revision runs for tests.
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod error;
 pub mod fixture;

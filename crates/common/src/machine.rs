@@ -279,13 +279,25 @@ pub fn expire(rr: &mut RevisionRun, now: &str) -> Decision {
     }
 }
 
+/// Admits a `Queued` revision run: it becomes `Pending` and its first stage opens (as
+/// [`start`]). Anything else is left alone.
+pub fn admit(rr: &mut RevisionRun, now: &str) -> Result<Decision, MachineError> {
+    if rr.phase != Phase::Queued {
+        return Ok(Decision::default());
+    }
+    rr.phase = Phase::Pending;
+    let mut decision = start(rr, now)?;
+    decision.changed = true;
+    Ok(decision)
+}
+
 /// Opens the first stage of a freshly built revision run.
 pub fn start(rr: &mut RevisionRun, now: &str) -> Result<Decision, MachineError> {
     let first = rr
         .stages
         .first_mut()
         .ok_or_else(|| MachineError::NoStages(rr.id.clone()))?;
-    if first.state != StageState::Pending || rr.phase.is_terminal() {
+    if first.state != StageState::Pending || rr.phase.is_terminal() || rr.phase == Phase::Queued {
         return Ok(Decision::default());
     }
     open_stage(first, rr.stage_timeout_seconds, now);

@@ -3,9 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Phase of a whole revision run: `Pending` → `Running` → a terminal phase.
+/// Phase of a whole revision run: (`Queued` →) `Pending` → `Running` → a terminal phase.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Phase {
+    /// Waiting for a slot of its concurrency group (nothing opened yet).
+    Queued,
     /// Accepted; no run has been created yet.
     Pending,
     /// At least one run exists or was recorded.
@@ -22,7 +24,8 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in lifecycle order.
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
+        Phase::Queued,
         Phase::Pending,
         Phase::Running,
         Phase::Succeeded,
@@ -33,12 +36,13 @@ impl Phase {
 
     /// A terminal phase never changes again.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Phase::Pending | Phase::Running)
+        !matches!(self, Phase::Queued | Phase::Pending | Phase::Running)
     }
 
     /// The name used in documents, metrics and APIs.
     pub fn as_str(self) -> &'static str {
         match self {
+            Phase::Queued => "Queued",
             Phase::Pending => "Pending",
             Phase::Running => "Running",
             Phase::Succeeded => "Succeeded",
@@ -188,6 +192,17 @@ pub struct Stage {
     pub deadline: Option<String>,
 }
 
+/// A revision run's concurrency group: at most `max_concurrent` runs of the group are past
+/// `Queued` at once; the others wait in arrival order.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Concurrency {
+    /// Group key (default: the repository name).
+    pub group: String,
+    /// Most revision runs of the group running at once (at least 1).
+    pub max_concurrent: u32,
+}
+
 /// A finished attempt of a revision run, kept when a retry starts the next one: the stages it
 /// re-ran, as they ended.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -266,6 +281,9 @@ pub struct RevisionRun {
     /// Longest time a stage may stay open, in seconds (each opened stage gets a deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_timeout_seconds: Option<u32>,
+    /// Its concurrency group, if the number of its group's running revision runs is limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
     /// Earlier attempts, oldest first (see [`AttemptRecord`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AttemptRecord>,

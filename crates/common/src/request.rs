@@ -188,6 +188,17 @@ pub struct RunSpec {
     pub namespace: Option<String>,
 }
 
+/// What a new revision run does to the older ones of its concurrency group.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum ConcurrencyPolicy {
+    /// Wait for a slot, in arrival order.
+    #[default]
+    Queue,
+    /// Cancel the group's queued and running older revision runs (like `cancel-in-progress`).
+    Supersede,
+}
+
 /// A whole revision run request.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -210,6 +221,16 @@ pub struct RevisionRequest {
     /// Longest time the whole revision run may take, in seconds (`None` = the server's default).
     #[serde(default)]
     pub timeout_seconds: Option<u32>,
+    /// Concurrency group key (`None` = the repository name).
+    #[serde(default)]
+    pub concurrency_group: Option<String>,
+    /// Most revision runs of the group running at once (`None` = the server's default; 0 = no
+    /// limit).
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    /// What it does to older runs of its group (`None` = the server's default).
+    #[serde(default)]
+    pub concurrency_policy: Option<ConcurrencyPolicy>,
 }
 
 impl RevisionRequest {

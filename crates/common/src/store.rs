@@ -27,59 +27,11 @@ pub const EVENTS_MAXLEN: usize = 100_000;
 /// How often a compare-and-set is retried under contention before giving up.
 const CAS_ATTEMPTS: u32 = 64;
 
-const CREATE_LUA: &str = r#"
--- KEYS: doc, manifests, idx:created, idx:repo, idx:commit, stage stream, events, deadlines
--- ARGV: doc json, score, id, first stage, attempt, events maxlen, request hash,
---       next deadline (ms, '' = none), manifest field/value pairs...
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local stored = cjson.decode(redis.call('JSON.GET', KEYS[1], '$.requestHash'))[1]
-  if stored and stored ~= '' and stored ~= ARGV[7] then return -2 end
-  return 0
-end
-redis.call('JSON.SET', KEYS[1], '$', ARGV[1])
-for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-if ARGV[8] ~= '' then redis.call('ZADD', KEYS[8], ARGV[8], ARGV[3]) end
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[5], ARGV[2], ARGV[3])
-redis.call('XADD', KEYS[6], '*', 'rr', ARGV[3], 'stage', ARGV[4], 'attempt', ARGV[5])
-redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[6], '*', 'rr', ARGV[3], 'version', '1')
-return 1
-"#;
+/// Stores and indexes a new revision run, then admits (opens stage 0) or queues it.
+const CREATE_LUA: &str = include_str!("lua/create.lua");
 
-const CAS_LUA: &str = r#"
--- KEYS: doc, stage stream, events, deadlines
--- ARGV: expected version, id, attempt, events maxlen, new version, expected rev,
---       next deadline (ms, '' = none: the entry is removed), number of stage messages, the messages as (op, stage) pairs ('open' or 'cancel'),
---       then writes as (op, path, json) triples
---       (op 'S' = JSON.SET, 'D' = JSON.DEL; json empty for D).
--- The random rev decides; the version is compared too for documents written before revs.
-local cur = redis.call('JSON.GET', KEYS[1], '$.version', '$.rev')
-if not cur then return -1 end
-cur = cjson.decode(cur)
-local v = cur['$.version'][1]
-local rev = cur['$.rev'][1] or ''
-if v ~= tonumber(ARGV[1]) or rev ~= ARGV[6] then return 0 end
-if ARGV[7] == '' then
-  redis.call('ZREM', KEYS[4], ARGV[2])
-else
-  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[2])
-end
-local messages = tonumber(ARGV[8])
-for i = 9, 8 + 2 * messages, 2 do
-  redis.call('XADD', KEYS[2], '*', 'rr', ARGV[2], 'stage', ARGV[i + 1], 'attempt', ARGV[3],
-    'op', ARGV[i])
-end
-for i = 9 + 2 * messages, #ARGV, 3 do
-  if ARGV[i] == 'S' then
-    redis.call('JSON.SET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
-  else
-    redis.call('JSON.DEL', KEYS[1], ARGV[i + 1])
-  end
-end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'rr', ARGV[2], 'version', ARGV[5])
-return 1
-"#;
+/// The compare-and-set of one document with all effects of the change.
+const CAS_LUA: &str = include_str!("lua/cas.lua");
 
 /// Result of [`Store::create`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +40,8 @@ pub struct Created {
     pub id: String,
     /// False when an identical request had stored it before (nothing was written now).
     pub created: bool,
+    /// True when it was created `Queued`: its concurrency group was full.
+    pub queued: bool,
 }
 
 /// Result of [`Store::update`].
@@ -236,6 +190,11 @@ impl Store {
     ) -> Result<Created> {
         let mut rr = rr.clone();
         let now = rr.created_at.clone();
+        rr.version = 1;
+        rr.rev = names::random_hex(8);
+        let mut queued = rr.clone();
+        queued.phase = Phase::Queued;
+        let queued = serde_json::to_string(&queued).map_err(Error::Encode)?;
         let decision = machine::start(&mut rr, &now)?;
         let Some(Effect::OpenStage { stage }) = decision.effects.first().cloned() else {
             return Err(Error::MalformedDocument {
@@ -243,9 +202,8 @@ impl Store {
                 reason: "new revision run has no stage to open".into(),
             });
         };
-        rr.version = 1;
-        rr.rev = names::random_hex(8);
         let json = serde_json::to_string(&rr).map_err(Error::Encode)?;
+        let group = rr.concurrency.as_ref();
         let score = created_score(&rr.created_at);
         let mut invocation = self.create_script.prepare_invoke();
         invocation
@@ -257,6 +215,10 @@ impl Store {
             .key(self.keys.stage_stream())
             .key(self.keys.events())
             .key(self.keys.deadlines())
+            .key(self.keys.group_active(group.map_or("", |g| &g.group)))
+            .key(self.keys.group_queue(group.map_or("", |g| &g.group)))
+            .key(self.keys.groups_waiting())
+            .key(self.keys.queue_sequence())
             .arg(json)
             .arg(score)
             .arg(&rr.id)
@@ -264,7 +226,10 @@ impl Store {
             .arg(rr.attempt)
             .arg(EVENTS_MAXLEN)
             .arg(&rr.request_hash)
-            .arg(deadline_arg(&rr));
+            .arg(deadline_arg(&rr))
+            .arg(group.map_or("", |g| &g.group))
+            .arg(group.map_or(0, |g| g.max_concurrent.max(1)))
+            .arg(queued);
         for (name, manifest) in manifests {
             invocation.arg(name).arg(manifest);
         }
@@ -278,7 +243,8 @@ impl Store {
         }
         Ok(Created {
             id: rr.id,
-            created: created == 1,
+            created: created >= 1,
+            queued: created == 2,
         })
     }
 
@@ -485,12 +451,15 @@ impl Store {
                 _ => None,
             })
             .collect();
+        let group = next.concurrency.as_ref().map_or("", |c| c.group.as_str());
         let mut invocation = self.cas_script.prepare_invoke();
         invocation
             .key(self.keys.doc(&next.id))
             .key(self.keys.stage_stream())
             .key(self.keys.events())
             .key(self.keys.deadlines())
+            .key(self.keys.group_active(group))
+            .key(self.keys.group_queue(group))
             .arg(current.version)
             .arg(&next.id)
             .arg(next.attempt)
@@ -498,6 +467,7 @@ impl Store {
             .arg(next.version)
             .arg(&current.rev)
             .arg(deadline_arg(next))
+            .arg(slot_op(current, next))
             .arg(messages.len());
         for (op, stage) in &messages {
             invocation.arg(*op).arg(*stage);
@@ -516,6 +486,10 @@ impl Store {
         match result {
             1 => Ok(true),
             0 => Ok(false),
+            -3 => Err(Error::NoSlot {
+                id: next.id.clone(),
+                group: group.to_string(),
+            }),
             _ => Err(Error::NotFound {
                 id: next.id.clone(),
             }),
@@ -590,6 +564,21 @@ impl Store {
                 });
             }
         }
+    }
+}
+
+/// What a change does to the revision run's concurrency slot: a run that ends frees it, a
+/// queued run that is admitted and a finished run that is retried take one (if one is free).
+fn slot_op(current: &RevisionRun, next: &RevisionRun) -> String {
+    let Some(concurrency) = &next.concurrency else {
+        return String::new();
+    };
+    let max = concurrency.max_concurrent.max(1);
+    match (current.phase, next.phase) {
+        (from, to) if !from.is_terminal() && to.is_terminal() => "release".into(),
+        (Phase::Queued, to) if to != Phase::Queued => format!("take:{max}"),
+        (from, to) if from.is_terminal() && !to.is_terminal() => format!("grab:{max}"),
+        _ => String::new(),
     }
 }
 

@@ -143,6 +143,21 @@ pub fn request(req: &RevisionRequest, limits: &Limits, runs_field: &str) -> Resu
             _ => {}
         }
     }
+    if let Some(group) = &req.concurrency_group
+        && (group.is_empty()
+            || group.len() > 253
+            || !group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')))
+    {
+        return Err(bad(
+            "concurrency_group",
+            format!(
+                "{:?} is not a group key (letters, digits, '-', '_', '.', '/')",
+                clip(group)
+            ),
+        ));
+    }
     if req.runs.is_empty() {
         return Err(bad(runs_field, "at least one run is required"));
     }
@@ -419,6 +434,9 @@ mod tests {
             runs,
             stage_timeout_seconds: None,
             timeout_seconds: None,
+            concurrency_group: None,
+            max_concurrent: None,
+            concurrency_policy: None,
         }
     }
 

@@ -482,3 +482,60 @@ async fn an_observation_writes_only_what_changed() -> anyhow::Result<()> {
     assert_eq!(rr.version, 2);
     Ok(())
 }
+
+fn grouped(id: &str, max: u32) -> stagetime_common::model::RevisionRun {
+    let mut rr = RevisionRunBuilder::new(id)
+        .stage(0, &[("a", false)])
+        .build();
+    rr.concurrency = Some(stagetime_common::model::Concurrency {
+        group: "repo".into(),
+        max_concurrent: max,
+    });
+    rr
+}
+
+/// Twenty creates at once into a group of two: two are admitted, the rest queue in arrival
+/// order, and each freed slot admits exactly the oldest waiting one.
+#[tokio::test]
+async fn admission_never_exceeds_the_limit_and_keeps_arrival_order() -> anyhow::Result<()> {
+    let (store, _) = store("admission").await?;
+    let ids: Vec<String> = (0..20).map(|i| format!("g{i:02}")).collect();
+    let results = futures::future::join_all(ids.iter().map(|id| {
+        let store = store.clone();
+        let rr = grouped(id, 2);
+        async move { store.create(&rr, &[]).await }
+    }))
+    .await;
+    let admitted: Vec<&String> = ids
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.as_ref().is_ok_and(|c| c.created && !c.queued))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(admitted.len(), 2, "{results:?}");
+    let members = store.group_members("repo").await?;
+    assert_eq!(members.active.len(), 2);
+    assert_eq!(members.queued.len(), 18);
+    for id in &members.queued {
+        assert_eq!(store.get(id).await?.phase, Phase::Queued);
+    }
+    // Nothing is admitted while both slots are taken.
+    assert!(store.admit_next("repo").await?.is_empty());
+    // A finished run frees its slot: the oldest waiting one gets it, and only it.
+    let waiting = members.queued.clone();
+    store.cancel(&members.active[0]).await?;
+    assert_eq!(store.admit_next("repo").await?, vec![waiting[0].clone()]);
+    let rr = store.get(&waiting[0]).await?;
+    assert_eq!(
+        (rr.phase, rr.stages[0].state),
+        (Phase::Pending, StageState::Open)
+    );
+    // A queued run that is cancelled leaves the queue without taking a slot.
+    store.cancel(&waiting[1]).await?;
+    store.cancel(&members.active[1]).await?;
+    assert_eq!(store.admit_next("repo").await?, vec![waiting[2].clone()]);
+    let members = store.group_members("repo").await?;
+    assert_eq!(members.active.len(), 2);
+    assert_eq!(members.queued, waiting[3..].to_vec());
+    Ok(())
+}

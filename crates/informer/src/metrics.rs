@@ -2,7 +2,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -31,6 +31,10 @@ pub struct Metrics {
     /// Open stages whose message was published again because no run of theirs was created.
     pub stages_republished: Counter,
     timeouts: Family<KindLabels, Counter>,
+    /// Revision runs waiting in concurrency queues (as of the last check).
+    pub queued: Gauge,
+    /// Time from submission to admission of queued revision runs.
+    pub queue_wait: Histogram,
 }
 
 impl Metrics {
@@ -45,6 +49,8 @@ impl Metrics {
             watch_restarts: Counter::default(),
             stages_republished: Counter::default(),
             timeouts: Family::default(),
+            queued: Gauge::default(),
+            queue_wait: Histogram::new([0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 7200.0]),
         };
         let sub = registry.sub_registry_with_prefix("stagetime_informer");
         sub.register(
@@ -79,11 +85,31 @@ impl Metrics {
             m.stages_republished.clone(),
         );
         sub.register(
+            "queued_revision_runs",
+            "Revision runs waiting for a slot of their concurrency group",
+            m.queued.clone(),
+        );
+        sub.register(
+            "queue_wait_seconds",
+            "Time from submission to admission of queued revision runs",
+            m.queue_wait.clone(),
+        );
+        sub.register(
             "timeouts",
             "Revision runs failed by a deadline, by reason",
             m.timeouts.clone(),
         );
         m
+    }
+
+    /// Observes the queue wait of a just admitted revision run.
+    pub async fn admitted(&self, store: &stagetime_common::store::Store, id: &str) {
+        if let Ok(rr) = store.get(id).await {
+            let created = stagetime_common::store::created_score(&rr.created_at);
+            let now = jiff::Timestamp::now().as_millisecond();
+            self.queue_wait
+                .observe((now - created).max(0) as f64 / 1000.0);
+        }
     }
 
     /// Counts a revision run failed by a deadline (`StageTimeout`, `RevisionRunTimeout`).

@@ -60,6 +60,19 @@ impl Recorder {
             .await
     }
 
+    /// Admits the queued revision runs of `group` that its free slots allow.
+    pub async fn admit(&self, group: &str) {
+        match self.store.admit_next(group).await {
+            Ok(admitted) => {
+                for id in admitted {
+                    self.metrics.admitted(&self.store, &id).await;
+                    tracing::info!(rr = %id, group, "revision run admitted");
+                }
+            }
+            Err(error) => tracing::warn!(%error, group, "cannot admit queued revision runs"),
+        }
+    }
+
     /// Records `observed` for object `obj` claimed by revision run `rr`; an object that is not
     /// the one created for the run (see [`stagetime_common::machine::observe_object`]) is skipped as foreign.
     pub async fn record_object(
@@ -99,6 +112,9 @@ impl Recorder {
                             Effect::Finish { phase } => {
                                 self.metrics.finished(phase.as_str());
                                 tracing::info!(rr, phase = phase.as_str(), "revision run finished");
+                                if let Some(c) = &updated.rr.concurrency {
+                                    self.admit(&c.group).await;
+                                }
                             }
                         }
                     }

@@ -99,6 +99,21 @@ impl Informer {
     async fn enforce_deadlines(&self) {
         loop {
             tokio::time::sleep(DEADLINE_TICK).await;
+            // Queues whose slot was freed by something this informer did not record (a cancel
+            // through the server, another replica) move on here.
+            if let Ok(groups) = self.recorder.store.waiting_groups().await {
+                let mut waiting = 0;
+                for group in groups {
+                    self.recorder.admit(&group).await;
+                    if let Ok(members) = self.recorder.store.group_members(&group).await {
+                        waiting += members.queued.len();
+                    }
+                }
+                self.recorder
+                    .metrics
+                    .queued
+                    .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+            }
             let now = jiff::Timestamp::now().as_millisecond();
             let due = match self.recorder.store.due(now, 100).await {
                 Ok(due) => due,
@@ -113,6 +128,9 @@ impl Informer {
                         let reason = updated.rr.reason.as_deref().unwrap_or_default();
                         self.recorder.metrics.timed_out(reason);
                         tracing::warn!(rr = %id, reason, "revision run timed out");
+                        if let Some(c) = &updated.rr.concurrency {
+                            self.recorder.admit(&c.group).await;
+                        }
                     }
                     Ok(_) => {}
                     Err(error) => tracing::warn!(%error, rr = %id, "cannot enforce deadline"),

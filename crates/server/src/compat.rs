@@ -28,6 +28,9 @@ pub fn parse(req: &CreateRevisionRunRequest) -> Result<RevisionRequest, Error> {
         // The original API has no timeouts: the server's defaults apply.
         stage_timeout_seconds: None,
         timeout_seconds: None,
+        concurrency_group: None,
+        max_concurrent: None,
+        concurrency_policy: None,
     })
 }
 

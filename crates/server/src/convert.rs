@@ -3,8 +3,8 @@
 use stagetime_common::{
     model::{Phase, RevisionRun, Stage},
     request::{
-        AccessMode, Param, ParamValue, PipelineRef, RevisionRequest, RunSpec, VolumeClaimTemplate,
-        Workspace, WorkspaceKind,
+        AccessMode, ConcurrencyPolicy, Param, ParamValue, PipelineRef, RevisionRequest, RunSpec,
+        VolumeClaimTemplate, Workspace, WorkspaceKind,
     },
 };
 use stagetime_proto::stagetime::v1 as pb;
@@ -121,12 +121,26 @@ pub fn request(req: &pb::CreateRequest) -> Result<RevisionRequest, Error> {
             .collect::<Result<Vec<_>, _>>()?,
         stage_timeout_seconds: (req.stage_timeout_seconds > 0).then_some(req.stage_timeout_seconds),
         timeout_seconds: (req.timeout_seconds > 0).then_some(req.timeout_seconds),
+        concurrency_group: Some(req.concurrency_group.trim().to_string()).filter(|g| !g.is_empty()),
+        max_concurrent: (req.max_concurrent > 0).then_some(req.max_concurrent),
+        concurrency_policy: match pb::ConcurrencyPolicy::try_from(req.concurrency_policy) {
+            Ok(pb::ConcurrencyPolicy::Queue) => Some(ConcurrencyPolicy::Queue),
+            Ok(pb::ConcurrencyPolicy::Supersede) => Some(ConcurrencyPolicy::Supersede),
+            Ok(pb::ConcurrencyPolicy::Unspecified) => None,
+            Err(_) => {
+                return Err(invalid(
+                    "concurrency_policy".into(),
+                    format!("unknown policy {}", req.concurrency_policy),
+                ));
+            }
+        },
     })
 }
 
 /// The API phase of a model phase.
 pub fn phase(p: Phase) -> pb::Phase {
     match p {
+        Phase::Queued => pb::Phase::Queued,
         Phase::Pending => pb::Phase::Pending,
         Phase::Running => pb::Phase::Running,
         Phase::Succeeded => pb::Phase::Succeeded,
@@ -140,6 +154,7 @@ pub fn phase(p: Phase) -> pb::Phase {
 pub fn phase_filter(p: pb::Phase) -> Option<Phase> {
     match p {
         pb::Phase::Unspecified => None,
+        pb::Phase::Queued => Some(Phase::Queued),
         pb::Phase::Pending => Some(Phase::Pending),
         pb::Phase::Running => Some(Phase::Running),
         pb::Phase::Succeeded => Some(Phase::Succeeded),

@@ -58,6 +58,11 @@ impl From<Error> for tonic::Status {
             Error::Store(StoreError::InvalidArgument { field, reason }) => {
                 tonic::Status::invalid_argument(format!("{field}: {reason}"))
             }
+            Error::Store(StoreError::NoSlot { group, .. }) => {
+                tonic::Status::failed_precondition(format!(
+                    "concurrency group {group:?} has no free slot; retry when one of its runs ends"
+                ))
+            }
             Error::Store(StoreError::IdCollision { id }) => tonic::Status::already_exists(format!(
                 "revision run id {id} belongs to a different request; change the request (e.g. its commit or runs)"
             )),

@@ -87,6 +87,22 @@ pub struct Args {
         default_value_t = 24 * 3600
     )]
     pub default_revision_run_timeout_seconds: u32,
+    /// Most revision runs of one concurrency group (default: per repository) running at once,
+    /// for requests that set none; 0 = unlimited.
+    #[arg(
+        long = "max-concurrent-per-group",
+        env = "MAX_CONCURRENT_PER_GROUP",
+        default_value_t = 0
+    )]
+    pub max_concurrent_per_group: u32,
+    /// What a new revision run does to older ones of its group: `queue` or `supersede`.
+    #[arg(
+        long = "concurrency-policy",
+        env = "CONCURRENCY_POLICY",
+        default_value = "queue",
+        value_parser = ["queue", "supersede"]
+    )]
+    pub concurrency_policy: String,
     /// Pipeline timeout (seconds) of runs that set none.
     #[arg(
         long = "default-timeout-seconds",
@@ -166,6 +182,12 @@ impl Args {
                 .filter(|s| *s > 0),
             default_revision_run_timeout_seconds: Some(self.default_revision_run_timeout_seconds)
                 .filter(|s| *s > 0),
+            default_max_concurrent: self.max_concurrent_per_group,
+            default_concurrency_policy: if self.concurrency_policy == "supersede" {
+                stagetime_common::request::ConcurrencyPolicy::Supersede
+            } else {
+                stagetime_common::request::ConcurrencyPolicy::Queue
+            },
         }
     }
 }

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use stagetime_common::{
-    model::{Phase, Revision, RevisionRun, Run, RunState, Stage, StageState},
+    model::{Concurrency, Phase, Revision, RevisionRun, Run, RunState, Stage, StageState},
     names::{self, sanitize_label},
-    request::{ParamValue, PipelineRef, RevisionRequest, RunSpec},
+    request::{ConcurrencyPolicy, ParamValue, PipelineRef, RevisionRequest, RunSpec},
     tekton::{ANNOTATION_TOKEN, LABEL_REVISION_RUN},
     validate::{self, Limits},
 };
@@ -29,6 +29,10 @@ pub struct RenderSettings {
     pub default_stage_timeout_seconds: Option<u32>,
     /// Revision-run timeout of requests that set none (`None` = no deadline).
     pub default_revision_run_timeout_seconds: Option<u32>,
+    /// Concurrency limit per group of requests that set none (0 = unlimited).
+    pub default_max_concurrent: u32,
+    /// Concurrency policy of requests that set none.
+    pub default_concurrency_policy: ConcurrencyPolicy,
     /// Namespaces runs may be created in besides the default one (`STAGETIME_NAMESPACES`); the
     /// informer watches the same set, so no run can go where nothing sees it.
     pub allowed_namespaces: Vec<String>,
@@ -52,6 +56,8 @@ impl Default for RenderSettings {
             allowed_namespaces: Vec::new(),
             default_stage_timeout_seconds: Some(2 * 3600),
             default_revision_run_timeout_seconds: Some(24 * 3600),
+            default_max_concurrent: 0,
+            default_concurrency_policy: ConcurrencyPolicy::Queue,
         }
     }
 }
@@ -169,6 +175,19 @@ pub fn render(
         token,
         request_hash,
         history: Vec::new(),
+        concurrency: match req
+            .max_concurrent
+            .unwrap_or(settings.default_max_concurrent)
+        {
+            0 => None,
+            max => Some(Concurrency {
+                group: req
+                    .concurrency_group
+                    .clone()
+                    .unwrap_or_else(|| req.repo_name.clone()),
+                max_concurrent: max,
+            }),
+        },
         reason: None,
         message: None,
         timeout_seconds: req

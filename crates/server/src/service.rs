@@ -6,7 +6,7 @@ use futures::Stream;
 use stagetime_common::{
     Error as StoreError,
     model::{Phase, RevisionRun},
-    request::RevisionRequest,
+    request::{ConcurrencyPolicy, RevisionRequest},
     store::{ListFilter, Store, now_rfc3339},
 };
 use stagetime_proto::{
@@ -64,13 +64,39 @@ impl Api {
     ) -> Result<(String, bool), Error> {
         let rendered = render(req, &self.settings, runs_field, &now_rfc3339())?;
         let created = self.store.create(&rendered.rr, &rendered.manifests).await?;
-        if created.created {
-            self.metrics.created();
-            tracing::info!(rr = %created.id, runs = rendered.manifests.len(), "revision run created");
-        } else {
+        if !created.created {
             tracing::info!(rr = %created.id, "identical revision run already exists");
+            return Ok((created.id, false));
         }
-        Ok((created.id, created.created))
+        self.metrics.created();
+        tracing::info!(rr = %created.id, runs = rendered.manifests.len(), queued = created.queued, "revision run created");
+        if let Some(concurrency) = &rendered.rr.concurrency {
+            let policy = req
+                .concurrency_policy
+                .unwrap_or(self.settings.default_concurrency_policy);
+            if policy == ConcurrencyPolicy::Supersede {
+                self.supersede(&concurrency.group, &created.id).await?;
+            }
+            if created.queued || policy == ConcurrencyPolicy::Supersede {
+                self.store.admit_next(&concurrency.group).await?;
+            }
+        }
+        Ok((created.id, true))
+    }
+
+    /// Cancels every other queued or running revision run of `group` (all arrived before `id`).
+    async fn supersede(&self, group: &str, id: &str) -> Result<(), Error> {
+        let members = self.store.group_members(group).await?;
+        for older in members
+            .active
+            .iter()
+            .chain(&members.queued)
+            .filter(|m| *m != id)
+        {
+            let cancelled = self.store.cancel(older).await?;
+            tracing::info!(rr = %older, by = %id, phase = %cancelled.rr.phase, "superseded");
+        }
+        Ok(())
     }
 
     /// Cancels a revision run; cancelling a cancelled one again answers the same, cancelling
@@ -83,6 +109,10 @@ impl Api {
             });
         }
         let rr = self.store.cancel(id).await?.rr;
+        if let Some(concurrency) = &rr.concurrency {
+            // Its slot (or queue place) is free now: admit whoever waits.
+            self.store.admit_next(&concurrency.group).await?;
+        }
         match rr.phase {
             Phase::Cancelled => {
                 tracing::info!(rr = %rr.id, "revision run cancelled");

@@ -59,6 +59,9 @@ impl Fixture {
                 .collect(),
             stage_timeout_seconds: None,
             timeout_seconds: None,
+            concurrency_group: None,
+            max_concurrent: None,
+            concurrency_policy: None,
         };
         let settings = RenderSettings {
             default_namespace: self.ns.clone(),
