@@ -150,7 +150,19 @@ impl ProcStack {
         kubeconfig: &Path,
         ns: &str,
     ) -> anyhow::Result<Self> {
-        let vars = service_env(redis_url, prefix, kubeconfig, ns);
+        Self::start_with(redis_url, prefix, kubeconfig, ns, &[])
+    }
+
+    /// Starts all four processes with `extra` environment on top of [`service_env`].
+    pub fn start_with(
+        redis_url: &str,
+        prefix: &str,
+        kubeconfig: &Path,
+        ns: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut vars = service_env(redis_url, prefix, kubeconfig, ns);
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let grpc = free_port()?;
         let server_args = [
             "--port".to_string(),

@@ -81,8 +81,24 @@ async fn submit_watch_get_list_and_exit_codes() -> anyhow::Result<()> {
     .await??;
     assert_eq!(code, 0);
     let failing = stagetime_tests::submit(&url, stagetime_tests::example("failing.json")?).await?;
-    let (code, _, _) = run(vec!["watch".into(), failing]).await??;
+    let (code, _, _) = run(vec!["watch".into(), failing.clone()]).await??;
     assert_eq!(code, 1, "a failed run exits 1");
+    // Retry starts attempt 2 and shows attempt 1's end; cancel stops it; list finds it by phase.
+    let (code, out, err) = run(vec!["retry".into(), failing.clone()]).await??;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("attempt 1 ended Failed") && out.contains("attempt 2"),
+        "{out}"
+    );
+    let (code, out, err) = run(vec!["cancel".into(), failing.clone()]).await??;
+    assert!(
+        (code == 0 && out.contains("phase=Cancelled")) || err.contains("already finished"),
+        "{code} {out} {err}"
+    );
+    let phase = if code == 0 { "cancelled" } else { "failed" };
+    let (code, out, _) = run(vec!["list".into(), "--phase".into(), phase.into()]).await??;
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with(&failing)), "{out}");
 
     let bad = std::env::temp_dir().join(format!("stagetime-bad-{}.json", std::process::id()));
     std::fs::write(

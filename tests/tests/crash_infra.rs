@@ -9,8 +9,9 @@ use std::time::Duration;
 use stagetime_common::model::StageState;
 use stagetime_testenv::{RedisServer, TestEnv, redis_server::Options};
 use stagetime_tests::{
+    example,
     procs::{ProcStack, assert_three_stages_done},
-    wait_rr,
+    submit, wait_rr,
 };
 
 const STEP: Duration = Duration::from_secs(90);
@@ -60,4 +61,124 @@ async fn restarts_mid_run(test: &str, fsync_everysec: bool) -> anyhow::Result<()
     .map_err(|e| e.context(p.logs()))?;
     let mut conn = redis.connection().await?;
     assert_three_stages_done(&store, &mut conn, env.kube_client().await?, &ns, &rr).await
+}
+
+/// Twenty revision runs of one repository with a limit of three: a Redis restart while most of
+/// them wait, and kill -9 of the creator with a cancel pending. Every run ends right, they are
+/// admitted in arrival order, and never more than three run at once.
+#[tokio::test]
+async fn a_queue_survives_a_redis_restart_and_a_creator_kill() -> anyhow::Result<()> {
+    let _one_at_a_time = RESTARTS.lock().await;
+    let env = TestEnv::shared().await?;
+    let redis = RedisServer::start(Options {
+        appendonly: true,
+        fsync_everysec: false,
+    })
+    .await?;
+    let prefix = env.redis_prefix("queue-crash");
+    let ns = env.namespace("queue-crash").await?;
+    let store = stagetime_testenv::store_at(&redis.url(), &prefix).await?;
+    let mut p = ProcStack::start_with(
+        &redis.url(),
+        &prefix,
+        env.kube.kubeconfig(),
+        &ns,
+        &[("MAX_CONCURRENT_PER_GROUP", "3")],
+    )?;
+    let mut ids = Vec::new();
+    for i in 0..20u64 {
+        let mut req = example("three-stages.json")?;
+        req.commit_id = format!("{:040x}", 0x51de_0000 + i);
+        let url = p.url.clone();
+        ids.push(
+            stagetime_testenv::wait_for("the server to accept", STEP, || {
+                let (url, req) = (url.clone(), req.clone());
+                async move { submit(&url, req).await.ok() }
+            })
+            .await?,
+        );
+    }
+    let queued = store.group_members("stuttgart-things").await?.queued.len();
+    assert!(queued >= 15, "only {queued} queued");
+    redis.restart().await?;
+    // Cancel a running one while the creator is dead: its cancel message waits in the stream.
+    p.creator.kill();
+    let cancelled = stagetime_testenv::wait_for("a running revision run", STEP, || {
+        let store = store.clone();
+        async move {
+            let members = store.group_members("stuttgart-things").await.ok()?;
+            members.active.into_iter().next()
+        }
+    })
+    .await?;
+    stagetime_testenv::wait_for("the cancel accepted", STEP, || {
+        let store = store.clone();
+        let id = cancelled.clone();
+        async move { store.cancel(&id).await.ok() }
+    })
+    .await?;
+    p.creator.start()?;
+    let mut spans = Vec::new();
+    for id in &ids {
+        let rr = wait_rr(&store, id, "to finish", Duration::from_secs(240), |rr| {
+            rr.phase.is_terminal()
+        })
+        .await
+        .map_err(|e| e.context(p.logs()))?;
+        if *id == cancelled {
+            assert_eq!(rr.phase, stagetime_common::model::Phase::Cancelled);
+            continue;
+        }
+        assert_eq!(
+            rr.phase,
+            stagetime_common::model::Phase::SucceededWithAllowedFailures,
+            "{id}: {:?}",
+            rr.stages
+        );
+        let at = |t: Option<&String>| -> anyhow::Result<i64> {
+            let t: jiff::Timestamp = t.map(String::as_str).unwrap_or_default().parse()?;
+            Ok(t.as_millisecond())
+        };
+        spans.push((
+            at(rr.stages[0].opened_at.as_ref())?,
+            at(rr.stages.last().and_then(|s| s.finished_at.as_ref()))?,
+        ));
+    }
+    let starts: Vec<i64> = spans.iter().map(|s| s.0).collect();
+    assert!(
+        starts.windows(2).all(|w| w[0] <= w[1]),
+        "not in arrival order: {starts:?}"
+    );
+    for (start, _) in &spans {
+        let running = spans
+            .iter()
+            .filter(|(s, e)| s <= start && start < e)
+            .count();
+        assert!(running <= 3, "{running} running at once: {spans:?}");
+    }
+    // The cancel that waited for the restarted creator reached the cancelled run's PipelineRuns
+    // that were still running (the rest had finished before it).
+    let api = stagetime_common::tekton::pipelinerun_api(
+        env.kube_client().await?,
+        stagetime_common::tekton::API_VERSION,
+        &ns,
+    );
+    let selector = format!("stagetime/revision-run={cancelled}");
+    let objs = api
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await?
+        .items;
+    let rr = store.get(&cancelled).await?;
+    for obj in &objs {
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let ended_by_cancel = rr
+            .stages
+            .iter()
+            .flat_map(|s| &s.runs)
+            .any(|r| r.pipeline_run == name && r.reason.as_deref() == Some("Cancelled"));
+        if ended_by_cancel {
+            assert_eq!(obj.data["spec"]["status"], "CancelledRunFinally", "{name}");
+        }
+    }
+    Ok(())
 }
