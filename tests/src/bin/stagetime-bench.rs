@@ -319,6 +319,76 @@ async fn bench_e2e() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// 500 submissions to one repository with `max_concurrent: 5` against 500 without a limit, in
+/// one run: the admission cost per submission and the queue wait (submission → first stage open).
+async fn bench_admission() -> anyhow::Result<()> {
+    use stagetime_proto::stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient};
+    const RUNS: usize = 500;
+    let stack = Stack::start("bench-admission", Duration::ZERO).await?;
+    let mut client = RevisionRunsClient::connect(stack.url()).await?;
+    let request = |i: usize, max: u32| pb::CreateRequest {
+        repo_name: "bench-admission".into(),
+        commit_id: format!("{:040x}", i + max as usize * 1_000_000),
+        runs: vec![pb::RunSpec {
+            name: "only".into(),
+            pipeline_ref: Some(pb::PipelineRef {
+                r#ref: Some(pb::pipeline_ref::Ref::Name("p".into())),
+            }),
+            ..Default::default()
+        }],
+        concurrency_group: format!("group-{max}"),
+        max_concurrent: max,
+        ..Default::default()
+    };
+    let mut figures = Vec::new();
+    for max in [0u32, 5] {
+        let start = Instant::now();
+        let mut ids = Vec::with_capacity(RUNS);
+        for i in 0..RUNS {
+            ids.push(client.create(request(i, max)).await?.into_inner().id);
+        }
+        let submit = start.elapsed();
+        let mut waits = Vec::with_capacity(RUNS);
+        for id in &ids {
+            let rr = stack.wait_terminal(id, Duration::from_secs(600)).await?;
+            let at = |t: &str| {
+                t.parse::<jiff::Timestamp>()
+                    .map(|t| t.as_millisecond())
+                    .unwrap_or(0)
+            };
+            let opened = rr.stages[0].opened_at.as_deref().map_or(0, at);
+            waits.push(Duration::from_millis(
+                (opened - at(&rr.created_at)).max(0) as u64
+            ));
+        }
+        let all = start.elapsed();
+        waits.sort();
+        figures.push((max, submit, all, waits));
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e3 / RUNS as f64;
+    for (max, submit, all, waits) in &figures {
+        println!(
+            "admission: {RUNS} submissions, max_concurrent {}: {:.3} ms per submission, all done in {:.1} s, queue wait p50 {:.0} ms p99 {:.0} ms",
+            if *max == 0 {
+                "unlimited".to_string()
+            } else {
+                max.to_string()
+            },
+            per(*submit),
+            all.as_secs_f64(),
+            percentile(waits, 0.5).as_secs_f64() * 1e3,
+            percentile(waits, 0.99).as_secs_f64() * 1e3,
+        );
+    }
+    let (unlimited, limited) = (per(figures[0].1), per(figures[1].1));
+    println!(
+        "admission: overhead per submission {:+.3} ms ({:.2}x the unlimited submission time)",
+        limited - unlimited,
+        limited / unlimited
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -334,6 +404,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if all || which == "e2e" {
         bench_e2e().await?;
+    }
+    if all || which == "admission" {
+        bench_admission().await?;
     }
     Ok(())
 }
