@@ -6,18 +6,18 @@
 //! - [`compat`]: compat request → typed request.
 //! - [`convert`]: typed API ↔ domain model.
 //! - [`render`]: validation and PipelineRun manifests.
-//! - [`service`]: both gRPC services.
+//! - [`api`]: the shared submit path, and each gRPC API's service (`api::compat`, `api::v1`).
 //! - [`watch`]: the Watch stream.
 //! - [`metrics`], [`error`].
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod compat;
 pub mod convert;
 pub mod error;
 pub mod grammar;
 pub mod metrics;
 pub mod render;
-pub mod service;
 pub mod watch;
 
 use std::{future::Future, net::SocketAddr};
@@ -42,8 +42,8 @@ use stagetime_proto::{
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+pub use api::Api;
 pub use error::{Error, Result};
-pub use service::Api;
 
 /// Flags of `stagetime-server`.
 #[derive(Parser, Debug, Clone)]

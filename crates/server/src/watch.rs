@@ -11,11 +11,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::{convert, error::Error, service::Api};
+use crate::{convert, error::Error};
 
-/// Starts a watch; fails early if the revision run does not exist.
+/// Starts a watch; fails early if the revision run does not exist. The stream ends (resumably,
+/// with `UNAVAILABLE`) once `closing` turns true.
 pub async fn start(
-    api: &Api,
+    store: &Store,
+    block: std::time::Duration,
+    closing: tokio::sync::watch::Receiver<bool>,
     req: pb::WatchRequest,
 ) -> Result<impl Stream<Item = Result<pb::WatchEvent, Status>> + use<>, Error> {
     let id = req.id.trim().to_string();
@@ -25,7 +28,7 @@ pub async fn start(
             reason: "required".into(),
         });
     }
-    let store = api.store.clone();
+    let store = store.clone();
     let resume = req.after_event_id.trim().to_string();
     let cursor = if resume.is_empty() {
         store.last_event_id().await?
@@ -39,9 +42,8 @@ pub async fn start(
         resume.clone()
     };
     let snapshot = store.get(&id).await?;
-    let reader = store.blocking_reader(api.watch_block).await?;
+    let reader = store.blocking_reader(block).await?;
     let (tx, rx) = mpsc::channel(16);
-    let closing = api.closing.subscribe();
     tokio::spawn(follow(
         Follow {
             store,

@@ -1,27 +1,23 @@
-//! The gRPC services: the compatibility API and the typed `stagetime.v1` API.
+//! The state both gRPC APIs share and the one submit path they both use (create, cancel,
+//! retry); each API's service lives in its own module.
+//!
+//! # Layout
+//! - [`compat`]: the `revisionrun.StageTimeApplicationService` and `revisionrun.Statuses` services.
+//! - [`v1`]: the typed `stagetime.v1.RevisionRuns` service.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+pub mod compat;
+pub mod v1;
 
-use futures::Stream;
+use std::{sync::Arc, time::Duration};
+
 use stagetime_common::{
     Error as StoreError,
     model::{Phase, RevisionRun},
     request::{ConcurrencyPolicy, RevisionRequest},
-    store::{ListFilter, Store, now_rfc3339},
+    store::{Store, now_rfc3339},
 };
-use stagetime_proto::{
-    revisionrun::{
-        self as compat, CreateRevisionRunRequest, StatusGetReply, StatusGetRequest,
-        stage_time_application_service_server::StageTimeApplicationService,
-        statuses_server::Statuses,
-    },
-    stagetime::v1::{self as pb, revision_runs_server::RevisionRuns},
-};
-use tonic::{Request, Response, Status};
 
 use crate::{
-    compat::parse,
-    convert,
     error::Error,
     metrics::Metrics,
     render::{RenderSettings, render},
@@ -181,181 +177,10 @@ impl Api {
         Ok(out)
     }
 
-    async fn by_id_or_commit(&self, key: &str) -> Result<RevisionRun, Error> {
+    pub(crate) async fn by_id_or_commit(&self, key: &str) -> Result<RevisionRun, Error> {
         match self.store.get(key).await {
             Err(StoreError::NotFound { .. }) => Ok(self.store.latest_for_commit(key).await?),
             other => Ok(other?),
         }
-    }
-}
-
-#[tonic::async_trait]
-impl StageTimeApplicationService for Api {
-    async fn create_revision_run(
-        &self,
-        request: Request<CreateRevisionRunRequest>,
-    ) -> Result<Response<compat::Response>, Status> {
-        let timer = self.metrics.start("CreateRevisionRun");
-        let result = async {
-            let req = parse(request.get_ref())?;
-            let (id, _) = self.create(&req, "pipelineruns").await?;
-            Ok::<_, Error>(Response::new(compat::Response {
-                result: compat::response::Result::Success as i32,
-                success: Some(compat::response::Success {
-                    data: id.into_bytes(),
-                }),
-                error: None,
-            }))
-        }
-        .await
-        .map_err(Status::from);
-        timer.finish(&result);
-        result
-    }
-}
-
-#[tonic::async_trait]
-impl Statuses for Api {
-    async fn get_status(
-        &self,
-        request: Request<StatusGetRequest>,
-    ) -> Result<Response<StatusGetReply>, Status> {
-        let timer = self.metrics.start("GetStatus");
-        let key = request.get_ref().revision_run_id.trim().to_string();
-        let result = if key.is_empty() {
-            Err(Status::invalid_argument("revision_run_id: required"))
-        } else {
-            self.by_id_or_commit(&key)
-                .await
-                .map(|rr| {
-                    Response::new(StatusGetReply {
-                        status: Some(compat::Status {
-                            id: rr.id.clone(),
-                            updated: rr.updated_at.clone(),
-                            status: rr.summary(),
-                        }),
-                    })
-                })
-                .map_err(Status::from)
-        };
-        timer.finish(&result);
-        result
-    }
-}
-
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl RevisionRuns for Api {
-    async fn create(
-        &self,
-        request: Request<pb::CreateRequest>,
-    ) -> Result<Response<pb::CreateResponse>, Status> {
-        let timer = self.metrics.start("Create");
-        let result = async {
-            let req = convert::request(request.get_ref())?;
-            let (id, created) = Api::create(self, &req, "runs").await?;
-            Ok::<_, Error>(Response::new(pb::CreateResponse { id, created }))
-        }
-        .await
-        .map_err(Status::from);
-        timer.finish(&result);
-        result
-    }
-
-    async fn get(
-        &self,
-        request: Request<pb::GetRequest>,
-    ) -> Result<Response<pb::RevisionRun>, Status> {
-        let timer = self.metrics.start("Get");
-        let id = request.get_ref().id.trim();
-        let result = if id.is_empty() {
-            Err(Status::invalid_argument("id: required"))
-        } else {
-            self.store
-                .get(id)
-                .await
-                .map(|rr| Response::new(convert::revision_run(&rr)))
-                .map_err(|e| Status::from(Error::from(e)))
-        };
-        timer.finish(&result);
-        result
-    }
-
-    async fn list(
-        &self,
-        request: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::ListResponse>, Status> {
-        let timer = self.metrics.start("List");
-        let req = request.get_ref();
-        let result = match pb::Phase::try_from(req.phase) {
-            Err(_) => Err(Status::invalid_argument(format!(
-                "phase: unknown value {}",
-                req.phase
-            ))),
-            Ok(phase) => {
-                let filter = ListFilter {
-                    repo: Some(req.repo_name.clone()).filter(|r| !r.is_empty()),
-                    phase: convert::phase_filter(phase),
-                    page_size: req.page_size as usize,
-                    page_token: Some(req.page_token.clone()).filter(|t| !t.is_empty()),
-                };
-                self.store
-                    .list(&filter)
-                    .await
-                    .map(|page| {
-                        Response::new(pb::ListResponse {
-                            revision_runs: page.items.iter().map(convert::revision_run).collect(),
-                            next_page_token: page.next_page_token.unwrap_or_default(),
-                        })
-                    })
-                    .map_err(|e| Status::from(Error::from(e)))
-            }
-        };
-        timer.finish(&result);
-        result
-    }
-
-    type WatchStream = WatchStream;
-
-    async fn watch(
-        &self,
-        request: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let timer = self.metrics.start("Watch");
-        let result = crate::watch::start(self, request.into_inner())
-            .await
-            .map(|s| Response::new(Box::pin(s) as WatchStream))
-            .map_err(Status::from);
-        timer.finish(&result);
-        result
-    }
-
-    async fn cancel(
-        &self,
-        request: Request<pb::CancelRequest>,
-    ) -> Result<Response<pb::RevisionRun>, Status> {
-        let timer = self.metrics.start("Cancel");
-        let result = self
-            .cancel_run(request.get_ref().id.trim())
-            .await
-            .map(|rr| Response::new(convert::revision_run(&rr)))
-            .map_err(Status::from);
-        timer.finish(&result);
-        result
-    }
-
-    async fn retry(
-        &self,
-        request: Request<pb::RetryRequest>,
-    ) -> Result<Response<pb::RevisionRun>, Status> {
-        let timer = self.metrics.start("Retry");
-        let result = self
-            .retry_run(request.get_ref().id.trim())
-            .await
-            .map(|rr| Response::new(convert::revision_run(&rr)))
-            .map_err(Status::from);
-        timer.finish(&result);
-        result
     }
 }
