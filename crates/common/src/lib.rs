@@ -11,7 +11,7 @@
 //! - [`admission`]: concurrency groups: who is admitted next.
 //! - [`keys`]: every Redis key name.
 //! - [`patch`]: the smallest set of RedisJSON writes between two documents.
-//! - [`fixture`]: builders of revision runs for tests.
+//! - `fixture`: builders of revision runs for tests (feature `fixtures`; not in the binaries).
 //! - [`names`]: DNS-1123 names and label values.
 //! - [`tekton`]: the PipelineRun dynamic API and its `Succeeded` condition.
 //! - [`config`], [`telemetry`], [`admin`], [`shutdown`]: what every binary shares.
@@ -21,6 +21,7 @@ pub mod admin;
 pub mod admission;
 pub mod config;
 pub mod error;
+#[cfg(any(test, feature = "fixtures"))]
 pub mod fixture;
 pub mod keys;
 pub mod machine;

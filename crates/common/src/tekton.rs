@@ -1,6 +1,8 @@
 //! Tekton PipelineRuns through the dynamic API: the one place that knows their GVK, and how their
 //! `Succeeded` condition maps to an observed run state.
 
+use serde::Deserialize as _;
+
 use kube::{
     Api, Client,
     api::DynamicObject,
@@ -63,35 +65,59 @@ pub fn identity(obj: &DynamicObject) -> ObjectIdentity<'_> {
     }
 }
 
+/// The part of a PipelineRun's `status` stageTime reads (Tekton's knative-style conditions).
+#[derive(serde::Deserialize, Debug, Default)]
+pub struct PipelineRunStatus {
+    /// Conditions; Tekton keeps one of type `Succeeded`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// One status condition.
+#[derive(serde::Deserialize, Debug, Default)]
+pub struct Condition {
+    /// Condition type, e.g. `Succeeded`.
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    #[serde(default)]
+    pub status: String,
+    /// Machine-readable reason, e.g. `PipelineRunTimeout`.
+    #[serde(default)]
+    pub reason: String,
+    /// Human message.
+    #[serde(default)]
+    pub message: String,
+}
+
+impl PipelineRunStatus {
+    /// The status of `obj`; a missing or malformed status reads as no conditions (Running).
+    pub fn of(obj: &DynamicObject) -> Self {
+        obj.data
+            .get("status")
+            .and_then(|s| Self::deserialize(s).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// Maps the `Succeeded` condition of a PipelineRun object: `True` → Succeeded, `False` → Failed
 /// with Tekton's reason and message, `Unknown` or absent → Running.
 pub fn observed_state(obj: &DynamicObject) -> Observed {
-    let condition = obj
-        .data
-        .pointer("/status/conditions")
-        .and_then(|c| c.as_array())
-        .and_then(|conds| {
-            conds
-                .iter()
-                .find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Succeeded"))
-        });
-    let Some(condition) = condition else {
+    let status = PipelineRunStatus::of(obj);
+    let Some(condition) = status
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Succeeded")
+    else {
         return Observed::Running;
     };
-    let text = |k: &str| {
-        condition
-            .get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
-    match text("status").as_str() {
+    match condition.status.as_str() {
         "True" => Observed::Succeeded,
         "False" => Observed::Failed {
-            reason: Some(text("reason"))
+            reason: Some(condition.reason)
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| "Failed".to_string()),
-            message: text("message"),
+            message: condition.message,
         },
         _ => Observed::Running,
     }
@@ -132,6 +158,20 @@ mod tests {
             Observed::Failed {
                 reason: "PipelineRunTimeout".into(),
                 message: "timed out".into()
+            }
+        );
+        // A malformed status is read as no outcome yet, never a panic.
+        assert_eq!(
+            observed_state(&obj(serde_json::json!({"conditions": "garbage"}))),
+            Observed::Running
+        );
+        assert_eq!(
+            observed_state(&obj(
+                serde_json::json!({"conditions": [{"type": "Succeeded", "status": "False"}]})
+            )),
+            Observed::Failed {
+                reason: "Failed".into(),
+                message: String::new()
             }
         );
         let r = pipelinerun_resource("tekton.dev/v1beta1");
