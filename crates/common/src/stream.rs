@@ -308,6 +308,28 @@ impl Store {
         }
     }
 
+    /// Up to `count` change events after `after` (exclusive), oldest first.
+    pub async fn events_after(&self, after: &str, count: usize) -> Result<Vec<ChangeEvent>> {
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.events())
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("read events"))?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|e| ChangeEvent {
+                rr: e.get::<String>("rr").unwrap_or_default(),
+                id: e.id,
+            })
+            .collect())
+    }
+
     /// Id of the newest event (`0-0` when there is none), to follow events from now on.
     pub async fn last_event_id(&self) -> Result<String> {
         let mut conn = self.conn.clone();

@@ -1,24 +1,97 @@
 //! Watch: the current snapshot, then every change of one revision run until it is terminal.
 //!
-//! Changes are found on the store's event stream (one entry per stored version). The stream
-//! position is taken *before* the snapshot is read, so no change can fall between the two; a
-//! version already sent is never sent again.
+//! Changes are found on the store's event stream (one entry per stored version). One reader per
+//! server (the [`EventHub`]) follows that stream and fans each event out to every open watch, so
+//! a thousand watches cost one Redis connection, not a thousand. A watch subscribes *before* it
+//! takes its position and reads the snapshot, so no change can fall between the two; a watch
+//! that falls behind the fan-out (or resumes from an event id) catches up by reading the stream
+//! itself from its position. A version already sent is never sent again.
+
+use std::time::Duration;
 
 use futures::Stream;
-use stagetime_common::store::Store;
+use stagetime_common::{model::RevisionRun, store::Store, stream::ChangeEvent};
 use stagetime_proto::stagetime::v1 as pb;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::{convert, error::Error};
 
-/// Starts a watch; fails early if the revision run does not exist. The stream ends (resumably,
-/// with `UNAVAILABLE`) once `closing` turns true.
+/// Events buffered per watch before it counts as lagging (and catches up from Redis).
+const FAN_OUT_CAPACITY: usize = 4096;
+/// Events read per catch-up page.
+const CATCH_UP_PAGE: usize = 500;
+
+/// The one reader of the event stream, shared by every watch of a server. It stops when the
+/// server closes, which ends every watch with a resumable `UNAVAILABLE`.
+#[derive(Clone)]
+pub struct EventHub {
+    tx: broadcast::Sender<ChangeEvent>,
+}
+
+impl EventHub {
+    /// Starts reading the event stream from its current end. The position is taken before this
+    /// returns, so a watch that subscribes afterwards misses nothing after its own position.
+    pub async fn spawn(
+        store: Store,
+        block: Duration,
+        closing: watch::Receiver<bool>,
+    ) -> Result<Self, Error> {
+        let cursor = store.last_event_id().await?;
+        let (tx, _) = broadcast::channel(FAN_OUT_CAPACITY);
+        tokio::spawn(read_events(store, block, closing, cursor, tx.clone()));
+        Ok(Self { tx })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.tx.subscribe()
+    }
+}
+
+async fn read_events(
+    store: Store,
+    block: Duration,
+    mut closing: watch::Receiver<bool>,
+    mut cursor: String,
+    tx: broadcast::Sender<ChangeEvent>,
+) {
+    let mut reader = None;
+    loop {
+        let step = async {
+            let reader = match &mut reader {
+                Some(r) => r,
+                None => reader.insert(store.blocking_reader(block).await?),
+            };
+            reader.read_events(&store, &cursor).await
+        };
+        let events = tokio::select! {
+            () = async { drop(closing.wait_for(|c| *c).await) } => return,
+            events = step => events,
+        };
+        match events {
+            Ok(events) => {
+                for event in events {
+                    cursor = event.id.clone();
+                    // No receiver is fine: no watch is open.
+                    let _ = tx.send(event);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the event stream; retrying");
+                tokio::select! {
+                    () = async { drop(closing.wait_for(|c| *c).await) } => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Starts a watch; fails early if the revision run does not exist.
 pub async fn start(
     store: &Store,
-    block: std::time::Duration,
-    closing: tokio::sync::watch::Receiver<bool>,
+    hub: &EventHub,
     req: pb::WatchRequest,
 ) -> Result<impl Stream<Item = Result<pb::WatchEvent, Status>> + use<>, Error> {
     let id = req.id.trim().to_string();
@@ -28,121 +101,148 @@ pub async fn start(
             reason: "required".into(),
         });
     }
-    let store = store.clone();
     let resume = req.after_event_id.trim().to_string();
+    if !resume.is_empty() && stream_id(&resume).is_none() {
+        return Err(Error::InvalidArgument {
+            field: "after_event_id".into(),
+            reason: format!("{resume:?} is not an event id"),
+        });
+    }
+    let events = hub.subscribe();
     let cursor = if resume.is_empty() {
         store.last_event_id().await?
     } else {
-        if !is_stream_id(&resume) {
-            return Err(Error::InvalidArgument {
-                field: "after_event_id".into(),
-                reason: format!("{resume:?} is not an event id"),
-            });
-        }
         resume.clone()
     };
     let snapshot = store.get(&id).await?;
-    let reader = store.blocking_reader(block).await?;
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(follow(
-        Follow {
-            store,
-            reader,
-            id,
-            closing,
-        },
+    let watch = Watch {
+        store: store.clone(),
+        id,
         cursor,
-        snapshot,
-        resume.is_empty(),
+        sent_version: 0,
         tx,
-    ));
+    };
+    tokio::spawn(watch.follow(snapshot, !resume.is_empty(), events));
     Ok(ReceiverStream::new(rx))
 }
 
-fn is_stream_id(s: &str) -> bool {
-    let mut parts = s.splitn(2, '-');
-    let ms = parts.next().unwrap_or_default();
-    let seq = parts.next().unwrap_or("0");
-    !ms.is_empty() && ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok()
+/// `<ms>-<seq>` of a stream id, for ordering.
+fn stream_id(s: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-/// What one watch follows, and the signal that ends it.
-struct Follow {
+/// One open watch.
+struct Watch {
     store: Store,
-    reader: stagetime_common::stream::BlockingReader,
     id: String,
-    closing: tokio::sync::watch::Receiver<bool>,
+    /// Id of the last event looked at.
+    cursor: String,
+    sent_version: u64,
+    tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
 }
 
-async fn follow(
-    Follow {
-        store,
-        mut reader,
-        id,
-        mut closing,
-    }: Follow,
-    mut cursor: String,
-    snapshot: stagetime_common::model::RevisionRun,
-    send_snapshot: bool,
-    tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
-) {
-    let mut sent_version = 0;
-    if send_snapshot || snapshot.phase.is_terminal() {
-        sent_version = snapshot.version;
-        let event = pb::WatchEvent {
-            event_id: cursor.clone(),
-            revision_run: Some(convert::revision_run(&snapshot)),
-        };
-        if tx.send(Ok(event)).await.is_err() || snapshot.phase.is_terminal() {
+/// Whether the watch goes on.
+enum Next {
+    More,
+    Done,
+}
+
+impl Watch {
+    async fn follow(
+        mut self,
+        snapshot: RevisionRun,
+        resumed: bool,
+        mut events: broadcast::Receiver<ChangeEvent>,
+    ) {
+        if !resumed || snapshot.phase.is_terminal() {
+            let cursor = self.cursor.clone();
+            if let Next::Done = self.send(snapshot, &cursor).await {
+                return;
+            }
+        }
+        if resumed && let Next::Done = self.catch_up().await {
             return;
         }
-    }
-    loop {
-        let events = tokio::select! {
-            () = tx.closed() => return,
-            () = async { drop(closing.wait_for(|c| *c).await) } => {
-                let message = format!("the server is shutting down; resume with after_event_id {cursor}");
-                let _ = tx.send(Err(Status::unavailable(message))).await;
-                return;
-            }
-            events = reader.read_events(&store, &cursor) => events,
-        };
-        let events = match events {
-            Ok(events) => events,
-            Err(error) => {
-                tracing::warn!(%error, rr = %id, "watch cannot read events");
-                let _ = tx
-                    .send(Err(Status::unavailable(
-                        "event stream unavailable; resume later",
-                    )))
-                    .await;
-                return;
-            }
-        };
-        for event in events {
-            cursor = event.id.clone();
-            if event.rr != id {
-                continue;
-            }
-            let rr = match store.get(&id).await {
-                Ok(rr) => rr,
-                Err(error) => {
-                    let _ = tx.send(Err(Error::from(error).into())).await;
-                    return;
+        loop {
+            let event = tokio::select! {
+                () = self.tx.closed() => return,
+                event = events.recv() => event,
+            };
+            let next = match event {
+                Ok(event) => self.on_event(event).await,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(rr = %self.id, missed, "watch lagged; catching up from Redis");
+                    self.catch_up().await
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    let message = format!(
+                        "the server is shutting down; resume with after_event_id {}",
+                        self.cursor
+                    );
+                    let _ = self.tx.send(Err(Status::unavailable(message))).await;
+                    Next::Done
                 }
             };
-            if rr.version <= sent_version {
-                continue;
-            }
-            sent_version = rr.version;
-            let terminal = rr.phase.is_terminal();
-            let event = pb::WatchEvent {
-                event_id: cursor.clone(),
-                revision_run: Some(convert::revision_run(&rr)),
-            };
-            if tx.send(Ok(event)).await.is_err() || terminal {
+            if let Next::Done = next {
                 return;
             }
         }
+    }
+
+    /// Reads the event stream itself from the cursor to its end.
+    async fn catch_up(&mut self) -> Next {
+        loop {
+            let page = match self.store.events_after(&self.cursor, CATCH_UP_PAGE).await {
+                Ok(page) => page,
+                Err(error) => return self.fail(Error::from(error)).await,
+            };
+            let last_page = page.len() < CATCH_UP_PAGE;
+            for event in page {
+                if let Next::Done = self.on_event(event).await {
+                    return Next::Done;
+                }
+            }
+            if last_page {
+                return Next::More;
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: ChangeEvent) -> Next {
+        if stream_id(&event.id) <= stream_id(&self.cursor) {
+            return Next::More;
+        }
+        self.cursor = event.id.clone();
+        if event.rr != self.id {
+            return Next::More;
+        }
+        match self.store.get(&self.id).await {
+            Ok(rr) => self.send(rr, &event.id).await,
+            Err(error) => self.fail(Error::from(error)).await,
+        }
+    }
+
+    async fn send(&mut self, rr: RevisionRun, event_id: &str) -> Next {
+        if rr.version <= self.sent_version {
+            return Next::More;
+        }
+        self.sent_version = rr.version;
+        let terminal = rr.phase.is_terminal();
+        let event = pb::WatchEvent {
+            event_id: event_id.to_string(),
+            revision_run: Some(convert::revision_run(&rr)),
+        };
+        if self.tx.send(Ok(event)).await.is_err() || terminal {
+            Next::Done
+        } else {
+            Next::More
+        }
+    }
+
+    async fn fail(&mut self, error: Error) -> Next {
+        let _ = self.tx.send(Err(error.into())).await;
+        Next::Done
     }
 }

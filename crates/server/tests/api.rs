@@ -621,3 +621,72 @@ async fn reflection_v1alpha_lists_both_apis() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Twenty open Watch streams share one reader of the event stream: Redis sees one blocked
+/// `XREAD`, not twenty (other tests of this binary may hold one of their own); and each stream
+/// still gets its changes.
+#[tokio::test]
+async fn many_watches_share_one_event_reader() -> anyhow::Result<()> {
+    let mut server = TestServer::start("fan-out").await?;
+    let mut client = RevisionRunsClient::new(server.channel().await?);
+    let created = client.create(typed_request()).await?.into_inner();
+    let clients = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut conn)
+                .await?;
+            let reading: Vec<String> = list
+                .lines()
+                .filter(|l| l.contains("cmd=xread "))
+                .map(str::to_string)
+                .collect();
+            anyhow::Ok(reading)
+        }
+    };
+    // The first watch starts the shared reader.
+    let mut first = client
+        .watch(pb::WatchRequest {
+            id: created.id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    next(&mut first).await??;
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut stream = client
+            .watch(pb::WatchRequest {
+                id: created.id.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        next(&mut stream).await??;
+        streams.push(stream);
+    }
+    let reading = clients(&mut server.conn).await?;
+    assert!(
+        reading.len() <= 3,
+        "{} blocked XREADs with 21 watches open: {reading:#?}",
+        reading.len()
+    );
+    // A change reaches every one of them.
+    let rr = server.store.get(&created.id).await?;
+    let name = rr.stages[0].runs[0].pipeline_run.clone();
+    server
+        .store
+        .record(&created.id, &name, &Observed::Running)
+        .await?;
+    for stream in &mut streams {
+        let event = next(stream)
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+        assert_eq!(
+            event.revision_run.map(|r| r.phase),
+            Some(pb::Phase::Running as i32)
+        );
+    }
+    Ok(())
+}

@@ -21,6 +21,7 @@ use crate::{
     error::Error,
     metrics::Metrics,
     render::{RenderSettings, render},
+    watch::EventHub,
 };
 
 /// State shared by both services.
@@ -33,6 +34,8 @@ pub struct Api {
     /// Set once the server shuts down: open Watch streams end (resumably) instead of keeping
     /// the graceful shutdown waiting for them.
     pub(crate) closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The event-stream reader all watches share, started by the first watch.
+    pub(crate) hub: Arc<tokio::sync::OnceCell<EventHub>>,
 }
 
 impl Api {
@@ -44,7 +47,21 @@ impl Api {
             metrics,
             watch_block: Duration::from_secs(5),
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
+            hub: Arc::default(),
         }
+    }
+
+    /// The shared event reader, started on first use.
+    pub(crate) async fn hub(&self) -> Result<&EventHub, Error> {
+        self.hub
+            .get_or_try_init(|| {
+                EventHub::spawn(
+                    self.store.clone(),
+                    self.watch_block,
+                    self.closing.subscribe(),
+                )
+            })
+            .await
     }
 
     /// Ends every open Watch stream with `UNAVAILABLE` (clients resume from their last event id).

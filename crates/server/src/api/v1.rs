@@ -90,12 +90,13 @@ impl RevisionRuns for Api {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let timer = self.metrics.start("Watch");
-        let closing = self.closing.subscribe();
-        let result =
-            crate::watch::start(&self.store, self.watch_block, closing, request.into_inner())
-                .await
-                .map(|s| Response::new(Box::pin(s) as WatchStream))
-                .map_err(Status::from);
+        let result = async {
+            let hub = self.hub().await?;
+            crate::watch::start(&self.store, hub, request.into_inner()).await
+        }
+        .await
+        .map(|s| Response::new(Box::pin(s) as WatchStream))
+        .map_err(Status::from);
         timer.finish(&result);
         result
     }
