@@ -26,6 +26,7 @@ use stagetime_common::{
     tekton,
 };
 use tokio::{sync::Semaphore, task::JoinSet};
+use tracing::Instrument as _;
 
 use crate::{
     error::{Error, Result},
@@ -248,8 +249,24 @@ impl Creator {
         Ok(claimed)
     }
 
-    /// Processes one delivery to its end: acked, dead-lettered, or left pending.
+    /// Processes one delivery to its end: acked, dead-lettered, or left pending — in a span
+    /// carrying the revision run, stage, attempt and operation.
     pub async fn handle(&self, delivery: Delivery) -> Outcome {
+        let span = match &delivery.message {
+            Ok(m) => tracing::info_span!(
+                "stage_message",
+                id = %delivery.id,
+                rr = %m.rr,
+                stage = m.stage,
+                attempt = m.attempt,
+                op = m.op.as_str()
+            ),
+            Err(_) => tracing::info_span!("stage_message", id = %delivery.id),
+        };
+        self.handle_in_span(delivery).instrument(span).await
+    }
+
+    async fn handle_in_span(&self, delivery: Delivery) -> Outcome {
         self.metrics.consumed.inc();
         let message = match &delivery.message {
             Ok(m) => m.clone(),

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use tracing::Instrument as _;
+
 use kube::{ResourceExt, api::DynamicObject};
 use stagetime_common::{
     Error as StoreError,
@@ -76,6 +78,18 @@ impl Recorder {
     /// Records `observed` for object `obj` claimed by revision run `rr`; an object that is not
     /// the one created for the run (see [`stagetime_common::machine::observe_object`]) is skipped as foreign.
     pub async fn record_object(
+        &self,
+        rr: &str,
+        obj: &ObjectIdentity<'_>,
+        observed: Observed,
+    ) -> Recorded {
+        let span = tracing::info_span!("record", rr, pipeline_run = obj.name);
+        self.record_in_span(rr, obj, observed)
+            .instrument(span)
+            .await
+    }
+
+    async fn record_in_span(
         &self,
         rr: &str,
         obj: &ObjectIdentity<'_>,

@@ -267,6 +267,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     tonic::transport::Server::builder()
+        // One span per call; the submit path records the revision run id on it.
+        .trace_fn(|request| {
+            tracing::info_span!(
+                "grpc",
+                method = %request.uri().path(),
+                rr = tracing::field::Empty
+            )
+        })
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -76,6 +76,7 @@ impl Api {
         runs_field: &str,
     ) -> Result<(String, bool), Error> {
         let rendered = render(req, &self.settings, runs_field, &now_rfc3339())?;
+        tracing::Span::current().record("rr", rendered.rr.id.as_str());
         let created = self.store.create(&rendered.rr, &rendered.manifests).await?;
         if !created.created {
             tracing::info!(rr = %created.id, "identical revision run already exists");
@@ -121,6 +122,7 @@ impl Api {
                 reason: "required".into(),
             });
         }
+        tracing::Span::current().record("rr", id);
         let rr = self.store.cancel(id).await?.rr;
         if let Some(concurrency) = &rr.concurrency {
             // Its slot (or queue place) is free now: admit whoever waits.
@@ -147,6 +149,7 @@ impl Api {
                 reason: "required".into(),
             });
         }
+        tracing::Span::current().record("rr", id);
         let rr = self.store.get(id).await?;
         let manifests = self.next_attempt_manifests(&rr).await?;
         match self.store.retry(id, &manifests).await {
