@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod procs;
+pub mod rss;
 pub mod uids;
 
 use std::{net::SocketAddr, time::Duration};
