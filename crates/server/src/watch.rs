@@ -28,6 +28,9 @@ const CATCH_UP_PAGE: usize = 500;
 #[derive(Clone)]
 pub struct EventHub {
     tx: broadcast::Sender<ChangeEvent>,
+    /// The server's closing signal: every watch ends when it turns true (the hub keeps a
+    /// sender, so the fan-out channel itself never closes).
+    closing: watch::Receiver<bool>,
 }
 
 impl EventHub {
@@ -40,8 +43,14 @@ impl EventHub {
     ) -> Result<Self, Error> {
         let cursor = store.last_event_id().await?;
         let (tx, _) = broadcast::channel(FAN_OUT_CAPACITY);
-        tokio::spawn(read_events(store, block, closing, cursor, tx.clone()));
-        Ok(Self { tx })
+        tokio::spawn(read_events(
+            store,
+            block,
+            closing.clone(),
+            cursor,
+            tx.clone(),
+        ));
+        Ok(Self { tx, closing })
     }
 
     fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
@@ -109,6 +118,7 @@ pub async fn start(
         });
     }
     let events = hub.subscribe();
+    let closing = hub.closing.clone();
     let cursor = if resume.is_empty() {
         store.last_event_id().await?
     } else {
@@ -122,6 +132,7 @@ pub async fn start(
         cursor,
         sent_version: 0,
         tx,
+        closing,
     };
     tokio::spawn(watch.follow(snapshot, !resume.is_empty(), events));
     Ok(ReceiverStream::new(rx))
@@ -141,6 +152,7 @@ struct Watch {
     cursor: String,
     sent_version: u64,
     tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
+    closing: watch::Receiver<bool>,
 }
 
 /// Whether the watch goes on.
@@ -165,9 +177,13 @@ impl Watch {
         if resumed && let Next::Done = self.catch_up().await {
             return;
         }
+        let mut closing = self.closing.clone();
         loop {
             let event = tokio::select! {
                 () = self.tx.closed() => return,
+                () = async { drop(closing.wait_for(|c| *c).await) } => {
+                    Err(broadcast::error::RecvError::Closed)
+                }
                 event = events.recv() => event,
             };
             let next = match event {
