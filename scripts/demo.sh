@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end demo: starts the local environment (Redis + RedisJSON, etcd, kube-apiserver with
 # Tekton's PipelineRun CRD from the pinned Tekton module), the stageTime server, creator and
-# informer, and the Tekton simulator; submits examples/three-stages.json, follows it live, and shows the PipelineRuns it created.
+# informer, and the Tekton simulator; submits examples/three-stages.json, follows it live, and
+# shows the PipelineRuns it created.
 # Everything runs on loopback and stops when the script exits.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
