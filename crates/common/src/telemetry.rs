@@ -11,7 +11,12 @@ pub fn init(args: &LogArgs) {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match args.format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colour codes only for a terminal, never into log files or collectors.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().with_writer(std::io::stderr))
