@@ -262,7 +262,8 @@ pub async fn wait_rr(
     .await
 }
 
-/// Stage numbers of the "open stage" messages of one revision run, in order.
+/// Stage numbers of the "open stage" messages of one revision run, in order (the messages the
+/// atomic transitions wrote; republished repeats are left out).
 pub async fn opened_stages(
     store: &Store,
     conn: &mut redis::aio::MultiplexedConnection,
@@ -279,6 +280,8 @@ pub async fn opened_stages(
         .iter()
         .filter(|e| e.get::<String>("rr").as_deref() == Some(id))
         .filter(|e| e.get::<String>("op").as_deref() != Some("cancel"))
+        // A stage published again (its runs stayed uncreated) is a repeat, not a second opening.
+        .filter(|e| !e.map.contains_key("republished"))
         .map(|e| e.get::<u32>("stage").unwrap_or(u32::MAX))
         .collect())
 }

@@ -226,6 +226,9 @@ impl Store {
             .arg(stage)
             .arg("attempt")
             .arg(attempt)
+            // Marked, so a reader of the stream can tell a repeat from a stage opening.
+            .arg("republished")
+            .arg(1)
             .query_async(&mut conn)
             .await
             .map_err(redis_err("republish stage"))?;
