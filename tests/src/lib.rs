@@ -308,3 +308,37 @@ pub async fn submit(
         reply.success.map(|s| s.data).unwrap_or_default(),
     )?)
 }
+
+/// Checks runs of one concurrency group (in submission order): each started (its first stage
+/// opened) no earlier than the one submitted before it, and none started while `max` others
+/// were between their first stage opening and their last stage finishing.
+pub fn assert_admitted_in_order(runs: &[RevisionRun], max: usize) -> anyhow::Result<()> {
+    let at = |t: Option<&String>| -> anyhow::Result<i64> {
+        let t: jiff::Timestamp = t.map(String::as_str).unwrap_or_default().parse()?;
+        Ok(t.as_millisecond())
+    };
+    let spans = runs
+        .iter()
+        .map(|rr| {
+            Ok((
+                at(rr.stages[0].opened_at.as_ref())?,
+                at(rr.stages.last().and_then(|s| s.finished_at.as_ref()))?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<(i64, i64)>>>()?;
+    anyhow::ensure!(
+        spans.windows(2).all(|w| w[0].0 <= w[1].0),
+        "not started in arrival order: {spans:?}"
+    );
+    for (i, (start, _)) in spans.iter().enumerate() {
+        let running = spans
+            .iter()
+            .filter(|(s, e)| s <= start && start < e)
+            .count();
+        anyhow::ensure!(
+            running <= max,
+            "run {i} started with {running} running: {spans:?}"
+        );
+    }
+    Ok(())
+}

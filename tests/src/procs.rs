@@ -202,13 +202,21 @@ impl ProcStack {
 
     /// Submits an example file once the server accepts it, returning the id.
     pub async fn submit_example(&self, name: &str) -> anyhow::Result<String> {
+        self.submit_when_up(crate::example(name)?).await
+    }
+
+    /// Submits `req` once the server accepts it (it may be restarting), returning the id.
+    pub async fn submit_when_up(
+        &self,
+        req: stagetime_proto::revisionrun::CreateRevisionRunRequest,
+    ) -> anyhow::Result<String> {
         let url = self.url.clone();
         stagetime_testenv::wait_for(
             "the server to accept the revision run",
             std::time::Duration::from_secs(60),
             || {
-                let url = url.clone();
-                async move { crate::submit(&url, crate::example(name).ok()?).await.ok() }
+                let (url, req) = (url.clone(), req.clone());
+                async move { crate::submit(&url, req).await.ok() }
             },
         )
         .await

@@ -9,7 +9,6 @@ use stagetime_testenv::TestEnv;
 use stagetime_tests::{
     example,
     procs::{ProcStack, Service, assert_three_stages_done},
-    submit,
     uids::UidLog,
     wait_rr,
 };
@@ -107,14 +106,7 @@ async fn random_kill_9_over_many_runs_loses_nothing_and_doubles_nothing() -> any
     for i in 0..RUNS {
         let mut req = example("three-stages.json")?;
         req.commit_id = format!("{:040x}", 0xc0de_0000 + i);
-        let url = p.url.clone();
-        ids.push(
-            stagetime_testenv::wait_for("the server to accept", STEP, || {
-                let (url, req) = (url.clone(), req.clone());
-                async move { submit(&url, req).await.ok() }
-            })
-            .await?,
-        );
+        ids.push(p.submit_when_up(req).await?);
         // Faults start while runs are still being submitted.
         if next(3) == 0 {
             kill_one(&mut p, next(4))?;

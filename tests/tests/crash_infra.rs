@@ -9,9 +9,9 @@ use std::time::Duration;
 use stagetime_common::model::StageState;
 use stagetime_testenv::{RedisServer, TestEnv, redis_server::Options};
 use stagetime_tests::{
-    example,
+    assert_admitted_in_order, example,
     procs::{ProcStack, assert_three_stages_done},
-    submit, wait_rr,
+    wait_rr,
 };
 
 const STEP: Duration = Duration::from_secs(90);
@@ -89,14 +89,7 @@ async fn a_queue_survives_a_redis_restart_and_a_creator_kill() -> anyhow::Result
     for i in 0..20u64 {
         let mut req = example("three-stages.json")?;
         req.commit_id = format!("{:040x}", 0x51de_0000 + i);
-        let url = p.url.clone();
-        ids.push(
-            stagetime_testenv::wait_for("the server to accept", STEP, || {
-                let (url, req) = (url.clone(), req.clone());
-                async move { submit(&url, req).await.ok() }
-            })
-            .await?,
-        );
+        ids.push(p.submit_when_up(req).await?);
     }
     let queued = store.group_members("stuttgart-things").await?.queued.len();
     assert!(queued >= 15, "only {queued} queued");
@@ -118,7 +111,7 @@ async fn a_queue_survives_a_redis_restart_and_a_creator_kill() -> anyhow::Result
     })
     .await?;
     p.creator.start()?;
-    let mut spans = Vec::new();
+    let mut finished = Vec::new();
     for id in &ids {
         let rr = wait_rr(&store, id, "to finish", Duration::from_secs(240), |rr| {
             rr.phase.is_terminal()
@@ -135,27 +128,9 @@ async fn a_queue_survives_a_redis_restart_and_a_creator_kill() -> anyhow::Result
             "{id}: {:?}",
             rr.stages
         );
-        let at = |t: Option<&String>| -> anyhow::Result<i64> {
-            let t: jiff::Timestamp = t.map(String::as_str).unwrap_or_default().parse()?;
-            Ok(t.as_millisecond())
-        };
-        spans.push((
-            at(rr.stages[0].opened_at.as_ref())?,
-            at(rr.stages.last().and_then(|s| s.finished_at.as_ref()))?,
-        ));
+        finished.push(rr);
     }
-    let starts: Vec<i64> = spans.iter().map(|s| s.0).collect();
-    assert!(
-        starts.windows(2).all(|w| w[0] <= w[1]),
-        "not in arrival order: {starts:?}"
-    );
-    for (start, _) in &spans {
-        let running = spans
-            .iter()
-            .filter(|(s, e)| s <= start && start < e)
-            .count();
-        assert!(running <= 3, "{running} running at once: {spans:?}");
-    }
+    assert_admitted_in_order(&finished, 3)?;
     // The cancel that waited for the restarted creator reached the cancelled run's PipelineRuns
     // that were still running (the rest had finished before it).
     let api = stagetime_common::tekton::pipelinerun_api(

@@ -10,7 +10,7 @@ use stagetime_common::{
 };
 use stagetime_proto::stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient};
 use stagetime_testenv::wait_for;
-use stagetime_tests::{Stack, example, submit, wait_rr};
+use stagetime_tests::{Stack, assert_admitted_in_order, example, submit, wait_rr};
 use tonic::Code;
 
 const FINISH: Duration = Duration::from_secs(90);
@@ -385,36 +385,10 @@ async fn a_concurrency_group_runs_two_at_a_time_in_arrival_order() -> anyhow::Re
     for id in &ids {
         runs.push(stack.wait_terminal(id, FINISH).await?);
     }
-    // Each run's life: from its first stage opening to its last stage finishing.
-    let span = |rr: &stagetime_common::model::RevisionRun| -> anyhow::Result<(i64, i64)> {
-        let at = |t: Option<&String>| -> anyhow::Result<i64> {
-            let t: jiff::Timestamp = t.map(String::as_str).unwrap_or_default().parse()?;
-            Ok(t.as_millisecond())
-        };
-        Ok((
-            at(rr.stages[0].opened_at.as_ref())?,
-            at(rr.stages.last().and_then(|s| s.finished_at.as_ref()))?,
-        ))
-    };
-    let spans = runs.iter().map(span).collect::<anyhow::Result<Vec<_>>>()?;
     for rr in &runs {
         assert_eq!(rr.phase, Phase::Succeeded, "{}", rr.id);
     }
-    let starts: Vec<i64> = spans.iter().map(|s| s.0).collect();
-    assert!(
-        starts.windows(2).all(|w| w[0] <= w[1]),
-        "not in arrival order: {starts:?}"
-    );
-    for (i, (start, _)) in spans.iter().enumerate() {
-        let running = spans
-            .iter()
-            .filter(|(s, e)| s <= start && start < e)
-            .count();
-        assert!(
-            running <= 2,
-            "run {i} started with {running} running: {spans:?}"
-        );
-    }
+    assert_admitted_in_order(&runs, 2)?;
     Ok(())
 }
 

@@ -527,7 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_checks_are_linear() {
+    fn a_duplicate_after_many_params_is_found_and_named() {
         // 200,000 distinct params, then one duplicate at the very end: found, and named.
         let l = Limits {
             max_params: usize::MAX,

@@ -448,7 +448,7 @@ impl Creator {
                 // Gone already, or the name now belongs to another object: nothing to cancel.
                 Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409 | 422) => {}
                 Err(source) => {
-                    return Err(Error::CreatePipelineRun {
+                    return Err(Error::PipelineRunCall {
                         name: run.pipeline_run.clone(),
                         source,
                     });
@@ -469,7 +469,7 @@ impl Creator {
         let found = self
             .deadline(&run.pipeline_run, api.get_opt(&run.pipeline_run))
             .await?
-            .map_err(|source| Error::CreatePipelineRun {
+            .map_err(|source| Error::PipelineRunCall {
                 name: run.pipeline_run.clone(),
                 source,
             })?;
@@ -594,7 +594,7 @@ impl Creator {
             .map_or(tekton::API_VERSION, |t| t.api_version.as_str());
         let api: Api<DynamicObject> =
             tekton::pipelinerun_api(self.client.clone(), api_version, &namespace);
-        let failed = |source| Error::CreatePipelineRun {
+        let failed = |source| Error::PipelineRunCall {
             name: name.to_string(),
             source,
         };

@@ -12,7 +12,7 @@ pub enum Error {
     Store(#[from] stagetime_common::Error),
     /// Creating, reading back or cancelling a PipelineRun failed.
     #[error("PipelineRun {name}: {source}")]
-    CreatePipelineRun {
+    PipelineRunCall {
         /// PipelineRun name.
         name: String,
         /// Cause.
@@ -68,7 +68,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Store(e) => e.is_transient(),
-            Error::CreatePipelineRun { source, .. } => is_transient_kube(source),
+            Error::PipelineRunCall { source, .. } => is_transient_kube(source),
             Error::Deadline { .. } => true,
             Error::MalformedManifest { .. }
             | Error::UnknownStage { .. }
