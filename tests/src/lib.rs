@@ -203,6 +203,46 @@ impl Stack {
         Component::spawn(|stop| async move { simulator::run(client, config, stop).await })
     }
 
+    /// The operator's flags for this stack: its server, namespace (the Lease too, 2 s), Git
+    /// lookups limited to loopback.
+    pub fn operator_args(&self) -> Vec<String> {
+        let kubeconfig = self.env.kube.kubeconfig().display().to_string();
+        [
+            "--server",
+            &self.url(),
+            "--kubeconfig",
+            &kubeconfig,
+            "--watch-namespace",
+            &self.ns,
+            "--lease-namespace",
+            &self.ns,
+            "--lease-seconds",
+            "2",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--git-allowed-hosts",
+            "127.0.0.1",
+            "--git-timeout-seconds",
+            "3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// An in-process operator with [`Self::operator_args`]; `extra` flags go last and win.
+    pub fn spawn_operator(&self, extra: &[&str]) -> Component {
+        let mut argv = vec!["stagetime-operator".to_string()];
+        argv.extend(self.operator_args());
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let args = <stagetime_operator::Args as clap::Parser>::parse_from(argv);
+        Component::spawn(|stop| async move {
+            if let Err(error) = stagetime_operator::run(args, stop).await {
+                eprintln!("operator stopped: {error:#}");
+            }
+        })
+    }
+
     /// gRPC endpoint URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

@@ -10,6 +10,7 @@
 //! - [`stream`]: stage stream consumer-group helpers, dead letters, change events.
 //! - [`admission`]: concurrency groups: who is admitted next.
 //! - [`keys`]: every Redis key name.
+//! - [`lease`]: leader election with a `coordination.k8s.io` Lease.
 //! - [`patch`]: the smallest set of RedisJSON writes between two documents.
 //! - `fixture`: builders of revision runs for tests (feature `fixtures`; not in the binaries).
 //! - [`names`]: DNS-1123 names and label values.
@@ -24,6 +25,7 @@ pub mod error;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixture;
 pub mod keys;
+pub mod lease;
 pub mod machine;
 pub mod model;
 pub mod names;

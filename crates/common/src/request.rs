@@ -231,6 +231,11 @@ pub struct RevisionRequest {
     /// What it does to older runs of its group (`None` = the server's default).
     #[serde(default)]
     pub concurrency_policy: Option<ConcurrencyPolicy>,
+    /// The caller's idempotency key (AIP-155 style). When present the id derives from it alone:
+    /// sending the same key again returns the revision run it created, whatever else changed
+    /// (say, the branch head a retrying client resolved), and a new key starts a new run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl RevisionRequest {
@@ -239,6 +244,10 @@ impl RevisionRequest {
     /// by a webhook with a new timestamp) hashes the same. Stored with the document, so a
     /// different request whose id collides is recognised.
     pub fn canonical_hash(&self) -> String {
+        if let Some(request_id) = &self.request_id {
+            let keyed = serde_json::json!({ "requestId": request_id });
+            return crate::names::short_hash(keyed.to_string().as_bytes(), 32);
+        }
         let mut runs: Vec<&RunSpec> = self.runs.iter().collect();
         runs.sort_by(|a, b| (a.stage, &a.name).cmp(&(b.stage, &b.name)));
         let canonical = serde_json::json!({
@@ -251,19 +260,18 @@ impl RevisionRequest {
     }
 
     /// The deterministic, readable id: `<repo>-<commit7>-<hash16>`, 64 bits of
-    /// [`Self::canonical_hash`].
+    /// [`Self::canonical_hash`]; with a request id `<repo>-<hash16>`, since a re-sent request may
+    /// carry another commit.
     pub fn revision_run_id(&self) -> String {
         self.readable_id(&self.canonical_hash())
     }
 
     fn readable_id(&self, hash: &str) -> String {
         let hash = hash.get(..16).unwrap_or(hash);
-        let repo = crate::names::sanitize_label(&self.repo_name, 30);
-        let repo = if repo.is_empty() {
-            "repo".to_string()
-        } else {
-            repo.to_lowercase()
-        };
+        if self.request_id.is_some() {
+            return format!("{}-{hash}", self.readable_repo());
+        }
+        let repo = self.readable_repo();
         let commit: String = crate::names::sanitize_label(&self.commit_id, 7).to_lowercase();
         let commit = if commit.is_empty() {
             "nocommit".to_string()
@@ -271,5 +279,14 @@ impl RevisionRequest {
             commit
         };
         format!("{repo}-{commit}-{hash}")
+    }
+
+    fn readable_repo(&self) -> String {
+        let repo = crate::names::sanitize_label(&self.repo_name, 30);
+        if repo.is_empty() {
+            "repo".to_string()
+        } else {
+            repo.to_lowercase()
+        }
     }
 }

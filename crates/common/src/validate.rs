@@ -119,6 +119,14 @@ pub fn request(req: &RevisionRequest, limits: &Limits, runs_field: &str) -> Resu
     text("repo_url", &req.repo_url, false)?;
     text("author", &req.author, false)?;
     text("pushed_at", &req.pushed_at, false)?;
+    if let Some(request_id) = &req.request_id {
+        if request_id.is_empty() || request_id.len() > 512 {
+            return Err(bad("request_id", "must be 1 to 512 bytes"));
+        }
+        if request_id.chars().any(char::is_control) {
+            return Err(bad("request_id", "must not contain control characters"));
+        }
+    }
     if !is_git_object_name(&req.commit_id) {
         return Err(bad(
             "commit_id",
@@ -437,6 +445,7 @@ mod tests {
             concurrency_group: None,
             max_concurrent: None,
             concurrency_policy: None,
+            request_id: None,
         }
     }
 

@@ -1,38 +1,137 @@
-//! stageTime operator: will reconcile `RevisionRun`, `Repo` and `PipelineRunTemplate` custom
-//! resources into server calls (DESIGN.md sections 2 and 5).
-//!
-//! Today it only parses its configuration and serves the admin port; `/readyz` stays
-//! unready because no reconciler runs yet — it does not pretend to.
+//! stageTime operator: reconciles `RevisionRun` custom resources (with the `Repo` and
+//! `PipelineRunTemplate` they name) into revision runs through the server's typed API, and
+//! mirrors each run's state back into the status (DESIGN.md section 10).
 //!
 //! # Layout
-//! - [`Args`] and [`run`].
+//! - [`crd`]: the custom resource types; the CRDs are generated from them (`crds` subcommand).
+//! - [`request`]: a RevisionRun, its Repo and templates → a typed create request (pure).
+//! - [`git`]: branch-head resolution over Git's smart-HTTP protocol.
+//! - [`status`]: the status as a pure function of the server's view.
+//! - [`reconcile`]: the reconciler, its finalizer and the status mirrors.
+//! - [`Args`] and [`run`]: flags, leader election, the controller.
 #![forbid(unsafe_code)]
 
-use std::future::Future;
+pub mod crd;
+pub mod git;
+pub mod metrics;
+pub mod reconcile;
+pub mod request;
+pub mod status;
+
+use std::{future::Future, sync::Arc, time::Duration};
 
 use clap::Parser;
+use futures::StreamExt as _;
+use kube::{
+    Api, ResourceExt,
+    runtime::{Controller, reflector::ObjectRef, watcher},
+};
 use prometheus_client::registry::Registry;
 use stagetime_common::{
     admin::{AdminServer, Readiness},
     config::{AdminArgs, KubeArgs, LogArgs},
+    lease::Candidate,
     shutdown::Shutdown,
 };
+
+use crate::crd::{PipelineRunTemplate, Repo, RevisionRun};
 
 /// Flags of `stagetime-operator`.
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "stagetime-operator",
     version,
-    about = "Reconciles RevisionRun custom resources (not implemented yet)"
+    about = "Reconciles RevisionRun custom resources into stageTime revision runs"
 )]
 pub struct Args {
-    /// Address of the stageTime server the operator will call.
+    /// What to do (default: run the operator).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Address of the stageTime server.
     #[arg(
         long = "server",
         env = "STAGETIME_SERVER",
         default_value = "http://stagetime-server:50051"
     )]
     pub server: String,
+    /// Watch RevisionRuns, Repos and PipelineRunTemplates of this namespace only (empty = every
+    /// namespace; a namespaced Role suffices then).
+    #[arg(
+        long = "watch-namespace",
+        env = "OPERATOR_WATCH_NAMESPACE",
+        default_value = ""
+    )]
+    pub watch_namespace: String,
+    /// Namespace searched for Repos and PipelineRunTemplates a RevisionRun's own namespace lacks
+    /// (platform-provided templates); empty = none.
+    #[arg(
+        long = "shared-namespace",
+        env = "OPERATOR_SHARED_NAMESPACE",
+        default_value = ""
+    )]
+    pub shared_namespace: String,
+    /// Comma-separated namespaces a PipelineRunTemplate may send PipelineRuns to besides the
+    /// RevisionRun's own namespace.
+    #[arg(
+        long = "allowed-target-namespaces",
+        env = "OPERATOR_ALLOWED_TARGET_NAMESPACES",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    pub allowed_target_namespaces: Vec<String>,
+    /// Longest time a branch-head lookup may take, in seconds.
+    #[arg(
+        long = "git-timeout-seconds",
+        env = "OPERATOR_GIT_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub git_timeout_seconds: u64,
+    /// Comma-separated hosts the operator may contact to resolve branch heads (empty = any).
+    /// Repos are user input: restrict this to your Git hosts so a Repo cannot make the operator
+    /// probe internal services.
+    #[arg(
+        long = "git-allowed-hosts",
+        env = "OPERATOR_GIT_ALLOWED_HOSTS",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    pub git_allowed_hosts: Vec<String>,
+    /// Longest time one unary server call may take, in seconds.
+    #[arg(
+        long = "call-timeout-seconds",
+        env = "OPERATOR_CALL_TIMEOUT_SECONDS",
+        default_value_t = 30
+    )]
+    pub call_timeout_seconds: u64,
+    /// Reconcile only while holding a Lease, so replicas never reconcile at once.
+    #[arg(
+        long = "leader-election",
+        env = "OPERATOR_LEADER_ELECTION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(
+        long = "lease-name",
+        env = "OPERATOR_LEASE_NAME",
+        default_value = "stagetime-operator"
+    )]
+    pub lease_name: String,
+    /// Namespace of the Lease (empty = the client's namespace: the pod's in a cluster).
+    #[arg(
+        long = "lease-namespace",
+        env = "OPERATOR_LEASE_NAMESPACE",
+        default_value = ""
+    )]
+    pub lease_namespace: String,
+    /// Seconds a Lease stays valid without renewal (a dead leader is replaced after this).
+    #[arg(
+        long = "lease-seconds",
+        env = "OPERATOR_LEASE_SECONDS",
+        default_value_t = 15
+    )]
+    pub lease_seconds: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub kube: KubeArgs,
@@ -44,15 +143,176 @@ pub struct Args {
     pub log: LogArgs,
 }
 
-/// Serves the admin port until `shutdown`; no reconciler runs yet.
+/// Subcommands.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions (YAML) and exit.
+    Crds,
+}
+
+/// RevisionRuns (from the controller's cache) that name `name` through `names`, in `ns` or —
+/// when `ns` is the shared namespace — anywhere.
+fn naming(
+    store: &kube::runtime::reflector::Store<RevisionRun>,
+    ns: Option<String>,
+    shared: &str,
+    names: impl Fn(&RevisionRun) -> bool,
+) -> Vec<ObjectRef<RevisionRun>> {
+    store
+        .state()
+        .iter()
+        .filter(|rr| ns.as_deref() == Some(shared) || rr.namespace() == ns)
+        .filter(|rr| names(rr))
+        .map(|rr| ObjectRef::from_obj(&**rr))
+        .collect()
+}
+
+/// The API of `K` in namespace `ns`, or in every namespace when `ns` is empty.
+fn scoped<K>(client: &kube::Client, ns: &str) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    if ns.is_empty() {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), ns)
+    }
+}
+
+/// Runs the operator until `shutdown` (or until leadership is lost, which is an error so the
+/// process restarts and competes again).
 pub async fn run(
     args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let admin =
-        AdminServer::bind(args.admin.addr, Registry::default(), Readiness::default()).await?;
-    tracing::warn!(admin = %admin.local_addr()?, "the RevisionRun reconciler is not implemented yet; serving health only");
-    admin.serve(Shutdown::spawn(shutdown).wait()).await?;
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::register(&mut registry);
+    let readiness = Readiness::default();
+    let admin = AdminServer::bind(args.admin.addr, registry, readiness.clone()).await?;
+    let shutdown = Shutdown::spawn(shutdown);
+    let admin_task = tokio::spawn(admin.serve(shutdown.clone().wait()));
+    let client = args.kube.client().await?;
+    let watched = args.watch_namespace.trim().to_string();
+    // Ready once the API server answers for our CRDs.
+    scoped::<RevisionRun>(&client, &watched)
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("RevisionRuns cannot be listed (are the CRDs installed?): {e}")
+        })?;
+    readiness.set(true);
+    let lost = if args.leader_election {
+        let namespace = if args.lease_namespace.is_empty() {
+            client.default_namespace().to_string()
+        } else {
+            args.lease_namespace.clone()
+        };
+        let candidate = Candidate {
+            namespace,
+            name: args.lease_name.clone(),
+            identity: Candidate::identity(),
+            duration: Duration::from_secs(args.lease_seconds.max(2)),
+        };
+        let leader = tokio::select! {
+            leader = candidate.acquire(client.clone()) => leader,
+            () = shutdown.clone().wait() => {
+                let _ = admin_task.await;
+                return Ok(());
+            }
+        };
+        Some(tokio::spawn(leader.hold()))
+    } else {
+        None
+    };
+    let channel = tonic::transport::Endpoint::from_shared(args.server.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect_lazy();
+    let shared = args.shared_namespace.trim().to_string();
+    let settings = reconcile::Settings {
+        shared_namespace: Some(shared.clone()).filter(|s| !s.is_empty()),
+        allowed_namespaces: args
+            .allowed_target_namespaces
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        call_timeout: Duration::from_secs(args.call_timeout_seconds.max(1)),
+    };
+    let git = git::Resolver::new(
+        Duration::from_secs(args.git_timeout_seconds.max(1)),
+        args.git_allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect(),
+    )?;
+    let ctx = Arc::new(reconcile::Context::new(
+        client.clone(),
+        channel,
+        git,
+        settings,
+        metrics,
+    ));
+    let controller = Controller::new(
+        scoped::<RevisionRun>(&client, &watched),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let (by_repo, by_template) = (store.clone(), store);
+    let (shared_a, shared_b) = (shared.clone(), shared);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let leadership_lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lost_flag = leadership_lost.clone();
+    tokio::spawn(async move {
+        match lost {
+            Some(hold) => {
+                tokio::select! {
+                    _ = hold => lost_flag.store(true, std::sync::atomic::Ordering::SeqCst),
+                    () = shutdown.wait() => {}
+                }
+            }
+            None => shutdown.wait().await,
+        }
+        let _ = stop_tx.send(());
+    });
+    tracing::info!(server = %args.server, "reconciling RevisionRuns");
+    controller
+        .watches(
+            scoped::<Repo>(&client, &watched),
+            watcher::Config::default(),
+            move |repo| {
+                let name = repo.name_any();
+                naming(&by_repo, repo.namespace(), &shared_a, |rr| {
+                    rr.spec.repository == name
+                })
+            },
+        )
+        .watches(
+            scoped::<PipelineRunTemplate>(&client, &watched),
+            watcher::Config::default(),
+            move |template| {
+                let name = template.name_any();
+                naming(&by_template, template.namespace(), &shared_b, |rr| {
+                    rr.spec.technologies.iter().any(|t| t.kind == name)
+                })
+            },
+        )
+        .graceful_shutdown_on(async move {
+            let _ = stop_rx.await;
+        })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile did not finish");
+            }
+        })
+        .await;
+    if leadership_lost.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!("leadership lost; exiting so a new term starts clean");
+    }
+    let _ = admin_task.await;
     Ok(())
 }
 

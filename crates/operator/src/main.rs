@@ -1,9 +1,13 @@
-//! `stagetime-operator`: RevisionRun custom resources (admin port only for now).
+//! `stagetime-operator`: reconciles RevisionRun custom resources into revision runs.
 use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = stagetime_operator::Args::parse();
+    if let Some(stagetime_operator::Command::Crds) = args.command {
+        print!("{}", stagetime_operator::crd::crds_yaml()?);
+        return Ok(());
+    }
     stagetime_common::telemetry::init(&args.log);
     stagetime_operator::run(args, stagetime_common::shutdown::signal()).await
 }

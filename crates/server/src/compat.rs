@@ -31,6 +31,7 @@ pub fn parse(req: &CreateRevisionRunRequest) -> Result<RevisionRequest, Error> {
         concurrency_group: None,
         max_concurrent: None,
         concurrency_policy: None,
+        request_id: None,
     })
 }
 

@@ -122,6 +122,7 @@ pub fn request(req: &pb::CreateRequest) -> Result<RevisionRequest, Error> {
         stage_timeout_seconds: (req.stage_timeout_seconds > 0).then_some(req.stage_timeout_seconds),
         timeout_seconds: (req.timeout_seconds > 0).then_some(req.timeout_seconds),
         concurrency_group: Some(req.concurrency_group.trim().to_string()).filter(|g| !g.is_empty()),
+        request_id: Some(req.request_id.clone()).filter(|r| !r.is_empty()),
         max_concurrent: (req.max_concurrent > 0).then_some(req.max_concurrent),
         concurrency_policy: match pb::ConcurrencyPolicy::try_from(req.concurrency_policy) {
             Ok(pb::ConcurrencyPolicy::Queue) => Some(ConcurrencyPolicy::Queue),

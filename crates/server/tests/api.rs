@@ -690,3 +690,53 @@ async fn many_watches_share_one_event_reader() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A request id decides the id alone: the same key with another commit (a client that
+/// re-resolved a branch after a crash) returns the first run; a new key starts a new run; a
+/// hostile key is refused naming the field.
+#[tokio::test]
+async fn a_request_id_makes_a_resend_return_the_same_run() -> anyhow::Result<()> {
+    let mut server = TestServer::start("request-id").await?;
+    let mut client = RevisionRunsClient::new(server.channel().await?);
+    let keyed = |key: &str, commit: &str| pb::CreateRequest {
+        request_id: key.into(),
+        commit_id: commit.into(),
+        ..typed_request()
+    };
+    let first = client
+        .create(keyed("ns/rr/uid-1/1", "aaaa1111"))
+        .await?
+        .into_inner();
+    assert!(first.created);
+    let resent = client
+        .create(keyed("ns/rr/uid-1/1", "bbbb2222"))
+        .await?
+        .into_inner();
+    assert_eq!(
+        (resent.id.as_str(), resent.created),
+        (first.id.as_str(), false)
+    );
+    let stored = client
+        .get(pb::GetRequest {
+            id: first.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        stored.commit_id, "aaaa1111",
+        "the first request's content stays"
+    );
+    let next = client
+        .create(keyed("ns/rr/uid-1/2", "aaaa1111"))
+        .await?
+        .into_inner();
+    assert!(next.created);
+    assert_ne!(next.id, first.id);
+    assert_eq!(server.stage_messages().await?, vec![0, 0]);
+    for bad in ["x".repeat(513), "a\nb".to_string()] {
+        let err = client.create(keyed(&bad, "aaaa1111")).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with("request_id"), "{}", err.message());
+    }
+    Ok(())
+}

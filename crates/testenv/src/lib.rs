@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod crds;
+pub mod git_server;
 pub mod kube_server;
 pub mod process;
 pub mod proxy;
@@ -47,7 +48,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl TestEnv {
     /// The environment shared by every test of this binary, started on first use with the
-    /// Tekton `PipelineRun` CRD installed.
+    /// Tekton `PipelineRun` CRD and stageTime's CRDs installed.
     pub async fn shared() -> anyhow::Result<&'static TestEnv> {
         SHARED
             .get_or_try_init(|| async {
@@ -57,9 +58,11 @@ impl TestEnv {
                 let kube = KubeEnv::from_env_or_start()
                     .await
                     .context("start kube-apiserver")?;
-                kube.install_crds(&[crds::tekton_pipelinerun_real()?])
+                let mut all = vec![crds::tekton_pipelinerun_real()?];
+                all.extend(crds::stagetime()?);
+                kube.install_crds(&all)
                     .await
-                    .context("install Tekton PipelineRun CRD")?;
+                    .context("install the Tekton PipelineRun CRD and stageTime's CRDs")?;
                 Ok(TestEnv { redis, kube })
             })
             .await

@@ -62,6 +62,7 @@ impl Fixture {
             concurrency_group: None,
             max_concurrent: None,
             concurrency_policy: None,
+            request_id: None,
         };
         let settings = RenderSettings {
             default_namespace: self.ns.clone(),

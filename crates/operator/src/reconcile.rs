@@ -1,0 +1,705 @@
+//! The RevisionRun reconciler: submit each generation once, mirror the revision run's state
+//! into the status, cancel on deletion (finalizer) and on a newer generation.
+//!
+//! Idempotency: a generation is submitted with the request id
+//! `<namespace>/<name>/<uid>/<generation>`, so submitting it again after a crash between the
+//! call and the status write returns the same revision run.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder},
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+use serde::de::DeserializeOwned;
+use stagetime_proto::stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient};
+use tonic::{Code, transport::Channel};
+
+use crate::{
+    crd::{
+        FINALIZER, PipelineRunTemplate, PipelineRunTemplateSpec, Repo, RevisionRun,
+        RevisionRunStatus,
+    },
+    git::{self, Credentials},
+    metrics::Metrics,
+    request,
+    status::{self, SUBMITTED, is_terminal},
+};
+
+/// The field manager of every status write.
+pub const MANAGER: &str = "stagetime-operator";
+
+/// Where objects are looked up and where PipelineRuns may go.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Namespace searched for Repos and PipelineRunTemplates missing from the RevisionRun's own.
+    pub shared_namespace: Option<String>,
+    /// Namespaces a template may send PipelineRuns to besides the RevisionRun's own.
+    pub allowed_namespaces: Vec<String>,
+    /// Longest time one unary server call may take.
+    pub call_timeout: Duration,
+}
+
+/// A reconcile failure: retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes call failed.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// The server call failed (not a refusal of the request).
+    #[error("server: {0}")]
+    Server(String),
+    /// The object has no namespace (cluster-scoped RevisionRuns do not exist).
+    #[error("object without namespace")]
+    NoNamespace,
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+type Key = (String, String);
+
+struct Mirror {
+    id: String,
+    task: tokio::task::AbortHandle,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    client: kube::Client,
+    grpc: RevisionRunsClient<Channel>,
+    git: git::Resolver,
+    recorder: Recorder,
+    settings: Settings,
+    mirrors: Mutex<HashMap<Key, Mirror>>,
+    failures: Mutex<HashMap<Key, u32>>,
+    metrics: Metrics,
+}
+
+impl Context {
+    /// A context over a kube client and a (lazily connected) server channel.
+    pub fn new(
+        client: kube::Client,
+        channel: Channel,
+        git: git::Resolver,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> Self {
+        let recorder = Recorder::new(client.clone(), MANAGER.into());
+        Self {
+            client,
+            grpc: RevisionRunsClient::new(channel),
+            git,
+            recorder,
+            settings,
+            mirrors: Mutex::default(),
+            failures: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Revision runs whose state is being mirrored now.
+    pub fn mirrors(&self) -> usize {
+        self.mirrors.lock().map(|m| m.len()).unwrap_or_default()
+    }
+
+    fn backoff(&self, key: &Key) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key.clone()).or_default();
+        *n = n.saturating_add(1);
+        Duration::from_secs((2u64 << (*n).min(7)).min(300))
+    }
+
+    fn reset_backoff(&self, key: &Key) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    fn stop_mirror(&self, key: &Key) {
+        if let Some(m) = self
+            .mirrors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key)
+        {
+            m.task.abort();
+        }
+    }
+
+    async fn unary<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        match tokio::time::timeout(self.settings.call_timeout, call).await {
+            Ok(result) => result.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::deadline_exceeded("server call timed out")),
+        }
+    }
+
+    /// Cancels revision run `id`; one that already ended or does not exist is fine.
+    async fn cancel(&self, id: &str) -> Result<bool, Error> {
+        let mut grpc = self.grpc.clone();
+        match self
+            .unary(grpc.cancel(pb::CancelRequest { id: id.into() }))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => Ok(false),
+            Err(s) => Err(Error::Server(s.message().to_string())),
+        }
+    }
+
+    /// Writes `new` (whole, by server-side apply) when it differs from `old`, and records
+    /// Events for transitions only.
+    async fn publish(
+        &self,
+        rr: &ObjectReference,
+        old: &RevisionRunStatus,
+        new: &RevisionRunStatus,
+    ) -> Result<(), kube::Error> {
+        if old == new {
+            return Ok(());
+        }
+        let api: Api<RevisionRun> = Api::namespaced(
+            self.client.clone(),
+            rr.namespace.as_deref().unwrap_or_default(),
+        );
+        let patch = serde_json::json!({
+            "apiVersion": RevisionRun::api_version(&()),
+            "kind": RevisionRun::kind(&()),
+            "status": new,
+        });
+        api.patch_status(
+            rr.name.as_deref().unwrap_or_default(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        self.metrics.status_written();
+        for event in transitions(old, new) {
+            if let Err(error) = self.recorder.publish(&event, rr).await {
+                tracing::warn!(%error, reason = %event.reason, "event not recorded");
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_mirror(
+        self: &Arc<Self>,
+        key: Key,
+        reference: ObjectReference,
+        id: &str,
+        generation: i64,
+        last: RevisionRunStatus,
+    ) {
+        let mut mirrors = self.mirrors.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = mirrors.get(&key) {
+            if m.id == id && !m.task.is_finished() {
+                return;
+            }
+            m.task.abort();
+        }
+        let task = tokio::spawn(mirror(
+            self.clone(),
+            key.clone(),
+            reference,
+            id.to_string(),
+            generation,
+            last,
+        ));
+        mirrors.insert(
+            key,
+            Mirror {
+                id: id.to_string(),
+                task: task.abort_handle(),
+            },
+        );
+    }
+}
+
+/// The Events for the transitions from `old` to `new`: a phase change, or a `Submitted`
+/// condition that changed its status or reason.
+fn transitions(old: &RevisionRunStatus, new: &RevisionRunStatus) -> Vec<Event> {
+    let mut events = Vec::new();
+    let submitted = |s: &RevisionRunStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == SUBMITTED)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    if let Some((state, reason, message)) = submitted(new)
+        && submitted(old).map(|(s, r, _)| (s, r)) != Some((state.clone(), reason.clone()))
+    {
+        events.push(Event {
+            type_: if state == "True" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason,
+            note: Some(message),
+            action: "Submit".into(),
+            secondary: None,
+        });
+    }
+    if new.phase != old.phase
+        && let Some(phase) = &new.phase
+        && phase != status::WAITING
+    {
+        let note = new
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::SUCCEEDED)
+            .map(|c| c.message.clone());
+        events.push(Event {
+            type_: if matches!(phase.as_str(), "Failed" | "Cancelled") {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: phase.clone(),
+            note,
+            action: "Run".into(),
+            secondary: None,
+        });
+    }
+    events
+}
+
+/// Follows revision run `id` with `Watch` and mirrors each change into the status until it
+/// is terminal; a lost stream is resumed from the last event (a snapshot comes first anyway).
+async fn mirror(
+    ctx: Arc<Context>,
+    key: Key,
+    reference: ObjectReference,
+    id: String,
+    generation: i64,
+    mut last: RevisionRunStatus,
+) {
+    let mut after = String::new();
+    let mut delay = Duration::from_millis(500);
+    'connect: loop {
+        let request = pb::WatchRequest {
+            id: id.clone(),
+            after_event_id: after.clone(),
+        };
+        match ctx.grpc.clone().watch(request).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(event)) => {
+                            delay = Duration::from_millis(500);
+                            let Some(run) = event.revision_run else {
+                                continue;
+                            };
+                            let next = status::mirrored(&last, generation, &run);
+                            // Retry the write until it lands: the next event may be far away.
+                            while let Err(error) = ctx.publish(&reference, &last, &next).await {
+                                tracing::warn!(rr = %id, %error, "status write failed; retrying");
+                                tokio::time::sleep(delay).await;
+                                delay = (delay * 2).min(Duration::from_secs(30));
+                            }
+                            after = event.event_id;
+                            last = next;
+                            if is_terminal(last.phase.as_deref()) {
+                                break 'connect;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(s) if s.code() == Code::NotFound => {
+                            tracing::warn!(rr = %id, "revision run no longer exists; mirror ends");
+                            break 'connect;
+                        }
+                        Err(s) => {
+                            tracing::info!(rr = %id, code = ?s.code(), "watch interrupted; resuming");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(s) if s.code() == Code::NotFound => {
+                tracing::warn!(rr = %id, "revision run not found; mirror ends");
+                break 'connect;
+            }
+            Err(s) => tracing::info!(rr = %id, code = ?s.code(), "watch failed; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+    let mut mirrors = ctx.mirrors.lock().unwrap_or_else(|e| e.into_inner());
+    if mirrors.get(&key).is_some_and(|m| m.id == id) {
+        mirrors.remove(&key);
+    }
+}
+
+/// Why a generation cannot be submitted yet (a condition, not an error).
+struct Wait {
+    reason: &'static str,
+    message: String,
+}
+
+/// Reconciles one RevisionRun.
+pub async fn reconcile(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled();
+    let ns = rr.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<RevisionRun> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, rr, |event| async {
+        match event {
+            Finalizer::Apply(rr) => apply(rr, ctx.clone()).await,
+            Finalizer::Cleanup(rr) => cleanup(rr, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Retries a failed reconcile with per-object exponential backoff (2 s … 5 min).
+pub fn error_policy(rr: Arc<RevisionRun>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed();
+    let key = (rr.namespace().unwrap_or_default(), rr.name_any());
+    let delay = ctx.backoff(&key);
+    tracing::warn!(rr = %key.1, namespace = %key.0, %error, ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn apply(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = (rr.namespace().unwrap_or_default(), rr.name_any());
+    let generation = rr.metadata.generation.unwrap_or_default();
+    let old = rr.status.clone().unwrap_or_default();
+    let reference = rr.object_ref(&());
+    if old.submitted_generation == Some(generation)
+        && let Some(id) = old.revision_run_id.clone()
+    {
+        ctx.reset_backoff(&key);
+        if is_terminal(old.phase.as_deref()) {
+            ctx.stop_mirror(&key);
+        } else {
+            ctx.ensure_mirror(key, reference, &id, generation, old);
+        }
+        return Ok(Action::await_change());
+    }
+    let request = match prepare(&rr, &ctx).await? {
+        Ok(request) => request,
+        Err(wait) => return waiting(&ctx, &key, &reference, &old, generation, wait).await,
+    };
+    let created = ctx.unary(ctx.grpc.clone().create(request)).await;
+    let id = match created {
+        Ok(response) => {
+            ctx.metrics.submitted(response.created);
+            response.id
+        }
+        Err(s)
+            if matches!(
+                s.code(),
+                Code::InvalidArgument | Code::PermissionDenied | Code::FailedPrecondition
+            ) =>
+        {
+            let wait = Wait {
+                reason: "Rejected",
+                message: format!("the server refused the revision run: {}", s.message()),
+            };
+            return waiting(&ctx, &key, &reference, &old, generation, wait).await;
+        }
+        Err(s) => return Err(Error::Server(s.message().to_string())),
+    };
+    tracing::info!(rr = %key.1, namespace = %key.0, generation, revision_run = %id, "submitted");
+    // A newer generation replaces the run of the older one.
+    if let Some(previous) = old.revision_run_id.as_deref().filter(|p| *p != id) {
+        ctx.stop_mirror(&key);
+        if ctx.cancel(previous).await? {
+            tracing::info!(rr = %key.1, previous, by = %id, "previous revision run cancelled");
+        }
+    }
+    let snapshot = ctx
+        .unary(ctx.grpc.clone().get(pb::GetRequest { id: id.clone() }))
+        .await
+        .map_err(|s| Error::Server(s.message().to_string()))?;
+    let new = status::mirrored(&old, generation, &snapshot);
+    ctx.publish(&reference, &old, &new).await?;
+    ctx.reset_backoff(&key);
+    if !is_terminal(new.phase.as_deref()) {
+        ctx.ensure_mirror(key, reference, &id, generation, new);
+    }
+    Ok(Action::await_change())
+}
+
+async fn waiting(
+    ctx: &Arc<Context>,
+    key: &Key,
+    reference: &ObjectReference,
+    old: &RevisionRunStatus,
+    generation: i64,
+    wait: Wait,
+) -> Result<Action, Error> {
+    tracing::info!(rr = %key.1, namespace = %key.0, reason = wait.reason, message = %wait.message, "waiting");
+    let new = status::waiting(old, generation, wait.reason, &wait.message);
+    ctx.publish(reference, old, &new).await?;
+    Ok(Action::requeue(ctx.backoff(key)))
+}
+
+/// Looks the Repo and templates up, resolves the commit and builds the request.
+async fn prepare(
+    rr: &RevisionRun,
+    ctx: &Context,
+) -> Result<Result<pb::CreateRequest, Wait>, Error> {
+    let ns = rr.namespace().unwrap_or_default();
+    let Some((repo, repo_ns)) = lookup::<Repo>(ctx, &ns, &rr.spec.repository).await? else {
+        return Ok(Err(Wait {
+            reason: "RepoNotFound",
+            message: format!(
+                "Repo {:?} not found {}",
+                rr.spec.repository,
+                ctx.where_searched(&ns)
+            ),
+        }));
+    };
+    let mut templates: BTreeMap<String, PipelineRunTemplateSpec> = BTreeMap::new();
+    for tech in &rr.spec.technologies {
+        if templates.contains_key(&tech.kind) {
+            continue;
+        }
+        match lookup::<PipelineRunTemplate>(ctx, &ns, &tech.kind).await? {
+            Some((t, _)) => {
+                templates.insert(tech.kind.clone(), t.spec);
+            }
+            None => {
+                return Ok(Err(Wait {
+                    reason: "TemplateNotFound",
+                    message: format!(
+                        "technology {:?}: PipelineRunTemplate {:?} not found {}",
+                        tech.id,
+                        tech.kind,
+                        ctx.where_searched(&ns)
+                    ),
+                }));
+            }
+        }
+    }
+    let commit = match rr.spec.revision.as_deref().map(str::trim) {
+        Some(revision) if !revision.is_empty() => revision.to_ascii_lowercase(),
+        _ => {
+            let credentials = match &repo.spec.credentials_secret {
+                Some(secret) => match credentials(ctx, &repo_ns, secret).await? {
+                    Ok(c) => Some(c),
+                    Err(wait) => return Ok(Err(wait)),
+                },
+                None => None,
+            };
+            let url = request::repo_url(&repo.spec);
+            match ctx
+                .git
+                .branch_head(&url, &repo.spec.branch, credentials.as_ref())
+                .await
+            {
+                Ok(commit) => commit,
+                Err(error) => {
+                    return Ok(Err(Wait {
+                        reason: error.reason(),
+                        message: format!(
+                            "cannot resolve branch {:?} of Repo {:?}: {error}",
+                            repo.spec.branch, rr.spec.repository
+                        ),
+                    }));
+                }
+            }
+        }
+    };
+    let inputs = request::Inputs {
+        repo: &repo.spec,
+        templates: &templates,
+        commit: &commit,
+        allowed_namespaces: &ctx.settings.allowed_namespaces,
+    };
+    Ok(request::build(rr, &inputs).map_err(|e| Wait {
+        reason: e.reason,
+        message: e.message,
+    }))
+}
+
+impl Context {
+    fn where_searched(&self, ns: &str) -> String {
+        match &self.settings.shared_namespace {
+            Some(shared) if shared != ns => {
+                format!("in namespace {ns:?} or the shared namespace {shared:?}")
+            }
+            _ => format!("in namespace {ns:?}"),
+        }
+    }
+}
+
+/// `name` from namespace `ns`, else from the shared namespace; with the namespace it came from.
+async fn lookup<K>(ctx: &Context, ns: &str, name: &str) -> Result<Option<(K, String)>, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let mut namespaces = vec![ns.to_string()];
+    if let Some(shared) = &ctx.settings.shared_namespace
+        && shared != ns
+    {
+        namespaces.push(shared.clone());
+    }
+    for namespace in namespaces {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+        if let Some(found) = api.get_opt(name).await? {
+            return Ok(Some((found, namespace)));
+        }
+    }
+    Ok(None)
+}
+
+/// Basic-auth credentials from a Secret: `username` + `password`, or `token`.
+async fn credentials(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Result<Credentials, Wait>, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret = match api.get_opt(name).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            return Ok(Err(Wait {
+                reason: "SecretNotFound",
+                message: format!("credentials Secret {name:?} not found in namespace {ns:?}"),
+            }));
+        }
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            return Ok(Err(Wait {
+                reason: "SecretForbidden",
+                message: format!("the operator may not read Secret {name:?} in {ns:?}"),
+            }));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let data = secret.data.unwrap_or_default();
+    let field = |k: &str| {
+        data.get(k)
+            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    match (field("username"), field("password"), field("token")) {
+        (user, Some(password), _) => Ok(Ok(Credentials {
+            username: user.unwrap_or_else(|| "git".into()),
+            password,
+        })),
+        (user, None, Some(token)) => Ok(Ok(Credentials {
+            username: user.unwrap_or_else(|| "git".into()),
+            password: token,
+        })),
+        _ => Ok(Err(Wait {
+            reason: "SecretInvalid",
+            message: format!("Secret {name:?} has neither `password` nor `token`"),
+        })),
+    }
+}
+
+async fn cleanup(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = (rr.namespace().unwrap_or_default(), rr.name_any());
+    ctx.stop_mirror(&key);
+    let status = rr.status.clone().unwrap_or_default();
+    let generation = rr.metadata.generation.unwrap_or_default();
+    let mut ids: Vec<String> = Vec::new();
+    if let Some(id) = &status.revision_run_id
+        && !is_terminal(status.phase.as_deref())
+    {
+        ids.push(id.clone());
+    }
+    // The current generation may have been submitted by a reconcile that died before writing
+    // the status: its id derives from the request id alone, so cancel that one too.
+    if status.submitted_generation != Some(generation)
+        && let Some((repo, _)) = lookup::<Repo>(&ctx, &key.0, &rr.spec.repository).await?
+    {
+        ids.push(derived_id(repo.spec.name.trim(), &request::request_id(&rr)));
+    }
+    ids.dedup();
+    for id in ids {
+        if ctx.cancel(&id).await? {
+            tracing::info!(rr = %key.1, namespace = %key.0, revision_run = %id, "cancelled on deletion");
+            let event = Event {
+                type_: EventType::Normal,
+                reason: "Cancelled".into(),
+                note: Some(format!(
+                    "revision run {id} cancelled: the RevisionRun is being deleted"
+                )),
+                action: "Cancel".into(),
+                secondary: None,
+            };
+            if let Err(error) = ctx.recorder.publish(&event, &rr.object_ref(&())).await {
+                tracing::warn!(%error, "event not recorded");
+            }
+        }
+    }
+    ctx.reset_backoff(&key);
+    Ok(Action::await_change())
+}
+
+/// The id the server gives a request with `request_id` for repository `repo`.
+fn derived_id(repo: &str, request_id: &str) -> String {
+    let request: stagetime_common::request::RevisionRequest =
+        serde_json::from_value(serde_json::json!({
+            "repoName": repo, "repoUrl": "", "commitId": "", "author": "", "pushedAt": "",
+            "runs": [], "requestId": request_id,
+        }))
+        .unwrap_or_else(|_| unreachable!("a literal request always parses"));
+    request.revision_run_id()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_derived_id_ignores_everything_but_repo_and_request_id() {
+        let a = derived_id("stuttgart-things", "ns/rr/uid/1");
+        assert_eq!(a, derived_id("stuttgart-things", "ns/rr/uid/1"));
+        assert_ne!(a, derived_id("stuttgart-things", "ns/rr/uid/2"));
+        assert!(a.starts_with("stuttgart-things-"), "{a}");
+    }
+
+    #[test]
+    fn events_only_on_transitions() {
+        let running = RevisionRunStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        };
+        assert!(transitions(&running, &running).is_empty());
+        let done = RevisionRunStatus {
+            phase: Some("Failed".into()),
+            ..Default::default()
+        };
+        let events = transitions(&running, &done);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].reason, "Failed");
+        assert!(matches!(events[0].type_, EventType::Warning));
+        let waiting = status::waiting(&running, 1, "RepoNotFound", "Repo \"x\" not found");
+        let events = transitions(&running, &waiting);
+        assert_eq!(
+            events.len(),
+            1,
+            "a Waiting phase is said by the condition's event only"
+        );
+        assert_eq!(events[0].reason, "RepoNotFound");
+        assert!(
+            transitions(
+                &waiting,
+                &status::waiting(&waiting, 1, "RepoNotFound", "again")
+            )
+            .is_empty()
+        );
+    }
+}

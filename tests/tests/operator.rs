@@ -1,0 +1,691 @@
+//! The operator against a real kube-apiserver (stageTime's CRDs installed from the chart), real
+//! Redis, the server, creator, informer, the Tekton simulator and a real Git server on loopback.
+
+use std::time::Duration;
+
+use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use stagetime_common::{model::Phase, store::ListFilter};
+use stagetime_operator::crd::{PipelineRunTemplate, Repo, RevisionRun, RevisionRunStatus};
+use stagetime_testenv::{git_server::GitServer, process::free_port, wait_for};
+use stagetime_tests::{Stack, procs::Service, wait_rr};
+
+const API_VERSION: &str = "stagetime.sthings.tiab.ssc.sva.de/v1beta1";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Cluster {
+    repos: Api<Repo>,
+    templates: Api<PipelineRunTemplate>,
+    rrs: Api<RevisionRun>,
+    events: Api<Event>,
+    secrets: Api<Secret>,
+}
+
+impl Cluster {
+    fn new(stack: &Stack) -> Self {
+        let (c, ns) = (stack.client.clone(), stack.ns.as_str());
+        Self {
+            repos: Api::namespaced(c.clone(), ns),
+            templates: Api::namespaced(c.clone(), ns),
+            rrs: Api::namespaced(c.clone(), ns),
+            events: Api::namespaced(c.clone(), ns),
+            secrets: Api::namespaced(c, ns),
+        }
+    }
+
+    async fn repo(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+        let obj = json!({"apiVersion": API_VERSION, "kind": "Repo",
+            "metadata": {"name": name}, "spec": spec});
+        self.repos
+            .create(&PostParams::default(), &serde_json::from_value(obj)?)
+            .await?;
+        Ok(())
+    }
+
+    async fn template(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+        let obj = json!({"apiVersion": API_VERSION, "kind": "PipelineRunTemplate",
+            "metadata": {"name": name}, "spec": spec});
+        self.templates
+            .create(&PostParams::default(), &serde_json::from_value(obj)?)
+            .await?;
+        Ok(())
+    }
+
+    async fn revision_run(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> anyhow::Result<RevisionRun> {
+        let obj = json!({"apiVersion": API_VERSION, "kind": "RevisionRun",
+            "metadata": {"name": name}, "spec": spec});
+        Ok(self
+            .rrs
+            .create(&PostParams::default(), &serde_json::from_value(obj)?)
+            .await?)
+    }
+
+    /// Waits until RevisionRun `name`'s status satisfies `done`.
+    async fn wait_status(
+        &self,
+        name: &str,
+        what: &str,
+        done: impl Fn(&RevisionRunStatus) -> bool,
+    ) -> anyhow::Result<RevisionRun> {
+        wait_for(&format!("RevisionRun {name} {what}"), WAIT, || async {
+            self.rrs
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .filter(|rr| rr.status.as_ref().is_some_and(&done))
+        })
+        .await
+    }
+
+    async fn wait_waiting(&self, name: &str, reason: &str) -> anyhow::Result<RevisionRun> {
+        self.wait_status(name, &format!("waiting with {reason}"), |s| {
+            s.phase.as_deref() == Some("Waiting") && submitted(s).is_some_and(|c| c.1 == reason)
+        })
+        .await
+    }
+
+    /// Waits for a Warning/Normal event with `reason` about `name`.
+    async fn wait_event(&self, name: &str, reason: &str) -> anyhow::Result<Event> {
+        wait_for(&format!("event {reason} for {name}"), WAIT, || async {
+            self.events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                })
+        })
+        .await
+    }
+}
+
+fn submitted(s: &RevisionRunStatus) -> Option<(String, String, String)> {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == "Submitted")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn phase(s: &RevisionRunStatus) -> &str {
+    s.phase.as_deref().unwrap_or_default()
+}
+
+async fn runs_of(stack: &Stack) -> anyhow::Result<Vec<stagetime_common::model::RevisionRun>> {
+    Ok(stack.store.list(&ListFilter::default()).await?.items)
+}
+
+fn docker_template(stage: i32) -> serde_json::Value {
+    json!({"stage": stage,
+        "resolver": ["url={{repo_url}}", "revision=main", "pathInRepo=pipelines/docker.yaml"],
+        "params": ["scriptTimeout=5m", "commit={{revision}}"]})
+}
+
+/// The seeds' Repo and RevisionRun, unchanged, with a `docker` template: while the Repo's
+/// GitHub URL cannot be used (only loopback Git hosts are allowed here) the RevisionRun waits
+/// with a clear condition and nothing is submitted; pointed at the loopback Git server it runs
+/// the branch head and ends Succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_seed_sample_waits_for_its_repo_then_runs_the_branch_head() -> anyhow::Result<()> {
+    let stack = Stack::start("op-seed", Duration::from_millis(200)).await?;
+    let git = GitServer::start(None).await?;
+    let head = git.create_repo("stuttgart-things", "main")?;
+    let cluster = Cluster::new(&stack);
+    let _operator = stack.spawn_operator(&[]);
+    cluster
+        .repo(
+            "stuttgart-things",
+            json!({"name": "stuttgart-things", "organization": "stuttgart-things", "branch": "main"}),
+        )
+        .await?;
+    cluster.template("docker", docker_template(0)).await?;
+    cluster
+        .revision_run(
+            "revisionrun-simulation",
+            json!({"repository": "stuttgart-things", "technologies": [{"id": "image-build",
+                "kind": "docker", "resolver": "revision=main", "params": "scriptTimeout=10s",
+                "canfail": false}]}),
+        )
+        .await?;
+    let waiting = cluster
+        .wait_waiting("revisionrun-simulation", "GitHostNotAllowed")
+        .await?;
+    let status = waiting.status.unwrap_or_default();
+    let (_, _, message) = submitted(&status).unwrap_or_default();
+    assert!(message.contains("github.com"), "{message}");
+    assert_eq!(status.revision_run_id, None);
+    assert!(
+        runs_of(&stack).await?.is_empty(),
+        "nothing may be submitted without a commit"
+    );
+    cluster
+        .wait_event("revisionrun-simulation", "GitHostNotAllowed")
+        .await?;
+
+    cluster
+        .repos
+        .patch(
+            "stuttgart-things",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"url": git.url("stuttgart-things")}})),
+        )
+        .await?;
+    let done = cluster
+        .wait_status("revisionrun-simulation", "to succeed", |s| {
+            phase(s) == "Succeeded"
+        })
+        .await?;
+    let status = done.status.unwrap_or_default();
+    assert_eq!(status.commit.as_deref(), Some(head.as_str()));
+    assert_eq!(status.stages.len(), 1);
+    assert_eq!(
+        (
+            status.stages[0].number,
+            status.stages[0].succeeded,
+            status.stages[0].failed
+        ),
+        (0, 1, 0)
+    );
+    assert_eq!(status.observed_generation, done.metadata.generation);
+    assert!(status.completion_time.is_some());
+    let runs = runs_of(&stack).await?;
+    assert_eq!(runs.len(), 1, "exactly one revision run");
+    assert_eq!(Some(&runs[0].id), status.revision_run_id.as_ref());
+    assert_eq!(runs[0].revision.commit_id, head);
+    // The override replaced the template's value; the template's other items stayed.
+    let manifests = stack
+        .store
+        .manifests(
+            &runs[0].id,
+            &[runs[0].stages[0].runs[0].pipeline_run.clone()],
+        )
+        .await?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(manifests[0].as_deref().unwrap_or("{}"))?;
+    let params = manifest["spec"]["params"].to_string();
+    assert!(
+        params.contains("\"10s\"") && params.contains(&head),
+        "{params}"
+    );
+    Ok(())
+}
+
+/// Two technologies in different stages (and a canfail failure) run in stage order; the
+/// status shows each stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn technologies_run_in_stage_order_with_a_canfail_failure() -> anyhow::Result<()> {
+    let stack = Stack::start("op-stages", Duration::from_millis(200)).await?;
+    let cluster = Cluster::new(&stack);
+    let _operator = stack.spawn_operator(&[]);
+    cluster
+        .repo(
+            "app",
+            json!({"name": "app", "organization": "acme", "branch": "main"}),
+        )
+        .await?;
+    cluster.template("docker", docker_template(0)).await?;
+    cluster.template("deploy", docker_template(2)).await?;
+    cluster
+        .revision_run(
+            "three-stages",
+            json!({"repository": "app", "revision": "3c5ac44c6fec00989c7e27b36630a82cdfd26e3b",
+                "technologies": [
+                    {"id": "build", "kind": "docker"},
+                    {"id": "lint", "kind": "docker", "canfail": true, "params": "simulate=fail"},
+                    {"id": "test", "kind": "docker", "stage": 1},
+                    {"id": "deploy", "kind": "deploy"}]}),
+        )
+        .await?;
+    let done = cluster
+        .wait_status("three-stages", "to finish", |s| {
+            phase(s) == "SucceededWithAllowedFailures"
+        })
+        .await?;
+    let status = done.status.unwrap_or_default();
+    let stages: Vec<(u32, u32, u32)> = status
+        .stages
+        .iter()
+        .map(|s| (s.number, s.succeeded, s.failed))
+        .collect();
+    assert_eq!(stages, [(0, 1, 1), (1, 1, 0), (2, 1, 0)]);
+    let id = status.revision_run_id.unwrap_or_default();
+    assert_eq!(stack.opened_stages(&id).await?, [0, 1, 2]);
+    let succeeded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Succeeded")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(succeeded.status, "True");
+    assert!(succeeded.message.contains("lint"), "{}", succeeded.message);
+    cluster
+        .wait_event("three-stages", "SucceededWithAllowedFailures")
+        .await?;
+    Ok(())
+}
+
+/// A missing template is a condition until it appears (the template watch wakes the
+/// RevisionRun); a bad override string is a condition naming the technology and the item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_templates_and_bad_overrides_are_conditions() -> anyhow::Result<()> {
+    let stack = Stack::start("op-wait", Duration::from_millis(200)).await?;
+    let cluster = Cluster::new(&stack);
+    let _operator = stack.spawn_operator(&[]);
+    cluster
+        .repo(
+            "app",
+            json!({"name": "app", "organization": "acme", "branch": "main"}),
+        )
+        .await?;
+    let spec = |params: &str| {
+        json!({"repository": "app", "revision": "abcdef1",
+            "technologies": [{"id": "image-build", "kind": "later", "params": params}]})
+    };
+    cluster.revision_run("waits", spec("x=1")).await?;
+    let waiting = cluster.wait_waiting("waits", "TemplateNotFound").await?;
+    let (_, _, message) = submitted(&waiting.status.unwrap_or_default()).unwrap_or_default();
+    assert!(
+        message.contains("\"image-build\"") && message.contains("\"later\""),
+        "{message}"
+    );
+    assert!(runs_of(&stack).await?.is_empty());
+    cluster.wait_event("waits", "TemplateNotFound").await?;
+    cluster.template("later", docker_template(0)).await?;
+    cluster
+        .wait_status("waits", "to succeed once the template exists", |s| {
+            phase(s) == "Succeeded"
+        })
+        .await?;
+
+    cluster.revision_run("bad", spec("x=1; nokey")).await?;
+    let bad = cluster.wait_waiting("bad", "InvalidOverride").await?;
+    let (_, _, message) = submitted(&bad.status.unwrap_or_default()).unwrap_or_default();
+    assert!(
+        message.contains("\"image-build\"") && message.contains("params item 2 \"nokey\""),
+        "{message}"
+    );
+    assert_eq!(
+        runs_of(&stack).await?.len(),
+        1,
+        "the bad one submitted nothing"
+    );
+    Ok(())
+}
+
+/// What the API server itself refuses: the CRD schema and its CEL rule name the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_bad_revision_runs_naming_the_field() -> anyhow::Result<()> {
+    let env = stagetime_testenv::TestEnv::shared().await?;
+    let ns = env.namespace("op-schema").await?;
+    // Untyped, so each bad object reaches the API server as written.
+    let resource = kube::core::ApiResource::erase::<RevisionRun>(&());
+    let rrs: Api<kube::core::DynamicObject> =
+        Api::namespaced_with(env.kube_client().await?, &ns, &resource);
+    let cases = [
+        (
+            json!({"technologies": [{"id": "a", "kind": "k"}]}),
+            "spec.repository",
+        ),
+        (
+            json!({"repository": "r", "technologies": [{"id": "Not_A_Label", "kind": "k"}]}),
+            "spec.technologies[0].id",
+        ),
+        (
+            json!({"repository": "r", "technologies": [{"id": "a", "kind": "k", "stage": -1}]}),
+            "spec.technologies[0].stage",
+        ),
+        (
+            json!({"repository": "r", "technologies": [{"id": "a", "kind": "k"}, {"id": "a", "kind": "j"}]}),
+            "technology ids must be unique",
+        ),
+        (
+            json!({"repository": "r", "technologies": []}),
+            "spec.technologies",
+        ),
+        (
+            json!({"repository": "r", "revision": "main", "technologies": [{"id": "a", "kind": "k"}]}),
+            "spec.revision",
+        ),
+    ];
+    for (i, (spec, field)) in cases.into_iter().enumerate() {
+        let obj = json!({"apiVersion": API_VERSION, "kind": "RevisionRun",
+            "metadata": {"name": format!("bad-{i}")}, "spec": spec});
+        let err = rrs
+            .create(&PostParams::default(), &serde_json::from_value(obj)?)
+            .await
+            .expect_err(field);
+        let kube::Error::Api(status) = err else {
+            anyhow::bail!("case {i}: not an API refusal: {err}");
+        };
+        assert_eq!(status.code, 422, "case {i}: {}", status.message);
+        assert!(
+            status.message.contains(field),
+            "case {i}: {}",
+            status.message
+        );
+    }
+    Ok(())
+}
+
+/// Deleting a running RevisionRun cancels its revision run (running PipelineRuns get
+/// `CancelledRunFinally`, later stages are never created) before the finalizer goes; a spec
+/// edit starts one new revision run and cancels the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletion_and_edits_cancel_the_running_revision_run() -> anyhow::Result<()> {
+    let stack = Stack::start("op-cancel", Duration::from_secs(3)).await?;
+    let cluster = Cluster::new(&stack);
+    let _operator = stack.spawn_operator(&[]);
+    cluster
+        .repo(
+            "app",
+            json!({"name": "app", "organization": "acme", "branch": "main"}),
+        )
+        .await?;
+    cluster.template("docker", docker_template(0)).await?;
+    let two_stages = |author: &str| {
+        json!({"repository": "app", "revision": "abcdef1", "author": author,
+            "technologies": [{"id": "build", "kind": "docker"},
+                             {"id": "ship", "kind": "docker", "stage": 1}]})
+    };
+    cluster.revision_run("doomed", two_stages("a")).await?;
+    let running = cluster
+        .wait_status("doomed", "to run", |s| phase(s) == "Running")
+        .await?;
+    let id = running
+        .status
+        .and_then(|s| s.revision_run_id)
+        .unwrap_or_default();
+    let first = wait_rr(&stack.store, &id, "to create stage 0", WAIT, |rr| {
+        rr.stages[0].runs[0].uid.is_some()
+    })
+    .await?;
+    cluster
+        .rrs
+        .delete("doomed", &DeleteParams::default())
+        .await?;
+    wait_for("the RevisionRun to be gone", WAIT, || async {
+        matches!(cluster.rrs.get_opt("doomed").await, Ok(None)).then_some(())
+    })
+    .await?;
+    let cancelled = stack.store.get(&id).await?;
+    assert_eq!(cancelled.phase, Phase::Cancelled);
+    let api =
+        stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns);
+    let pr = api.get(&first.stages[0].runs[0].pipeline_run).await?;
+    assert_eq!(pr.data["spec"]["status"], "CancelledRunFinally");
+    let stage1 = &cancelled.stages[1].runs[0].pipeline_run;
+    assert!(
+        api.get_opt(stage1).await?.is_none(),
+        "stage 1 was never created"
+    );
+
+    cluster.revision_run("edited", two_stages("a")).await?;
+    let first = cluster
+        .wait_status("edited", "to run", |s| phase(s) == "Running")
+        .await?;
+    let old = first
+        .status
+        .and_then(|s| s.revision_run_id)
+        .unwrap_or_default();
+    cluster
+        .rrs
+        .patch(
+            "edited",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"author": "b"}})),
+        )
+        .await?;
+    let second = cluster
+        .wait_status("edited", "to follow generation 2", |s| {
+            s.submitted_generation == Some(2)
+        })
+        .await?;
+    let new = second
+        .status
+        .and_then(|s| s.revision_run_id)
+        .unwrap_or_default();
+    assert_ne!(new, old);
+    wait_rr(&stack.store, &old, "cancelled", WAIT, |rr| {
+        rr.phase == Phase::Cancelled
+    })
+    .await?;
+    let ids: Vec<String> = runs_of(&stack).await?.into_iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 3, "doomed, edited gen 1, edited gen 2: {ids:?}");
+    cluster
+        .wait_status("edited", "generation 2 to finish", |s| {
+            phase(s) == "Succeeded"
+        })
+        .await?;
+    Ok(())
+}
+
+/// Branch heads come from the loopback Git server; an unknown branch, bad credentials and an
+/// unreachable host are conditions with Warning events, never an invented commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn branch_heads_resolve_and_failures_are_conditions() -> anyhow::Result<()> {
+    let stack = Stack::start("op-git", Duration::from_millis(200)).await?;
+    let open = GitServer::start(None).await?;
+    let locked = GitServer::start(Some(("ci", "s3cret"))).await?;
+    let dev = open.create_repo("open", "develop")?;
+    let private = locked.create_repo("private", "main")?;
+    let cluster = Cluster::new(&stack);
+    let _operator = stack.spawn_operator(&[]);
+    cluster.template("docker", docker_template(0)).await?;
+    let one = |repo: &str| json!({"repository": repo, "technologies": [{"id": "build", "kind": "docker"}]});
+    let closed = free_port()?;
+    let repos = [
+        (
+            "unknown-branch",
+            json!({"name": "open", "branch": "main", "url": open.url("open")}),
+            "BranchNotFound",
+        ),
+        (
+            "unreachable",
+            json!({"name": "gone", "branch": "main", "url": format!("http://127.0.0.1:{closed}/gone.git")}),
+            "GitUnreachable",
+        ),
+        (
+            "bad-password",
+            json!({"name": "private", "branch": "main", "url": locked.url("private"), "credentialsSecret": "wrong"}),
+            "GitUnauthorized",
+        ),
+    ];
+    let wrong: Secret = serde_json::from_value(json!({"metadata": {"name": "wrong"},
+        "stringData": {"username": "ci", "password": "guess"}}))?;
+    cluster
+        .secrets
+        .create(&PostParams::default(), &wrong)
+        .await?;
+    for (name, spec, reason) in &repos {
+        cluster.repo(name, spec.clone()).await?;
+        cluster.revision_run(name, one(name)).await?;
+        cluster.wait_waiting(name, reason).await?;
+        let event = cluster.wait_event(name, reason).await?;
+        assert_eq!(event.type_.as_deref(), Some("Warning"));
+    }
+    assert!(
+        runs_of(&stack).await?.is_empty(),
+        "no failure may submit anything"
+    );
+
+    // Fixing each makes it run the real head.
+    cluster
+        .repos
+        .patch(
+            "unknown-branch",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"branch": "develop"}})),
+        )
+        .await?;
+    let right: Secret = serde_json::from_value(json!({"metadata": {"name": "right"},
+        "stringData": {"username": "ci", "password": "s3cret"}}))?;
+    cluster
+        .secrets
+        .create(&PostParams::default(), &right)
+        .await?;
+    cluster
+        .repos
+        .patch(
+            "bad-password",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"credentialsSecret": "right"}})),
+        )
+        .await?;
+    for (name, head) in [("unknown-branch", &dev), ("bad-password", &private)] {
+        let done = cluster
+            .wait_status(name, "to succeed", |s| phase(s) == "Succeeded")
+            .await?;
+        assert_eq!(done.status.and_then(|s| s.commit).as_ref(), Some(head));
+    }
+    Ok(())
+}
+
+/// A generation submitted by an operator that died before writing the status is not
+/// submitted twice: the request id makes the server return the same run. A re-created object
+/// (new UID) starts a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_generation_submitted_before_a_crash_is_not_submitted_again() -> anyhow::Result<()> {
+    use stagetime_proto::stagetime::v1::revision_runs_client::RevisionRunsClient;
+    let stack = Stack::start("op-idem", Duration::from_millis(200)).await?;
+    let cluster = Cluster::new(&stack);
+    cluster
+        .repo(
+            "app",
+            json!({"name": "app", "organization": "acme", "branch": "main"}),
+        )
+        .await?;
+    cluster.template("docker", docker_template(0)).await?;
+    let spec = json!({"repository": "app", "revision": "abcdef1",
+        "technologies": [{"id": "build", "kind": "docker"}]});
+    let rr = cluster.revision_run("once", spec.clone()).await?;
+    // What the dead operator sent: the same request, built the same way.
+    let repo = cluster.repos.get("app").await?;
+    let templates = std::collections::BTreeMap::from([(
+        "docker".to_string(),
+        cluster.templates.get("docker").await?.spec,
+    )]);
+    let request = stagetime_operator::request::build(
+        &rr,
+        &stagetime_operator::request::Inputs {
+            repo: &repo.spec,
+            templates: &templates,
+            commit: "abcdef1",
+            allowed_namespaces: &[],
+        },
+    )?;
+    let mut grpc = RevisionRunsClient::connect(stack.url()).await?;
+    let before = grpc.create(request).await?.into_inner();
+    assert!(before.created);
+
+    let operator = stack.spawn_operator(&[]);
+    let done = cluster
+        .wait_status("once", "to succeed", |s| phase(s) == "Succeeded")
+        .await?;
+    assert_eq!(
+        done.status.and_then(|s| s.revision_run_id),
+        Some(before.id.clone())
+    );
+    assert_eq!(
+        runs_of(&stack).await?.len(),
+        1,
+        "one revision run for one generation"
+    );
+
+    // Deleted and created again with the same name and spec: a new object, a new run.
+    cluster.rrs.delete("once", &DeleteParams::default()).await?;
+    wait_for("the RevisionRun to be gone", WAIT, || async {
+        matches!(cluster.rrs.get_opt("once").await, Ok(None)).then_some(())
+    })
+    .await?;
+    let again = cluster.revision_run("once", spec).await?;
+    assert_ne!(again.metadata.uid, rr.metadata.uid);
+    let redone = cluster
+        .wait_status("once", "to succeed again", |s| phase(s) == "Succeeded")
+        .await?;
+    assert_ne!(
+        redone.status.and_then(|s| s.revision_run_id),
+        Some(before.id)
+    );
+    assert_eq!(runs_of(&stack).await?.len(), 2);
+    operator.stop().await;
+    Ok(())
+}
+
+/// Two operators share a Lease: one RevisionRun gives one revision run; when the leader dies
+/// (no clean release) the other takes over and reconciles the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_operator_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let stack = Stack::start("op-lease", Duration::from_millis(200)).await?;
+    let cluster = Cluster::new(&stack);
+    cluster
+        .repo(
+            "app",
+            json!({"name": "app", "organization": "acme", "branch": "main"}),
+        )
+        .await?;
+    cluster.template("docker", docker_template(0)).await?;
+    let leases: Api<Lease> = Api::namespaced(stack.client.clone(), &stack.ns);
+    let env: std::collections::BTreeMap<String, String> =
+        [("RUST_LOG".to_string(), "info".to_string())].into();
+    let mut first = Service::new("stagetime-operator", &stack.operator_args(), &env)?;
+    first.start()?;
+    let holder = |lease: Lease| lease.spec.and_then(|s| s.holder_identity);
+    let leader = wait_for("a leader", WAIT, || async {
+        leases
+            .get_opt("stagetime-operator")
+            .await
+            .ok()
+            .flatten()
+            .and_then(holder)
+    })
+    .await?;
+    let mut second = Service::new("stagetime-operator", &stack.operator_args(), &env)?;
+    second.start()?;
+    let spec = json!({"repository": "app", "revision": "abcdef1",
+        "technologies": [{"id": "build", "kind": "docker"}]});
+    cluster.revision_run("one", spec.clone()).await?;
+    cluster
+        .wait_status("one", "to succeed", |s| phase(s) == "Succeeded")
+        .await?;
+    assert_eq!(runs_of(&stack).await?.len(), 1);
+    let still = leases.get("stagetime-operator").await?;
+    assert_eq!(
+        holder(still),
+        Some(leader.clone()),
+        "the leader kept its Lease"
+    );
+
+    first.kill();
+    let next = wait_for("the other operator to lead", WAIT, || async {
+        leases
+            .get_opt("stagetime-operator")
+            .await
+            .ok()
+            .flatten()
+            .and_then(holder)
+            .filter(|h| *h != leader)
+    })
+    .await?;
+    assert_ne!(next, leader);
+    cluster.revision_run("two", spec).await?;
+    cluster
+        .wait_status("two", "to succeed under the new leader", |s| {
+            phase(s) == "Succeeded"
+        })
+        .await?;
+    assert_eq!(runs_of(&stack).await?.len(), 2);
+    second.kill();
+    Ok(())
+}
