@@ -52,6 +52,8 @@ async fn helmfile_template_renders_manifests_the_api_server_accepts() -> anyhow:
     assert!(
         yaml.contains("/usr/local/bin/stagetime-creator")
             && yaml.contains("name: INFORMING_NAMESPACE")
+            && yaml.contains("/usr/local/bin/stagetime-operator")
+            && yaml.contains("resources: [\"revisionruns/status\"]")
     );
 
     let kubectl_ok = Command::new("kubectl")
