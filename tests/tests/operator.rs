@@ -689,3 +689,101 @@ async fn a_second_operator_takes_over_when_the_leader_dies() -> anyhow::Result<(
     second.kill();
     Ok(())
 }
+
+/// Real processes: the operator is killed (-9) the moment its revision run appears in Redis —
+/// before or just after its status write — and the server is killed and restarted while the
+/// run goes on. A new operator finishes the job: exactly one revision run, status right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_operator_and_a_server_restart_leave_one_run() -> anyhow::Result<()> {
+    use stagetime_tests::procs::ProcStack;
+    let env = stagetime_testenv::TestEnv::shared().await?;
+    let prefix = env.redis_prefix("op-crash");
+    let ns = env.namespace("op-crash").await?;
+    let store = stagetime_testenv::store_at(&env.redis.url(), &prefix).await?;
+    let mut p = ProcStack::start(&env.redis.url(), &prefix, env.kube.kubeconfig(), &ns)?;
+    let client = env.kube_client().await?;
+    let cluster = Cluster {
+        repos: Api::namespaced(client.clone(), &ns),
+        templates: Api::namespaced(client.clone(), &ns),
+        rrs: Api::namespaced(client.clone(), &ns),
+        events: Api::namespaced(client.clone(), &ns),
+        secrets: Api::namespaced(client, &ns),
+    };
+    let kubeconfig = env.kube.kubeconfig().display().to_string();
+    let args: Vec<String> = [
+        "--server",
+        &p.url,
+        "--kubeconfig",
+        &kubeconfig,
+        "--watch-namespace",
+        &ns,
+        "--lease-namespace",
+        &ns,
+        "--lease-seconds",
+        "2",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--git-allowed-hosts",
+        "127.0.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let vars = [("RUST_LOG".to_string(), "info".to_string())].into();
+    let mut operator = Service::new("stagetime-operator", &args, &vars)?;
+    cluster
+        .repo(
+            "app",
+            json!({"name": "app", "organization": "acme", "branch": "main"}),
+        )
+        .await?;
+    cluster.template("docker", docker_template(0)).await?;
+    cluster
+        .revision_run(
+            "survivor",
+            json!({"repository": "app", "revision": "abcdef1", "technologies": [
+                {"id": "build", "kind": "docker"},
+                {"id": "test", "kind": "docker", "stage": 1},
+                {"id": "ship", "kind": "docker", "stage": 2}]}),
+        )
+        .await?;
+    operator.start()?;
+    let all = ListFilter::default();
+    let id = wait_for("the revision run in Redis", WAIT, || async {
+        store
+            .list(&all)
+            .await
+            .ok()?
+            .items
+            .first()
+            .map(|r| r.id.clone())
+    })
+    .await?;
+    operator.kill();
+    wait_rr(&store, &id, "stage 1 open", WAIT, |rr| {
+        rr.stages[1].state == stagetime_common::model::StageState::Open
+    })
+    .await?;
+    p.server.kill();
+    operator.start()?;
+    p.server.start()?;
+    let done = cluster
+        .wait_status("survivor", "to succeed", |s| phase(s) == "Succeeded")
+        .await
+        .map_err(|e| e.context(format!("{}\n{}", p.logs(), operator.log_tail())))?;
+    let status = done.status.unwrap_or_default();
+    assert_eq!(status.revision_run_id.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        store.list(&all).await?.items.len(),
+        1,
+        "exactly one revision run"
+    );
+    let stages: Vec<(u32, u32)> = status
+        .stages
+        .iter()
+        .map(|s| (s.number, s.succeeded))
+        .collect();
+    assert_eq!(stages, [(0, 1), (1, 1), (2, 1)]);
+    operator.kill();
+    Ok(())
+}

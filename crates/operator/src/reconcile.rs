@@ -310,7 +310,7 @@ async fn mirror(
                             while let Err(error) = ctx.publish(&reference, &last, &next).await {
                                 tracing::warn!(rr = %id, %error, "status write failed; retrying");
                                 tokio::time::sleep(delay).await;
-                                delay = (delay * 2).min(Duration::from_secs(30));
+                                delay = (delay * 2).min(Duration::from_secs(5));
                             }
                             after = event.event_id;
                             last = next;
@@ -337,7 +337,7 @@ async fn mirror(
             Err(s) => tracing::info!(rr = %id, code = ?s.code(), "watch failed; retrying"),
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(30));
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
     let mut mirrors = ctx.mirrors.lock().unwrap_or_else(|e| e.into_inner());
     if mirrors.get(&key).is_some_and(|m| m.id == id) {
