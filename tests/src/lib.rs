@@ -4,6 +4,7 @@
 //! be stopped and started again to exercise restarts.
 #![forbid(unsafe_code)]
 
+pub mod operator_bench;
 pub mod procs;
 pub mod rss;
 pub mod uids;

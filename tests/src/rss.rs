@@ -8,7 +8,7 @@ use kube::api::PostParams;
 use stagetime_testenv::{TestEnv, process::free_port, wait_for};
 
 /// Builds the release binaries and returns their directory.
-fn release_binaries() -> anyhow::Result<PathBuf> {
+pub fn release_binaries() -> anyhow::Result<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = std::process::Command::new(env!("CARGO"))
         .args(["build", "--release", "--bins", "--workspace"])
@@ -23,7 +23,7 @@ fn release_binaries() -> anyhow::Result<PathBuf> {
 }
 
 /// VmRSS of a process in MiB.
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()
@@ -47,7 +47,7 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 /// A running service process, killed on drop.
-struct Proc(std::process::Child);
+pub struct Proc(pub std::process::Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {

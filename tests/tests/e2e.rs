@@ -173,6 +173,11 @@ async fn a_lost_store_write_is_recovered_by_the_periodic_resync() -> anyhow::Res
         rr.stages[0].runs[0].state == RunState::Running
     })
     .await?;
+    // No creator from here on: nothing but the informer writes while the test rewinds Redis,
+    // and the stage-2 message stays the newest in the stream.
+    if let Some(creator) = stack.creator.take() {
+        creator.stop().await;
+    }
     // Tekton finishes the run; the informer records it and opens stage 2.
     let name = before.stages[0].runs[0].pipeline_run.clone();
     let api =

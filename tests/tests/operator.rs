@@ -787,3 +787,61 @@ async fn kill_9_of_the_operator_and_a_server_restart_leave_one_run() -> anyhow::
     operator.kill();
     Ok(())
 }
+
+/// Platform-provided objects: a Repo and template missing from the RevisionRun's namespace are
+/// taken from the shared namespace; a template sending PipelineRuns to another namespace is
+/// refused unless the operator allows that namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_templates_are_found_and_foreign_target_namespaces_need_allowing()
+-> anyhow::Result<()> {
+    let stack = Stack::start("op-shared", Duration::from_millis(200)).await?;
+    let shared = stack.env.namespace("op-platform").await?;
+    let cluster = Cluster::new(&stack);
+    let platform = Cluster {
+        repos: Api::namespaced(stack.client.clone(), &shared),
+        templates: Api::namespaced(stack.client.clone(), &shared),
+        rrs: Api::namespaced(stack.client.clone(), &shared),
+        events: Api::namespaced(stack.client.clone(), &shared),
+        secrets: Api::namespaced(stack.client.clone(), &shared),
+    };
+    platform
+        .repo(
+            "app",
+            json!({"name": "app", "organization": "acme", "branch": "main"}),
+        )
+        .await?;
+    platform.template("docker", docker_template(0)).await?;
+    let mut elsewhere = docker_template(0);
+    elsewhere["namespace"] = json!(shared.clone());
+    platform.template("elsewhere", elsewhere).await?;
+    let _operator = stack.spawn_operator(&["--shared-namespace", &shared]);
+    cluster
+        .revision_run(
+            "from-platform",
+            json!({"repository": "app", "revision": "abcdef1",
+                "technologies": [{"id": "build", "kind": "docker"}]}),
+        )
+        .await?;
+    cluster
+        .wait_status("from-platform", "to succeed", |s| phase(s) == "Succeeded")
+        .await?;
+    assert_eq!(
+        stack.pipelineruns().await?.len(),
+        1,
+        "its PipelineRun ran in its own namespace"
+    );
+    cluster
+        .revision_run(
+            "to-elsewhere",
+            json!({"repository": "app", "revision": "abcdef1",
+                "technologies": [{"id": "build", "kind": "elsewhere"}]}),
+        )
+        .await?;
+    let refused = cluster
+        .wait_waiting("to-elsewhere", "NamespaceNotAllowed")
+        .await?;
+    let (_, _, message) = submitted(&refused.status.unwrap_or_default()).unwrap_or_default();
+    assert!(message.contains(&shared), "{message}");
+    assert_eq!(runs_of(&stack).await?.len(), 1);
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! Benchmarks that print figures, each next to a baseline measured in the same run (ratios, never
 //! thresholds). Runs against the harness's real Redis and kube-apiserver.
 //!
-//! `stagetime-bench [store|server|creator|e2e|admission|rss|all]`
+//! `stagetime-bench [store|server|creator|e2e|admission|rss|operator|all]`
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt as _, stream};
@@ -410,6 +410,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if all || which == "rss" {
         stagetime_tests::rss::bench_rss().await?;
+    }
+    if all || which == "operator" {
+        stagetime_tests::operator_bench::bench_operator().await?;
     }
     Ok(())
 }
