@@ -47,7 +47,7 @@ start_stack() {
   grpc_port=$(free_port)
   export STAGETIME_SERVER="http://127.0.0.1:$grpc_port"
   # Local development only: no authentication on loopback.
-  start server target/debug/stagetime-server --port "$grpc_port" --bind 127.0.0.1 --admin-addr "127.0.0.1:$(free_port)"
+  start server target/debug/stagetime-server --auth none --port "$grpc_port" --bind 127.0.0.1 --admin-addr "127.0.0.1:$(free_port)"
   start creator target/debug/stagetime-creator --consumer local-creator --admin-addr "127.0.0.1:$(free_port)"
   start informer target/debug/stagetime-informer --admin-addr "127.0.0.1:$(free_port)"
   # Branch heads only from loopback Git servers: nothing here talks to another host.

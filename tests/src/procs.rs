@@ -121,6 +121,8 @@ pub fn service_env(
         ("INFORMER_RESYNC_SECONDS", "5".to_string()),
         ("INFORMER_STALE_STAGE_SECONDS", "10".to_string()),
         ("ADMIN_ADDR", "127.0.0.1:0".to_string()),
+        // Tests reach the server on loopback only; authentication has tests of its own.
+        ("STAGETIME_AUTH", "none".to_string()),
         ("RUST_LOG", "info".to_string()),
     ]
     .into_iter()

@@ -80,6 +80,7 @@ pub async fn bench_rss() -> anyhow::Result<()> {
             .env("KUBECONFIG", env.kube.kubeconfig())
             .env("INFORMING_NAMESPACE", &ns)
             .env("RUST_LOG", "warn")
+            .env("STAGETIME_AUTH", "none")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;

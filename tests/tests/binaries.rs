@@ -76,6 +76,10 @@ fn help_lists_flags_with_env_names() -> anyhow::Result<()> {
                 "PIPELINE_WORKSPACE",
                 "ADMIN_ADDR",
                 "LOG_FORMAT",
+                "STAGETIME_AUTH",
+                "STAGETIME_AUTH_TOKEN_FILE",
+                "STAGETIME_TLS_CERT_FILE",
+                "STAGETIME_TLS_KEY_FILE",
             ][..],
         ),
         (
@@ -99,7 +103,13 @@ fn help_lists_flags_with_env_names() -> anyhow::Result<()> {
         ),
         (
             "stagetime-operator",
-            &["KUBECONFIG", "ADMIN_ADDR", "LOG_FORMAT"][..],
+            &[
+                "KUBECONFIG",
+                "ADMIN_ADDR",
+                "LOG_FORMAT",
+                "STAGETIME_TOKEN_FILE",
+                "STAGETIME_CA_FILE",
+            ][..],
         ),
     ] {
         let out = Command::new(bins.join(bin)).arg("--help").output()?;
@@ -112,6 +122,27 @@ fn help_lists_flags_with_env_names() -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Secure by default: without an explicit authentication choice the server does not start,
+/// and says how to choose.
+#[test]
+fn the_server_refuses_to_start_without_an_auth_choice() -> anyhow::Result<()> {
+    let bins = binaries()?;
+    let out = Command::new(bins.join("stagetime-server"))
+        .args(["--bind", "127.0.0.1", "--port", &free_port()?.to_string()])
+        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port()?)])
+        .env_remove("STAGETIME_AUTH")
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .stdout(Stdio::null())
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--auth kubernetes|token|none") && stderr.contains("STAGETIME_AUTH"),
+        "{stderr}"
+    );
     Ok(())
 }
 
@@ -133,6 +164,7 @@ async fn every_service_serves_healthz_and_stops_on_sigterm() -> anyhow::Result<(
             .env("REDIS_PREFIX", &prefix)
             .env("SERVER_PORT", free_port()?.to_string())
             .env("KUBECONFIG", env.kube.kubeconfig())
+            .env("STAGETIME_AUTH", "none")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
@@ -176,6 +208,7 @@ async fn sigterm_stops_busy_services_within_two_seconds() -> anyhow::Result<()> 
             .env("REDIS_STREAM", format!("{prefix}:stages"))
             .env("PIPELINE_WORKSPACE", &ns)
             .env("KUBECONFIG", kubeconfig)
+            .env("STAGETIME_AUTH", "none")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

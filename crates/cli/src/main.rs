@@ -10,6 +10,7 @@ mod table;
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use stagetime_proto::client::{AuthedChannel, Connection};
 use stagetime_proto::{
     revisionrun::{
         StatusGetRequest, stage_time_application_service_client::StageTimeApplicationServiceClient,
@@ -17,7 +18,7 @@ use stagetime_proto::{
     },
     stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient},
 };
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 /// stageTime command line.
 #[derive(Parser, Debug)]
@@ -31,6 +32,12 @@ struct Cli {
         global = true
     )]
     server: String,
+    /// File holding the bearer token sent to the server.
+    #[arg(long = "token-file", env = "STAGETIME_TOKEN_FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) to verify an https:// server with (default: the system's roots).
+    #[arg(long = "ca-file", env = "STAGETIME_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,15 +114,22 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn channel(server: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(server.to_string())?.connect().await?)
+impl Cli {
+    fn connection(&self) -> Connection {
+        Connection {
+            url: self.server.clone(),
+            ca_file: self.ca_file.clone(),
+            token_file: self.token_file.clone(),
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let connection = cli.connection();
     match cli.command {
         Command::Submit { file } => {
             let request = stagetime_proto::json::parse(&std::fs::read_to_string(&file)?)?;
-            let mut client = StageTimeApplicationServiceClient::new(channel(&cli.server).await?);
+            let mut client = StageTimeApplicationServiceClient::new(connection.connect().await?);
             let reply = client.create_revision_run(request).await?.into_inner();
             let id = reply
                 .success
@@ -124,12 +138,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{id}");
         }
         Command::Get { id } => {
-            let mut client = RevisionRunsClient::new(channel(&cli.server).await?);
+            let mut client = RevisionRunsClient::new(connection.connect().await?);
             let rr = client.get(pb::GetRequest { id }).await?.into_inner();
             print!("{}", table::render(&rr));
         }
         Command::Status { id } => {
-            let mut client = StatusesClient::new(channel(&cli.server).await?);
+            let mut client = StatusesClient::new(connection.connect().await?);
             let reply = client
                 .get_status(StatusGetRequest {
                     revision_run_id: id,
@@ -146,7 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .ok_or_else(|| anyhow::anyhow!("unknown phase {name:?}"))?,
                 None => pb::Phase::Unspecified,
             };
-            let mut client = RevisionRunsClient::new(channel(&cli.server).await?);
+            let mut client = RevisionRunsClient::new(connection.connect().await?);
             let page = client
                 .list(pb::ListRequest {
                     repo_name: repo.unwrap_or_default(),
@@ -169,22 +183,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Cancel { id } => {
-            let mut client = RevisionRunsClient::new(channel(&cli.server).await?);
+            let mut client = RevisionRunsClient::new(connection.connect().await?);
             let rr = client.cancel(pb::CancelRequest { id }).await?.into_inner();
             print!("{}", table::render(&rr));
         }
         Command::Retry { id } => {
-            let mut client = RevisionRunsClient::new(channel(&cli.server).await?);
+            let mut client = RevisionRunsClient::new(connection.connect().await?);
             let rr = client.retry(pb::RetryRequest { id }).await?.into_inner();
             print!("{}", table::render(&rr));
         }
-        Command::Watch { id } => return watch(&cli.server, id).await,
+        Command::Watch { id } => return watch(connection.connect().await?, id).await,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn watch(server: &str, id: String) -> anyhow::Result<ExitCode> {
-    let mut client = RevisionRunsClient::new(channel(server).await?);
+async fn watch(channel: AuthedChannel, id: String) -> anyhow::Result<ExitCode> {
+    let mut client = RevisionRunsClient::new(channel);
     let mut stream = client
         .watch(pb::WatchRequest {
             id,

@@ -54,6 +54,13 @@ pub struct Args {
         default_value = "http://stagetime-server:50051"
     )]
     pub server: String,
+    /// File holding the bearer token sent to the server (default: the pod's ServiceAccount
+    /// token when it exists). Read on every call, so a rotated token is picked up.
+    #[arg(long = "token-file", env = "STAGETIME_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) to verify an https:// server with (default: the system's roots).
+    #[arg(long = "ca-file", env = "STAGETIME_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Watch RevisionRuns, Repos and PipelineRunTemplates of this namespace only (empty = every
     /// namespace; a namespaced Role suffices then).
     #[arg(
@@ -224,11 +231,16 @@ pub async fn run(
     } else {
         None
     };
-    let channel = tonic::transport::Endpoint::from_shared(args.server.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .connect_lazy();
+    let in_cluster = std::path::Path::new(stagetime_proto::client::IN_CLUSTER_TOKEN);
+    let channel = stagetime_proto::client::Connection {
+        url: args.server.clone(),
+        ca_file: args.ca_file.clone(),
+        token_file: args
+            .token_file
+            .clone()
+            .or_else(|| in_cluster.exists().then(|| in_cluster.to_path_buf())),
+    }
+    .connect_lazy()?;
     let shared = args.shared_namespace.trim().to_string();
     let settings = reconcile::Settings {
         shared_namespace: Some(shared.clone()).filter(|s| !s.is_empty()),

@@ -22,8 +22,11 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
-use stagetime_proto::stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient};
-use tonic::{Code, transport::Channel};
+use stagetime_proto::{
+    client::AuthedChannel,
+    stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient},
+};
+use tonic::Code;
 
 use crate::{
     crd::{
@@ -77,7 +80,7 @@ struct Mirror {
 /// What every reconcile shares.
 pub struct Context {
     client: kube::Client,
-    grpc: RevisionRunsClient<Channel>,
+    grpc: RevisionRunsClient<AuthedChannel>,
     git: git::Resolver,
     recorder: Recorder,
     settings: Settings,
@@ -90,7 +93,7 @@ impl Context {
     /// A context over a kube client and a (lazily connected) server channel.
     pub fn new(
         client: kube::Client,
-        channel: Channel,
+        channel: AuthedChannel,
         git: git::Resolver,
         settings: Settings,
         metrics: Metrics,
@@ -384,9 +387,9 @@ async fn apply(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Error>
         && let Some(id) = old.revision_run_id.clone()
     {
         ctx.reset_backoff(&key);
-        if is_terminal(old.phase.as_deref()) {
-            ctx.stop_mirror(&key);
-        } else {
+        // A terminal status was written by the mirror, which ends by itself once its Events are
+        // recorded: stopping it here could cut off the last one.
+        if !is_terminal(old.phase.as_deref()) {
             ctx.ensure_mirror(key, reference, &id, generation, old);
         }
         return Ok(Action::await_change());

@@ -3,9 +3,11 @@
 //! # Layout
 //! - [`revisionrun`]: the compatibility API, wire-identical to the original Go server.
 //! - [`stagetime::v1`]: the typed API.
+//! - [`client`]: connecting with TLS and a bearer token (CLI, operator).
 //! - [`json`]: the original JSON request format (protobuf JSON of `CreateRevisionRunRequest`).
 //! - [`FILE_DESCRIPTOR_SET`]: descriptors for gRPC reflection.
 
+pub mod client;
 pub mod json;
 
 /// Compatibility package `revisionrun`.

@@ -30,6 +30,10 @@ pub enum Error {
     /// The revision run is not in a phase that allows the operation.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Authentication or authorization refused the call (`UNAUTHENTICATED`,
+    /// `PERMISSION_DENIED`, or `UNAVAILABLE` when the check itself failed).
+    #[error("{}", .0.message())]
+    Access(tonic::Status),
 }
 
 impl Error {
@@ -40,6 +44,11 @@ impl Error {
             Error::NamespaceNotAllowed { .. } => "namespace_not_allowed",
             Error::Store(e) => e.metric_label(),
             Error::FailedPrecondition(_) => "failed_precondition",
+            Error::Access(status) => match status.code() {
+                tonic::Code::Unauthenticated => "unauthenticated",
+                tonic::Code::PermissionDenied => "permission_denied",
+                _ => "access_check_failed",
+            },
         }
     }
 }
@@ -47,6 +56,7 @@ impl Error {
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         match error {
+            Error::Access(status) => status,
             Error::InvalidArgument { .. } => tonic::Status::invalid_argument(error.to_string()),
             Error::NamespaceNotAllowed { .. } => {
                 tonic::Status::permission_denied(error.to_string())

@@ -8,16 +8,20 @@
 //! - [`render`]: validation and PipelineRun manifests.
 //! - [`api`]: the shared submit path, and each gRPC API's service (`api::compat`, `api::v1`).
 //! - [`watch`]: the Watch stream.
+//! - [`auth`]: authentication (tokens, Kubernetes TokenReview) and RBAC authorization.
+//! - [`tls`]: TLS from certificate files, reloaded when they change.
 //! - [`metrics`], [`error`].
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod compat;
 pub mod convert;
 pub mod error;
 pub mod grammar;
 pub mod metrics;
 pub mod render;
+pub mod tls;
 pub mod watch;
 
 use std::{future::Future, net::SocketAddr};
@@ -26,7 +30,7 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use stagetime_common::{
     admin::{AdminServer, Readiness},
-    config::{AdminArgs, LogArgs, NamespaceArgs, RedisArgs},
+    config::{AdminArgs, KubeArgs, LogArgs, NamespaceArgs, RedisArgs},
     shutdown::Shutdown,
     store::Store,
     validate::Limits,
@@ -115,6 +119,12 @@ pub struct Args {
     pub namespaces: NamespaceArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub security: SecurityArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub limits: LimitArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -125,6 +135,75 @@ pub struct Args {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub log: LogArgs,
+}
+
+/// Who may call, and TLS.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SecurityArgs {
+    /// Authentication: `kubernetes` (bearer tokens checked with a TokenReview; calls authorized
+    /// by RBAC on RevisionRuns through SubjectAccessReviews), `token` (static bearer tokens from
+    /// --auth-token-file) or `none` (anyone may run anything: local development only). Required:
+    /// the server does not start without an explicit choice.
+    #[arg(long = "auth", env = "STAGETIME_AUTH", default_value = "", value_parser = ["", "none", "token", "kubernetes"])]
+    pub auth: String,
+    /// File of static bearer tokens, one per line (`name:token` or `token`), for `--auth token`.
+    #[arg(long = "auth-token-file", env = "STAGETIME_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<std::path::PathBuf>,
+    /// TLS certificate chain (PEM) of the gRPC port; with --tls-key-file it turns TLS on. Both
+    /// files are reloaded when they change.
+    #[arg(
+        long = "tls-cert-file",
+        env = "STAGETIME_TLS_CERT_FILE",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// TLS private key (PEM) of the gRPC port.
+    #[arg(
+        long = "tls-key-file",
+        env = "STAGETIME_TLS_KEY_FILE",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<std::path::PathBuf>,
+}
+
+impl SecurityArgs {
+    /// The authenticator the flags choose; an error without a choice.
+    pub async fn auth(&self, kube: &KubeArgs) -> anyhow::Result<auth::Auth> {
+        match self.auth.as_str() {
+            "none" => {
+                tracing::warn!(
+                    "--auth none: every caller may run any pipeline; use it only for local development"
+                );
+                Ok(auth::Auth::none())
+            }
+            "token" => {
+                let file = self.auth_token_file.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--auth token needs --auth-token-file (STAGETIME_AUTH_TOKEN_FILE)"
+                    )
+                })?;
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+                auth::Auth::tokens(&text)
+            }
+            "kubernetes" => Ok(auth::Auth::kubernetes(kube.client().await?)),
+            _ => anyhow::bail!(
+                "choose how callers authenticate: --auth kubernetes|token|none (STAGETIME_AUTH); \
+                 `none` lets anyone run any pipeline and is meant for local development only"
+            ),
+        }
+    }
+
+    /// The TLS acceptor when certificate files are set.
+    pub fn tls(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Ok(Some(tls::acceptor(&tls::CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })?)),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Default of `--max-request-bytes`: room for the largest request the default limits allow.
@@ -197,25 +276,29 @@ pub async fn run(
     args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let auth = args.security.auth(&args.kube).await?;
+    let tls = args.security.tls()?;
     let store = args.redis.store().await?;
     let mut registry = Registry::default();
     let api = Api::new(
         store.clone(),
         args.settings(),
         metrics::Metrics::register(&mut registry),
-    );
+    )
+    .with_auth(auth);
     let ready = Readiness::default();
     let admin = AdminServer::bind(args.admin.addr, registry, ready.clone()).await?;
     let listener = TcpListener::bind(SocketAddr::new(args.bind, args.port)).await?;
-    tracing::info!(grpc = %listener.local_addr()?, admin = %admin.local_addr()?, "stagetime-server listening");
+    tracing::info!(grpc = %listener.local_addr()?, admin = %admin.local_addr()?, tls = tls.is_some(), "stagetime-server listening");
     let shutdown = Shutdown::spawn(shutdown);
     let admin_task = tokio::spawn(admin.serve(shutdown.clone().wait()));
     ready.set(store.ping().await.is_ok());
     let readiness = tokio::spawn(track_readiness(store, ready));
-    serve(
+    serve_with(
         listener,
         api,
         args.limits.max_request_bytes,
+        tls,
         shutdown.wait(),
     )
     .await?;
@@ -245,6 +328,17 @@ pub async fn serve(
     max_request_bytes: usize,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    serve_with(listener, api, max_request_bytes, None, shutdown).await
+}
+
+/// [`serve`], with TLS when `tls` is set.
+pub async fn serve_with(
+    listener: TcpListener,
+    api: Api,
+    max_request_bytes: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let closer = api.clone();
     let shutdown = async move {
         shutdown.await;
@@ -266,7 +360,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         // One span per call; the submit path records the revision run id on it.
         .trace_fn(|request| {
             tracing::info_span!(
@@ -283,9 +377,19 @@ pub async fn serve(
                 .max_decoding_message_size(max_request_bytes),
         )
         .add_service(StatusesServer::new(api.clone()).max_decoding_message_size(max_request_bytes))
-        .add_service(RevisionRunsServer::new(api).max_decoding_message_size(max_request_bytes))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await?;
+        .add_service(RevisionRunsServer::new(api).max_decoding_message_size(max_request_bytes));
+    match tls {
+        Some(acceptor) => {
+            router
+                .serve_with_incoming_shutdown(tls::incoming(listener, acceptor), shutdown)
+                .await?
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), shutdown)
+                .await?
+        }
+    }
     Ok(())
 }
 

@@ -19,6 +19,7 @@
 //! - [`simulator`]: the Tekton simulator (plays Tekton's controller).
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod crds;
 pub mod git_server;
 pub mod kube_server;

@@ -17,8 +17,9 @@ impl StageTimeApplicationService for Api {
     ) -> Result<Response<compat::Response>, Status> {
         let timer = self.metrics.start("CreateRevisionRun");
         let result = async {
+            let caller = self.caller(request.metadata()).await?;
             let req = parse(request.get_ref())?;
-            let (id, _) = self.create(&req, "pipelineruns").await?;
+            let (id, _) = self.create(&caller, &req, "pipelineruns").await?;
             Ok::<_, Error>(Response::new(compat::Response {
                 result: compat::response::Result::Success as i32,
                 success: Some(compat::response::Success {
@@ -45,18 +46,23 @@ impl Statuses for Api {
         let result = if key.is_empty() {
             Err(Status::invalid_argument("revision_run_id: required"))
         } else {
-            self.by_id_or_commit(&key)
-                .await
-                .map(|rr| {
-                    Response::new(StatusGetReply {
-                        status: Some(compat::Status {
-                            id: rr.id.clone(),
-                            updated: rr.updated_at.clone(),
-                            status: rr.summary(),
-                        }),
-                    })
+            async {
+                let caller = self.caller(request.metadata()).await?;
+                let rr = self.by_id_or_commit(&key).await?;
+                self.allow(&caller, "get", &rr).await?;
+                Ok::<_, Error>(rr)
+            }
+            .await
+            .map(|rr| {
+                Response::new(StatusGetReply {
+                    status: Some(compat::Status {
+                        id: rr.id.clone(),
+                        updated: rr.updated_at.clone(),
+                        status: rr.summary(),
+                    }),
                 })
-                .map_err(Status::from)
+            })
+            .map_err(Status::from)
         };
         timer.finish(&result);
         result

@@ -18,6 +18,7 @@ use stagetime_common::{
 };
 
 use crate::{
+    auth::{Auth, Caller},
     error::Error,
     metrics::Metrics,
     render::{RenderSettings, render},
@@ -36,6 +37,8 @@ pub struct Api {
     pub(crate) closing: Arc<tokio::sync::watch::Sender<bool>>,
     /// The event-stream reader all watches share, started by the first watch.
     pub(crate) hub: Arc<tokio::sync::OnceCell<EventHub>>,
+    /// Who may call (default: everyone — the binary refuses to start without a choice).
+    pub(crate) auth: Auth,
 }
 
 impl Api {
@@ -48,7 +51,70 @@ impl Api {
             watch_block: Duration::from_secs(5),
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
             hub: Arc::default(),
+            auth: Auth::none(),
         }
+    }
+
+    /// The same API behind `auth`.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The caller of a request; `UNAUTHENTICATED` without valid credentials.
+    pub(crate) async fn caller(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Caller, Error> {
+        self.auth
+            .authenticate(metadata)
+            .await
+            .map_err(Error::Access)
+    }
+
+    /// `PERMISSION_DENIED` unless `caller` may `verb` revision runs in every namespace `rr`'s
+    /// runs use.
+    pub(crate) async fn allow(
+        &self,
+        caller: &Caller,
+        verb: &str,
+        rr: &RevisionRun,
+    ) -> Result<(), Error> {
+        let mut namespaces: Vec<String> = rr
+            .stages
+            .iter()
+            .flat_map(|s| &s.runs)
+            .map(|r| r.namespace.clone())
+            .collect();
+        namespaces.sort();
+        namespaces.dedup();
+        if namespaces.is_empty() {
+            namespaces.push(self.settings.default_namespace.clone());
+        }
+        self.auth
+            .authorize(caller, verb, &namespaces)
+            .await
+            .map_err(Error::Access)
+    }
+
+    /// `PERMISSION_DENIED` unless `caller` may `verb` revision runs in the default namespace
+    /// (for calls that name no revision run, such as List).
+    pub(crate) async fn allow_default(&self, caller: &Caller, verb: &str) -> Result<(), Error> {
+        self.auth
+            .authorize(
+                caller,
+                verb,
+                std::slice::from_ref(&self.settings.default_namespace),
+            )
+            .await
+            .map_err(Error::Access)
+    }
+
+    /// Reads revision run `id` for `caller`, who must be allowed to `get` it.
+    pub(crate) async fn get_for(&self, caller: &Caller, id: &str) -> Result<RevisionRun, Error> {
+        let rr = self.store.get(id).await?;
+        self.allow(caller, "get", &rr).await?;
+        Ok(rr)
     }
 
     /// The shared event reader, started on first use.
@@ -72,11 +138,14 @@ impl Api {
     /// Renders, stores and opens the first stage; idempotent for an identical request.
     pub async fn create(
         &self,
+        caller: &Caller,
         req: &RevisionRequest,
         runs_field: &str,
     ) -> Result<(String, bool), Error> {
         let rendered = render(req, &self.settings, runs_field, &now_rfc3339())?;
         tracing::Span::current().record("rr", rendered.rr.id.as_str());
+        // Nothing is stored before the caller is known to be allowed in every namespace.
+        self.allow(caller, "create", &rendered.rr).await?;
         let created = self.store.create(&rendered.rr, &rendered.manifests).await?;
         if !created.created {
             tracing::info!(rr = %created.id, "identical revision run already exists");
@@ -115,7 +184,7 @@ impl Api {
 
     /// Cancels a revision run; cancelling a cancelled one again answers the same, cancelling
     /// one that finished otherwise is `FAILED_PRECONDITION`.
-    pub async fn cancel_run(&self, id: &str) -> Result<RevisionRun, Error> {
+    pub async fn cancel_run(&self, caller: &Caller, id: &str) -> Result<RevisionRun, Error> {
         if id.is_empty() {
             return Err(Error::InvalidArgument {
                 field: "id".into(),
@@ -123,6 +192,8 @@ impl Api {
             });
         }
         tracing::Span::current().record("rr", id);
+        self.allow(caller, "create", &self.store.get(id).await?)
+            .await?;
         let rr = self.store.cancel(id).await?.rr;
         if let Some(concurrency) = &rr.concurrency {
             // Its slot (or queue place) is free now: admit whoever waits.
@@ -142,7 +213,7 @@ impl Api {
     /// Starts the next attempt of a `Failed` or `Cancelled` revision run from its first stage
     /// that did not succeed. Two retries at once start one attempt; the other is
     /// `FAILED_PRECONDITION`.
-    pub async fn retry_run(&self, id: &str) -> Result<RevisionRun, Error> {
+    pub async fn retry_run(&self, caller: &Caller, id: &str) -> Result<RevisionRun, Error> {
         if id.is_empty() {
             return Err(Error::InvalidArgument {
                 field: "id".into(),
@@ -151,6 +222,7 @@ impl Api {
         }
         tracing::Span::current().record("rr", id);
         let rr = self.store.get(id).await?;
+        self.allow(caller, "create", &rr).await?;
         let manifests = self.next_attempt_manifests(&rr).await?;
         match self.store.retry(id, &manifests).await {
             Ok(updated) => {

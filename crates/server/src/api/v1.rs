@@ -20,8 +20,9 @@ impl RevisionRuns for Api {
     ) -> Result<Response<pb::CreateResponse>, Status> {
         let timer = self.metrics.start("Create");
         let result = async {
+            let caller = self.caller(request.metadata()).await?;
             let req = convert::request(request.get_ref())?;
-            let (id, created) = Api::create(self, &req, "runs").await?;
+            let (id, created) = Api::create(self, &caller, &req, "runs").await?;
             Ok::<_, Error>(Response::new(pb::CreateResponse { id, created }))
         }
         .await
@@ -39,11 +40,13 @@ impl RevisionRuns for Api {
         let result = if id.is_empty() {
             Err(Status::invalid_argument("id: required"))
         } else {
-            self.store
-                .get(id)
-                .await
-                .map(|rr| Response::new(convert::revision_run(&rr)))
-                .map_err(|e| Status::from(Error::from(e)))
+            async {
+                let caller = self.caller(request.metadata()).await?;
+                self.get_for(&caller, id).await
+            }
+            .await
+            .map(|rr| Response::new(convert::revision_run(&rr)))
+            .map_err(Status::from)
         };
         timer.finish(&result);
         result
@@ -54,31 +57,28 @@ impl RevisionRuns for Api {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let timer = self.metrics.start("List");
-        let req = request.get_ref();
-        let result = match pb::Phase::try_from(req.phase) {
-            Err(_) => Err(Status::invalid_argument(format!(
-                "phase: unknown value {}",
-                req.phase
-            ))),
-            Ok(phase) => {
-                let filter = ListFilter {
-                    repo: Some(req.repo_name.clone()).filter(|r| !r.is_empty()),
-                    phase: convert::phase_filter(phase),
-                    page_size: req.page_size as usize,
-                    page_token: Some(req.page_token.clone()).filter(|t| !t.is_empty()),
-                };
-                self.store
-                    .list(&filter)
-                    .await
-                    .map(|page| {
-                        Response::new(pb::ListResponse {
-                            revision_runs: page.items.iter().map(convert::revision_run).collect(),
-                            next_page_token: page.next_page_token.unwrap_or_default(),
-                        })
-                    })
-                    .map_err(|e| Status::from(Error::from(e)))
-            }
-        };
+        let result = async {
+            let caller = self.caller(request.metadata()).await?;
+            let req = request.get_ref();
+            let phase = pb::Phase::try_from(req.phase).map_err(|_| Error::InvalidArgument {
+                field: "phase".into(),
+                reason: format!("unknown value {}", req.phase),
+            })?;
+            self.allow_default(&caller, "list").await?;
+            let filter = ListFilter {
+                repo: Some(req.repo_name.clone()).filter(|r| !r.is_empty()),
+                phase: convert::phase_filter(phase),
+                page_size: req.page_size as usize,
+                page_token: Some(req.page_token.clone()).filter(|t| !t.is_empty()),
+            };
+            let page = self.store.list(&filter).await?;
+            Ok::<_, Error>(Response::new(pb::ListResponse {
+                revision_runs: page.items.iter().map(convert::revision_run).collect(),
+                next_page_token: page.next_page_token.unwrap_or_default(),
+            }))
+        }
+        .await
+        .map_err(Status::from);
         timer.finish(&result);
         result
     }
@@ -91,6 +91,8 @@ impl RevisionRuns for Api {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let timer = self.metrics.start("Watch");
         let result = async {
+            let caller = self.caller(request.metadata()).await?;
+            self.get_for(&caller, request.get_ref().id.trim()).await?;
             let hub = self.hub().await?;
             crate::watch::start(&self.store, hub, request.into_inner()).await
         }
@@ -106,11 +108,13 @@ impl RevisionRuns for Api {
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::RevisionRun>, Status> {
         let timer = self.metrics.start("Cancel");
-        let result = self
-            .cancel_run(request.get_ref().id.trim())
-            .await
-            .map(|rr| Response::new(convert::revision_run(&rr)))
-            .map_err(Status::from);
+        let result = async {
+            let caller = self.caller(request.metadata()).await?;
+            self.cancel_run(&caller, request.get_ref().id.trim()).await
+        }
+        .await
+        .map(|rr| Response::new(convert::revision_run(&rr)))
+        .map_err(Status::from);
         timer.finish(&result);
         result
     }
@@ -120,11 +124,13 @@ impl RevisionRuns for Api {
         request: Request<pb::RetryRequest>,
     ) -> Result<Response<pb::RevisionRun>, Status> {
         let timer = self.metrics.start("Retry");
-        let result = self
-            .retry_run(request.get_ref().id.trim())
-            .await
-            .map(|rr| Response::new(convert::revision_run(&rr)))
-            .map_err(Status::from);
+        let result = async {
+            let caller = self.caller(request.metadata()).await?;
+            self.retry_run(&caller, request.get_ref().id.trim()).await
+        }
+        .await
+        .map(|rr| Response::new(convert::revision_run(&rr)))
+        .map_err(Status::from);
         timer.finish(&result);
         result
     }

@@ -1,0 +1,101 @@
+//! Connecting to the server as the CLI and the operator do: TLS for `https://` addresses
+//! (verified with a CA file, else the system's roots) and a bearer token read from a file on
+//! every call, so a rotated ServiceAccount token is picked up without a restart.
+
+use std::{path::PathBuf, time::Duration};
+
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
+
+/// Where the ServiceAccount token of a pod is mounted.
+pub const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// Adds `authorization: Bearer <token>` from a file (none when there is no file).
+#[derive(Clone, Debug, Default)]
+pub struct BearerFile {
+    file: Option<PathBuf>,
+}
+
+impl BearerFile {
+    /// Reads the token from `file` on every call.
+    pub fn new(file: Option<PathBuf>) -> Self {
+        Self {
+            file: file.filter(|f| !f.as_os_str().is_empty()),
+        }
+    }
+}
+
+impl Interceptor for BearerFile {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(file) = &self.file {
+            let token = std::fs::read_to_string(file).map_err(|e| {
+                Status::unauthenticated(format!(
+                    "cannot read the token file {}: {e}",
+                    file.display()
+                ))
+            })?;
+            let value = MetadataValue::try_from(format!("Bearer {}", token.trim()))
+                .map_err(|_| Status::unauthenticated("the token file holds no valid token"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+/// A channel with credentials.
+pub type AuthedChannel = InterceptedService<Channel, BearerFile>;
+
+/// How to reach the server.
+#[derive(Clone, Debug, Default)]
+pub struct Connection {
+    /// `http://host:port` or `https://host:port`.
+    pub url: String,
+    /// CA certificate (PEM) to verify an `https://` server with (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// File holding the bearer token.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Connection {
+    fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        let mut endpoint = Endpoint::from_shared(self.url.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30));
+        if self.url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            tls = match self.ca_file.as_ref().filter(|f| !f.as_os_str().is_empty()) {
+                Some(ca) => {
+                    tls.ca_certificate(Certificate::from_pem(std::fs::read(ca).map_err(|e| {
+                        anyhow::anyhow!("cannot read the CA file {}: {e}", ca.display())
+                    })?))
+                }
+                None => tls.with_native_roots(),
+            };
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        Ok(endpoint)
+    }
+
+    /// Connects now.
+    pub async fn connect(&self) -> anyhow::Result<AuthedChannel> {
+        let channel = self.endpoint()?.connect().await?;
+        Ok(InterceptedService::new(
+            channel,
+            BearerFile::new(self.token_file.clone()),
+        ))
+    }
+
+    /// Connects on first use (and reconnects after failures).
+    pub fn connect_lazy(&self) -> anyhow::Result<AuthedChannel> {
+        let channel = self.endpoint()?.connect_lazy();
+        Ok(InterceptedService::new(
+            channel,
+            BearerFile::new(self.token_file.clone()),
+        ))
+    }
+}

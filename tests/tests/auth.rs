@@ -1,0 +1,343 @@
+//! Who may call the gRPC API, against the real kube-apiserver (RBAC on): Kubernetes tokens
+//! checked by TokenReview and calls authorized by SubjectAccessReview, static tokens, and TLS
+//! from certificate files that rotate while a client stays connected.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::ServiceAccount,
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::{Api, api::PostParams};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use stagetime_proto::{
+    client::{AuthedChannel, Connection},
+    stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient},
+};
+use stagetime_server::{Api as GrpcApi, auth::Auth, render::RenderSettings};
+use stagetime_testenv::{TestEnv, certs::TestCa, process::scratch_dir, wait_for};
+use tonic::Code;
+
+/// Starts a server for namespace `ns` behind `auth` (and TLS from `tls` files); returns its
+/// address and the task serving it.
+async fn start(
+    env: &TestEnv,
+    test: &str,
+    ns: &str,
+    auth: Auth,
+    tls: Option<(&Path, &Path)>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let store = env.store(test).await?;
+    let api = GrpcApi::new(
+        store,
+        RenderSettings {
+            default_namespace: ns.to_string(),
+            ..RenderSettings::default()
+        },
+        stagetime_server::metrics::Metrics::register(&mut Registry::default()),
+    )
+    .with_auth(auth);
+    let acceptor = match tls {
+        Some((cert, key)) => Some(stagetime_server::tls::acceptor(
+            &stagetime_server::tls::CertFiles {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+            },
+        )?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let forever = std::future::pending::<()>();
+        if let Err(error) = stagetime_server::serve_with(
+            listener,
+            api,
+            stagetime_server::DEFAULT_MAX_REQUEST_BYTES,
+            acceptor,
+            forever,
+        )
+        .await
+        {
+            eprintln!("server stopped: {error:#}");
+        }
+    });
+    Ok((addr, task))
+}
+
+fn request(commit: &str) -> pb::CreateRequest {
+    pb::CreateRequest {
+        repo_name: "auth".into(),
+        commit_id: commit.into(),
+        runs: vec![pb::RunSpec {
+            name: "build".into(),
+            pipeline_ref: Some(pb::PipelineRef {
+                r#ref: Some(pb::pipeline_ref::Ref::Name("build".into())),
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+async fn client(
+    url: String,
+    token: Option<&str>,
+    ca: Option<&Path>,
+) -> anyhow::Result<RevisionRunsClient<AuthedChannel>> {
+    let token_file = match token {
+        Some(token) => {
+            let file = scratch_dir("token")?.join("token");
+            std::fs::write(&file, token)?;
+            Some(file)
+        }
+        None => None,
+    };
+    let channel = Connection {
+        url,
+        ca_file: ca.map(Path::to_path_buf),
+        token_file,
+    }
+    .connect()
+    .await?;
+    Ok(RevisionRunsClient::new(channel))
+}
+
+async fn service_account_token(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+    )
+    .await?;
+    let issued = sas
+        .create_token_request(
+            name,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    expiration_seconds: Some(600),
+                    ..TokenRequestSpec::default()
+                },
+                ..TokenRequest::default()
+            },
+        )
+        .await?;
+    Ok(issued.status.map(|s| s.token).unwrap_or_default())
+}
+
+/// No token, a wrong token, a real ServiceAccount token without RBAC in the namespace, and the
+/// same token once a Role allows `create` on RevisionRuns there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_tokens_and_rbac_decide_who_may_create() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let ns = env.namespace("auth-k8s").await?;
+    let admin = env.kube_client().await?;
+    let (addr, server) = start(env, "auth-k8s", &ns, Auth::kubernetes(admin.clone()), None).await?;
+    let url = format!("http://{addr}");
+    let alice = service_account_token(&admin, &ns, "alice").await?;
+
+    let err = client(url.clone(), None, None)
+        .await?
+        .create(request("aaaa0001"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    assert!(
+        err.message().contains("missing bearer token"),
+        "{}",
+        err.message()
+    );
+    let err = client(url.clone(), Some("not-a-real-token-at-all"), None)
+        .await?
+        .create(request("aaaa0002"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+
+    let mut as_alice = client(url.clone(), Some(&alice), None).await?;
+    let err = as_alice.create(request("aaaa0003")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(
+        err.message()
+            .contains(&format!("system:serviceaccount:{ns}:alice"))
+            && err.message().contains(&format!("{ns:?}")),
+        "{}",
+        err.message()
+    );
+    let listed = as_alice.list(pb::ListRequest::default()).await.unwrap_err();
+    assert_eq!(listed.code(), Code::PermissionDenied);
+
+    let roles: Api<Role> = Api::namespaced(admin.clone(), &ns);
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "start-runs"},
+                "rules": [{"apiGroups": ["stagetime.sthings.tiab.ssc.sva.de"],
+                           "resources": ["revisionruns"], "verbs": ["create", "get", "list"]}]}))?,
+        )
+        .await?;
+    let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), &ns);
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "alice-starts-runs"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "start-runs"},
+                "subjects": [{"kind": "ServiceAccount", "name": "alice", "namespace": ns}]}))?,
+        )
+        .await?;
+    // A refusal is remembered for a few seconds only.
+    let created = wait_for("alice to be allowed", Duration::from_secs(20), || {
+        let mut as_alice = as_alice.clone();
+        async move { as_alice.create(request("aaaa0004")).await.ok() }
+    })
+    .await?
+    .into_inner();
+    assert!(created.created);
+    let got = as_alice
+        .get(pb::GetRequest {
+            id: created.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(got.commit_id, "aaaa0004");
+    // Someone else's run in another namespace stays out of reach: bob has no Role anywhere.
+    let bob = service_account_token(&admin, &ns, "bob").await?;
+    let err = client(url, Some(&bob), None)
+        .await?
+        .get(pb::GetRequest { id: created.id })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    server.abort();
+    Ok(())
+}
+
+/// Static tokens over TLS; the certificate files are replaced by ones from another CA while a
+/// client stays connected: that client keeps working on its connection, new clients get the new
+/// certificate (those trusting only the old CA are refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_static_token_survives_a_certificate_rotation() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let ns = env.namespace("auth-tls").await?;
+    let (old_ca, new_ca) = (TestCa::new("old")?, TestCa::new("new")?);
+    let (cert, key) = old_ca.issue("server")?;
+    let token = "ci-token-0123456789abcdef";
+    let auth = Auth::tokens(&format!("ci:{token}\n"))?;
+    let (addr, server) = start(env, "auth-tls", &ns, auth, Some((&cert, &key))).await?;
+    let url = format!("https://127.0.0.1:{}", addr.port());
+
+    let err = client(
+        url.clone(),
+        Some("ci-token-0123456789abcdeX"),
+        Some(&old_ca.cert),
+    )
+    .await?
+    .create(request("bbbb0001"))
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut connected = client(url.clone(), Some(token), Some(&old_ca.cert)).await?;
+    assert!(
+        connected
+            .create(request("bbbb0002"))
+            .await?
+            .into_inner()
+            .created
+    );
+    // Plain text to a TLS port is not an answer.
+    assert!(
+        client(format!("http://{addr}"), Some(token), None)
+            .await?
+            .create(request("bbbb0003"))
+            .await
+            .is_err()
+    );
+
+    let (new_cert, new_key) = new_ca.issue("server")?;
+    std::fs::copy(&new_key, &key)?;
+    std::fs::copy(&new_cert, &cert)?;
+    wait_for(
+        "new connections to get the new certificate",
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            let ca = new_ca.cert.clone();
+            async move {
+                let mut fresh = client(url, Some(token), Some(&ca)).await.ok()?;
+                fresh.list(pb::ListRequest::default()).await.ok()
+            }
+        },
+    )
+    .await?;
+    assert!(
+        client(url.clone(), Some(token), Some(&old_ca.cert))
+            .await
+            .is_err(),
+        "a client trusting only the old CA must be refused now"
+    );
+    let reply = connected.create(request("bbbb0004")).await?.into_inner();
+    assert!(reply.created, "the connected client kept its connection");
+    server.abort();
+    Ok(())
+}
+
+/// `grpcurl` against the TLS server with a token, exactly as the README shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_creates_over_tls_with_a_token_as_the_readme_shows() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let ns = env.namespace("auth-grpcurl").await?;
+    let ca = TestCa::new("grpcurl")?;
+    let (cert, key) = ca.issue("server")?;
+    let token = "readme-token-0123456789";
+    let auth = Auth::tokens(&format!("ci:{token}\n"))?;
+    let (addr, server) = start(env, "auth-grpcurl", &ns, auth, Some((&cert, &key))).await?;
+    let grpcurl = stagetime_testenv::process::tool("grpcurl", "grpcurl")?;
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/typed-create.json");
+    let run = |with_token: bool| {
+        let mut cmd = std::process::Command::new(&grpcurl);
+        cmd.arg("-cacert").arg(&ca.cert);
+        if with_token {
+            cmd.args(["-H", &format!("authorization: Bearer {token}")]);
+        }
+        cmd.args([
+            "-d",
+            "@",
+            &addr.to_string(),
+            "stagetime.v1.RevisionRuns/Create",
+        ])
+        .stdin(std::fs::File::open(example)?)
+        .output()
+        .map_err(anyhow::Error::from)
+    };
+    let refused = tokio::task::block_in_place(|| run(false))?;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let created = tokio::task::block_in_place(|| run(true))?;
+    let stdout = String::from_utf8_lossy(&created.stdout);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_str(&stdout)?;
+    assert!(
+        reply["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("stuttgart-things-")),
+        "{reply}"
+    );
+    assert_eq!(reply["created"], true);
+    server.abort();
+    Ok(())
+}
