@@ -34,7 +34,8 @@ pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
-async fn http_get(port: u16, path: &str) -> Option<String> {
+/// GET `path` from `127.0.0.1:port` (HTTP/1.1, whole response as text).
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

@@ -37,6 +37,21 @@ pub struct RedisArgs {
         hide_env_values = true
     )]
     pub password: Option<String>,
+    /// Redis ACL user (empty = the default user).
+    #[arg(id = "redis_username", long = "redis-username", env = "REDIS_USERNAME")]
+    pub username: Option<String>,
+    /// Speak TLS to Redis (`rediss://`) when the URL is built from server and port.
+    #[arg(
+        id = "redis_tls",
+        long = "redis-tls",
+        env = "REDIS_TLS",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub tls: bool,
+    /// CA certificate (PEM) that verifies Redis' TLS certificate (default: the system's roots).
+    #[arg(id = "redis_ca_file", long = "redis-ca-file", env = "REDIS_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Prefix of every key stageTime writes.
     #[arg(
         id = "redis_prefix",
@@ -81,14 +96,21 @@ impl RedisArgs {
         if let Some(url) = self.url.as_deref().filter(|u| !u.is_empty()) {
             return url.to_string();
         }
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let user = self
+            .username
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .map(percent_encode)
+            .unwrap_or_default();
         match self.password.as_deref().filter(|p| !p.is_empty()) {
             Some(password) => format!(
-                "redis://:{}@{}:{}",
+                "{scheme}://{user}:{}@{}:{}",
                 percent_encode(password),
                 self.server,
                 self.port
             ),
-            None => format!("redis://{}:{}", self.server, self.port),
+            None => format!("{scheme}://{}:{}", self.server, self.port),
         }
     }
 }
@@ -98,7 +120,18 @@ impl RedisArgs {
     /// Checks Redis persistence as [`Self::durability`] says.
     pub async fn store(&self) -> crate::Result<crate::store::Store> {
         let keys = crate::keys::Keys::new(&self.prefix, &self.stream);
-        let store = crate::store::Store::connect(&self.connection_url(), keys).await?;
+        let ca = match &self.ca_file {
+            Some(file) if !file.as_os_str().is_empty() => Some(std::fs::read(file).map_err(
+                |e| crate::Error::InvalidArgument {
+                    field: "redis_ca_file".into(),
+                    reason: format!("cannot read {}: {e}", file.display()),
+                },
+            )?),
+            _ => None,
+        };
+        let store =
+            crate::store::Store::connect_with_ca(&self.connection_url(), keys, ca.as_deref())
+                .await?;
         match (store.persistence().await, self.durability) {
             (Ok(p), _) if p.is_durable() => {}
             (Ok(p), Durability::Require) => {
@@ -228,6 +261,9 @@ mod tests {
             server: "redis.example".into(),
             port: 6380,
             password: password.map(str::to_string),
+            username: None,
+            tls: false,
+            ca_file: None,
             prefix: "stagetime".into(),
             stream: "s".into(),
             durability: Durability::Warn,

@@ -135,10 +135,32 @@ pub fn now_rfc3339() -> String {
         .to_string()
 }
 
+/// A Redis client for `url` (`redis://` or `rediss://`; TLS by rustls, verified with the PEM CA
+/// certificate `ca` when given, else with the system's roots).
+pub fn redis_client(url: &str, ca: Option<&[u8]>) -> Result<redis::Client> {
+    match ca {
+        Some(ca) if url.starts_with("rediss://") => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            },
+        )
+        .map_err(redis_err("open")),
+        _ => redis::Client::open(url).map_err(redis_err("open")),
+    }
+}
+
 impl Store {
     /// Connects to Redis at `url` with key names from `keys`.
     pub async fn connect(url: &str, keys: Keys) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(redis_err("open"))?;
+        Self::connect_with_ca(url, keys, None).await
+    }
+
+    /// [`Self::connect`]; a `rediss://` URL is verified with the PEM CA certificate `ca` when
+    /// given (else with the system's roots).
+    pub async fn connect_with_ca(url: &str, keys: Keys, ca: Option<&[u8]>) -> Result<Self> {
+        let client = redis_client(url, ca)?;
         let conn = connection(&client, Duration::from_secs(10)).await?;
         Ok(Self {
             client,
