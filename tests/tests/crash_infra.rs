@@ -35,6 +35,7 @@ async fn restarts_mid_run(test: &str, fsync_everysec: bool) -> anyhow::Result<()
     let redis = RedisServer::start(Options {
         appendonly: true,
         fsync_everysec,
+        ..Options::default()
     })
     .await?;
     let prefix = env.redis_prefix(test);
@@ -73,6 +74,7 @@ async fn a_queue_survives_a_redis_restart_and_a_creator_kill() -> anyhow::Result
     let redis = RedisServer::start(Options {
         appendonly: true,
         fsync_everysec: false,
+        ..Options::default()
     })
     .await?;
     let prefix = env.redis_prefix("queue-crash");

@@ -445,6 +445,7 @@ async fn durability_is_checked_at_start() -> anyhow::Result<()> {
     let everysec = RedisServer::start(Options {
         appendonly: true,
         fsync_everysec: true,
+        ..Options::default()
     })
     .await?;
     assert!(matches!(
@@ -454,6 +455,7 @@ async fn durability_is_checked_at_start() -> anyhow::Result<()> {
     let always = RedisServer::start(Options {
         appendonly: true,
         fsync_everysec: false,
+        ..Options::default()
     })
     .await?;
     let store = args(always.url(), Durability::Require).store().await?;
