@@ -90,3 +90,82 @@ async fn helmfile_template_renders_manifests_the_api_server_accepts() -> anyhow:
     );
     Ok(())
 }
+
+fn helm_template(sets: &[&str]) -> anyhow::Result<std::process::Output> {
+    let helm = tool("helm", "helm")?;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut cmd = Command::new(&helm);
+    cmd.args([
+        "template",
+        "st",
+        "charts/stagetime",
+        "--namespace",
+        "stagetime",
+    ])
+    .current_dir(root)
+    .env(
+        "HELM_CACHE_HOME",
+        std::env::temp_dir().join("stagetime-helm-cache"),
+    );
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    Ok(cmd.output()?)
+}
+
+/// Nothing insecure renders unless asked for by name: no Redis password, an unauthenticated
+/// API, token auth without tokens are refused with a message saying what to set. The server's
+/// ServiceAccount mounts a token only for Kubernetes authentication.
+#[test]
+fn the_chart_refuses_insecure_values_unless_asked_for() -> anyhow::Result<()> {
+    for (sets, says) in [
+        (&[][..], "redis.existingSecret is required"),
+        (
+            &["redis.existingSecret=r", "server.auth=none"][..],
+            "server.allowUnauthenticated=true",
+        ),
+        (
+            &["redis.existingSecret=r", "server.auth=token"][..],
+            "server.tokenSecret",
+        ),
+    ] {
+        let out = helm_template(sets)?;
+        assert!(!out.status.success(), "{sets:?} rendered");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{sets:?}: {stderr}");
+    }
+    let local = helm_template(&[
+        "redis.insecureLocalDevelopment=true",
+        "server.auth=none",
+        "server.allowUnauthenticated=true",
+    ])?;
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    let local = String::from_utf8(local.stdout)?;
+    assert!(local.contains("automountServiceAccountToken: false"));
+    assert!(!local.contains("system:auth-delegator"));
+    let secure = helm_template(&[
+        "redis.existingSecret=r",
+        "server.tls.secretName=tls",
+        "server.tls.caSecretName=ca",
+    ])?;
+    assert!(
+        secure.status.success(),
+        "{}",
+        String::from_utf8_lossy(&secure.stderr)
+    );
+    let secure = String::from_utf8(secure.stdout)?;
+    for expected in [
+        "automountServiceAccountToken: true",
+        "name: system:auth-delegator",
+        "value: \"kubernetes\"",
+        "https://stagetime-server:50051",
+        "/etc/stagetime/tls/tls.crt",
+    ] {
+        assert!(secure.contains(expected), "{expected} missing");
+    }
+    Ok(())
+}

@@ -8,6 +8,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end }}
 
+{{/* Refusals: nothing insecure renders unless asked for by name. */}}
+{{- define "stagetime.checks" -}}
+{{- if and (not .Values.redis.existingSecret) (not .Values.redis.insecureLocalDevelopment) }}
+{{- fail "redis.existingSecret is required (a secret with key REDIS_PASSWORD); set redis.insecureLocalDevelopment=true only for a throwaway local Redis" }}
+{{- end }}
+{{- if and (eq .Values.server.auth "none") (not .Values.server.allowUnauthenticated) }}
+{{- fail "server.auth=none lets anyone run any pipeline; set server.allowUnauthenticated=true to confirm (local development only)" }}
+{{- end }}
+{{- if and (eq .Values.server.auth "token") (not .Values.server.tokenSecret) }}
+{{- fail "server.auth=token needs server.tokenSecret (a secret with key `tokens`)" }}
+{{- end }}
+{{- end }}
+
+{{/* The server's URL as clients inside the cluster use it. */}}
+{{- define "stagetime.serverUrl" -}}
+{{ ternary "https" "http" (ne .Values.server.tls.secretName "") }}://stagetime-server:{{ .Values.server.port }}
+{{- end }}
+
 {{/* Environment shared by every service: Redis, logging, admin port. */}}
 {{- define "stagetime.env" -}}
 - name: REDIS_SERVER
@@ -24,6 +42,16 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
     secretKeyRef:
       name: {{ .Values.redis.existingSecret }}
       key: REDIS_PASSWORD
+{{- end }}
+{{- if .Values.redis.username }}
+- name: REDIS_USERNAME
+  value: {{ .Values.redis.username | quote }}
+{{- end }}
+- name: REDIS_TLS
+  value: {{ .Values.redis.tls | quote }}
+{{- if .Values.redis.caSecret }}
+- name: REDIS_CA_FILE
+  value: /etc/stagetime/redis-ca/ca.crt
 {{- end }}
 - name: LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
