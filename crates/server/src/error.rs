@@ -27,6 +27,14 @@ pub enum Error {
         /// The namespace asked for.
         namespace: String,
     },
+    /// A pipeline source or workspace Secret outside the configured allowlists.
+    #[error("{field}: {what}")]
+    SourceNotAllowed {
+        /// Field path.
+        field: String,
+        /// What was refused.
+        what: String,
+    },
     /// The revision run is not in a phase that allows the operation.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -42,6 +50,7 @@ impl Error {
         match self {
             Error::InvalidArgument { .. } => "invalid_argument",
             Error::NamespaceNotAllowed { .. } => "namespace_not_allowed",
+            Error::SourceNotAllowed { .. } => "source_not_allowed",
             Error::Store(e) => e.metric_label(),
             Error::FailedPrecondition(_) => "failed_precondition",
             Error::Access(status) => match status.code() {
@@ -58,7 +67,7 @@ impl From<Error> for tonic::Status {
         match error {
             Error::Access(status) => status,
             Error::InvalidArgument { .. } => tonic::Status::invalid_argument(error.to_string()),
-            Error::NamespaceNotAllowed { .. } => {
+            Error::NamespaceNotAllowed { .. } | Error::SourceNotAllowed { .. } => {
                 tonic::Status::permission_denied(error.to_string())
             }
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(error.to_string()),

@@ -164,6 +164,38 @@ pub struct SecurityArgs {
         requires = "tls_cert_file"
     )]
     pub tls_key_file: Option<std::path::PathBuf>,
+    /// Resolver kinds runs may use (comma-separated; empty = any).
+    #[arg(
+        long = "allowed-resolvers",
+        env = "STAGETIME_ALLOWED_RESOLVERS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub allowed_resolvers: Vec<String>,
+    /// Prefixes the git resolver's `url` must start with (comma-separated; empty = any).
+    #[arg(
+        long = "allowed-git-url-prefixes",
+        env = "STAGETIME_ALLOWED_GIT_URL_PREFIXES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub allowed_git_url_prefixes: Vec<String>,
+    /// Secret names workspaces may mount (comma-separated; empty = any).
+    #[arg(
+        long = "allowed-workspace-secrets",
+        env = "STAGETIME_ALLOWED_WORKSPACE_SECRETS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub allowed_workspace_secrets: Vec<String>,
+}
+
+fn list(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 impl SecurityArgs {
@@ -266,6 +298,11 @@ impl Args {
                 stagetime_common::request::ConcurrencyPolicy::Supersede
             } else {
                 stagetime_common::request::ConcurrencyPolicy::Queue
+            },
+            sources: render::SourcePolicy {
+                resolvers: list(&self.security.allowed_resolvers),
+                git_url_prefixes: list(&self.security.allowed_git_url_prefixes),
+                secrets: list(&self.security.allowed_workspace_secrets),
             },
         }
     }

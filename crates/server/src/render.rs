@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use stagetime_common::{
     model::{Concurrency, Phase, Revision, RevisionRun, Run, RunState, Stage, StageState},
     names::{self, sanitize_label},
-    request::{ConcurrencyPolicy, ParamValue, PipelineRef, RevisionRequest, RunSpec},
+    request::{
+        ConcurrencyPolicy, ParamValue, PipelineRef, RevisionRequest, RunSpec, WorkspaceKind,
+    },
     tekton::{ANNOTATION_TOKEN, LABEL_REVISION_RUN},
     validate::{self, Limits},
 };
@@ -36,6 +38,84 @@ pub struct RenderSettings {
     /// Namespaces runs may be created in besides the default one (`STAGETIME_NAMESPACES`); the
     /// informer watches the same set, so no run can go where nothing sees it.
     pub allowed_namespaces: Vec<String>,
+    /// Where pipelines may come from and which Secrets they may mount (empty lists allow any).
+    pub sources: SourcePolicy,
+}
+
+/// Allowlists of pipeline sources and workspace Secrets; an empty list allows anything.
+#[derive(Clone, Debug, Default)]
+pub struct SourcePolicy {
+    /// Resolver kinds (`git`, `bundles`, `hub`, `cluster`, …).
+    pub resolvers: Vec<String>,
+    /// Prefixes the `url` param of the `git` resolver must start with.
+    pub git_url_prefixes: Vec<String>,
+    /// Secret names workspaces may mount.
+    pub secrets: Vec<String>,
+}
+
+impl SourcePolicy {
+    /// The first run of `req` outside the allowlists: (field path, what was refused).
+    pub fn check(&self, req: &RevisionRequest, runs_field: &str) -> Option<(String, String)> {
+        for (i, run) in req.runs.iter().enumerate() {
+            if let PipelineRef::Resolver { resolver, params } = &run.pipeline_ref {
+                let field = format!("{runs_field}[{i}].pipeline_ref");
+                if !self.resolvers.is_empty() && !self.resolvers.iter().any(|r| r == resolver) {
+                    return Some((
+                        field,
+                        format!(
+                            "resolver {resolver:?} is not allowed (allowed: {})",
+                            self.resolvers.join(", ")
+                        ),
+                    ));
+                }
+                if resolver == "git" && !self.git_url_prefixes.is_empty() {
+                    let url =
+                        params
+                            .iter()
+                            .find(|p| p.name == "url")
+                            .and_then(|p| match &p.value {
+                                ParamValue::String(url) => Some(url.as_str()),
+                                ParamValue::Array(_) => None,
+                            });
+                    match url {
+                        Some(url)
+                            if self
+                                .git_url_prefixes
+                                .iter()
+                                .any(|p| url.starts_with(p.as_str())) => {}
+                        Some(url) => {
+                            return Some((
+                                field,
+                                format!(
+                                    "Git URL {url:?} is not under an allowed prefix ({})",
+                                    self.git_url_prefixes.join(", ")
+                                ),
+                            ));
+                        }
+                        None => {
+                            return Some((
+                                field,
+                                "the git resolver names no `url`, so its source cannot be checked against the allowed prefixes".into(),
+                            ));
+                        }
+                    }
+                }
+            }
+            if !self.secrets.is_empty() {
+                for (w, ws) in run.workspaces.iter().enumerate() {
+                    if ws.kind == WorkspaceKind::Secret
+                        && !self.secrets.iter().any(|s| *s == ws.reference)
+                    {
+                        return Some((
+                            format!("{runs_field}[{i}].workspaces[{w}]"),
+                            format!("Secret {:?} is not one workspaces may mount", ws.reference),
+                        ));
+                    }
+                }
+            }
+        }
+        None
+    }
 }
 
 impl RenderSettings {
@@ -58,6 +138,7 @@ impl Default for RenderSettings {
             default_revision_run_timeout_seconds: Some(24 * 3600),
             default_max_concurrent: 0,
             default_concurrency_policy: ConcurrencyPolicy::Queue,
+            sources: SourcePolicy::default(),
         }
     }
 }
@@ -109,6 +190,9 @@ pub fn render(
             field: format!("{runs_field}[{i}].namespace"),
             namespace: ns.to_string(),
         });
+    }
+    if let Some((field, what)) = settings.sources.check(req, runs_field) {
+        return Err(Error::SourceNotAllowed { field, what });
     }
     let request_hash = req.canonical_hash();
     let id = req.revision_run_id();

@@ -185,3 +185,65 @@ async fn the_api_server_accepts_every_rendered_manifest() -> anyhow::Result<()> 
     assert!(api.list(&Default::default()).await?.items.is_empty());
     Ok(())
 }
+
+/// Source allowlists: a resolver kind, a Git URL or a workspace Secret outside them is
+/// `PERMISSION_DENIED` naming the field and what was refused; inside them the request renders.
+#[test]
+fn pipeline_sources_and_secrets_outside_the_allowlists_are_refused() -> anyhow::Result<()> {
+    let req = compat::parse(&common::original_request()?)?;
+    let with = |sources: render::SourcePolicy| render::RenderSettings {
+        default_namespace: "builds".into(),
+        sources,
+        ..Default::default()
+    };
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for (sources, field, says) in [
+        (
+            render::SourcePolicy {
+                resolvers: strings(&["bundles"]),
+                ..Default::default()
+            },
+            "pipelineruns[0].pipeline_ref",
+            "resolver \"git\" is not allowed",
+        ),
+        (
+            render::SourcePolicy {
+                git_url_prefixes: strings(&["https://git.internal/"]),
+                ..Default::default()
+            },
+            "pipelineruns[0].pipeline_ref",
+            "is not under an allowed prefix",
+        ),
+        (
+            render::SourcePolicy {
+                secrets: strings(&["deploy-key"]),
+                ..Default::default()
+            },
+            "pipelineruns[0].workspaces[0]",
+            "Secret \"codehub-ssh\"",
+        ),
+    ] {
+        let err = render::render(&req, &with(sources), "pipelineruns", "2026-11-22T10:00:00Z")
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("{field}: not refused"))?;
+        let status = tonic::Status::from(err);
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().starts_with(field) && status.message().contains(says),
+            "{}",
+            status.message()
+        );
+    }
+    let allowed = render::SourcePolicy {
+        resolvers: strings(&["git"]),
+        git_url_prefixes: strings(&["https://github.com/stuttgart-things/"]),
+        secrets: strings(&["codehub-ssh"]),
+    };
+    render::render(&req, &with(allowed), "pipelineruns", "2026-11-22T10:00:00Z")?;
+    Ok(())
+}
