@@ -59,7 +59,7 @@ impl SourcePolicy {
         for (i, run) in req.runs.iter().enumerate() {
             if let PipelineRef::Resolver { resolver, params } = &run.pipeline_ref {
                 let field = format!("{runs_field}[{i}].pipeline_ref");
-                if !self.resolvers.is_empty() && !self.resolvers.iter().any(|r| r == resolver) {
+                if !self.resolvers.is_empty() && !self.resolvers.contains(resolver) {
                     return Some((
                         field,
                         format!(
@@ -103,9 +103,7 @@ impl SourcePolicy {
             }
             if !self.secrets.is_empty() {
                 for (w, ws) in run.workspaces.iter().enumerate() {
-                    if ws.kind == WorkspaceKind::Secret
-                        && !self.secrets.iter().any(|s| *s == ws.reference)
-                    {
+                    if ws.kind == WorkspaceKind::Secret && !self.secrets.contains(&ws.reference) {
                         return Some((
                             format!("{runs_field}[{i}].workspaces[{w}]"),
                             format!("Secret {:?} is not one workspaces may mount", ws.reference),
