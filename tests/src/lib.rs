@@ -179,8 +179,19 @@ impl Stack {
         resync: Duration,
         stale: Duration,
     ) -> Component {
+        self.spawn_informer_via(self.client.clone(), namespace, resync, stale)
+    }
+
+    /// An informer talking to the API server through `client` (say, through a slow proxy).
+    pub fn spawn_informer_via(
+        &self,
+        client: kube::Client,
+        namespace: &str,
+        resync: Duration,
+        stale: Duration,
+    ) -> Component {
         let informer = Informer::new(
-            self.client.clone(),
+            client,
             "tekton.dev/v1",
             namespace,
             Recorder {

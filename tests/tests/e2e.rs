@@ -223,6 +223,50 @@ async fn a_lost_store_write_is_recovered_by_the_periodic_resync() -> anyhow::Res
     Ok(())
 }
 
+/// A re-list slower than the resync interval (a busy API server) still completes: the interval
+/// counts from the end of the initial list, so the informer never cuts its own list off and
+/// starts over forever.
+#[tokio::test]
+async fn a_list_slower_than_the_resync_interval_still_records() -> anyhow::Result<()> {
+    let mut stack = Stack::start("slow-list", Duration::from_secs(3600)).await?;
+    if let Some(informer) = stack.informer.take() {
+        informer.stop().await;
+    }
+    let proxy =
+        stagetime_testenv::proxy::SlowProxy::start(stack.env.kube.apiserver_addr()?).await?;
+    let slow = stack.env.kube.client_via(proxy.addr()).await?;
+    proxy.set_delay(Duration::from_millis(1500));
+    stack.informer = Some(stack.spawn_informer_via(
+        slow,
+        &stack.ns,
+        Duration::from_secs(1),
+        stagetime_informer::watch::DEFAULT_STALE_STAGE,
+    ));
+    let id = submit(&stack.url(), example("gaps.json")?).await?;
+    let created = wait_rr(&stack.store, &id, "stage 0 created", FINISH, |rr| {
+        rr.stages[0].runs[0].uid.is_some()
+    })
+    .await?;
+    let api =
+        stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns);
+    let done = serde_json::json!({"status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded"}]}});
+    api.patch_status(
+        &created.stages[0].runs[0].pipeline_run,
+        &Default::default(),
+        &kube::api::Patch::Merge(&done),
+    )
+    .await?;
+    wait_rr(
+        &stack.store,
+        &id,
+        "stage 2 open through the slow informer",
+        FINISH,
+        |rr| rr.stages[1].state == StageState::Open,
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn deleting_a_running_pipelinerun_fails_it_with_reason_deleted() -> anyhow::Result<()> {
     // The simulator would take a minute: the run is still Running when it is deleted.

@@ -83,12 +83,15 @@ impl Informer {
         let reaper = self.enforce_deadlines();
         tokio::pin!(reaper);
         loop {
-            let resync = tokio::time::sleep(self.resync);
             tokio::select! {
                 () = &mut shutdown => return,
                 () = &mut reaper => return,
-                () = self.watch_once() => return,
-                () = resync => tracing::debug!("periodic resync: re-listing PipelineRuns"),
+                resync = self.watch_once() => {
+                    if !resync {
+                        return;
+                    }
+                    tracing::debug!("periodic resync: re-listing PipelineRuns");
+                }
             }
         }
     }
@@ -139,8 +142,10 @@ impl Informer {
         }
     }
 
-    /// One watch stream from its initial list on, until the stream ends.
-    async fn watch_once(&self) {
+    /// One watch stream from its initial list on, until the stream ends (`false`) or a resync is
+    /// due (`true`). The resync interval counts from the end of the initial list: a list slower
+    /// than the interval (a busy API server) is finished, never cut off and started over.
+    async fn watch_once(&self) -> bool {
         let config = watcher::Config::default().labels(LABEL_REVISION_RUN);
         let mut stream = watcher(self.api.clone(), config)
             .default_backoff()
@@ -152,10 +157,20 @@ impl Informer {
             .boxed();
         let metrics = &self.recorder.metrics;
         let mut listed: Option<HashSet<(String, String)>> = None;
+        let mut resync_at: Option<tokio::time::Instant> = None;
         loop {
-            let event = stream.next().await;
+            let resync_due = async {
+                match resync_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                event = stream.next() => event,
+                () = resync_due => return true,
+            };
             match event {
-                None => return,
+                None => return false,
                 Some(Err(error)) => {
                     metrics.watch_restarts.inc();
                     tracing::warn!(%error, "PipelineRun watch failed; restarting with backoff");
@@ -175,6 +190,7 @@ impl Informer {
                     if let Some(set) = listed.take() {
                         self.reconcile_missing(&set).await;
                     }
+                    resync_at = Some(tokio::time::Instant::now() + self.resync);
                 }
                 Some(Ok(watcher::Event::Apply(obj))) => {
                     metrics.event("apply");
