@@ -169,3 +169,281 @@ fn the_chart_refuses_insecure_values_unless_asked_for() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+fn run_tool(
+    program: &std::path::Path,
+    args: &[&str],
+    kubeconfig: &std::path::Path,
+) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("stagetime-helm-cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("stagetime-helm-config"),
+        )
+        .env(
+            "HELM_DATA_HOME",
+            std::env::temp_dir().join("stagetime-helm-data"),
+        )
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(
+        out.status.success(),
+        "{} {args:?}: {text}",
+        program.display()
+    );
+    Ok(text)
+}
+
+/// `kubectl auth can-i` as a ServiceAccount: "yes" or "no".
+fn can_i(
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    sa: &str,
+    verb: &str,
+    resource: &str,
+    target: &str,
+) -> anyhow::Result<bool> {
+    // `resource#sub` asks about a subresource.
+    let (resource, sub) = resource.split_once('#').unwrap_or((resource, ""));
+    let mut cmd = Command::new("kubectl");
+    cmd.args(["auth", "can-i", verb, resource, "-n", target])
+        .arg(format!("--as=system:serviceaccount:{ns}:{sa}"));
+    if !sub.is_empty() {
+        cmd.arg(format!("--subresource={sub}"));
+    }
+    let out = cmd.env("KUBECONFIG", kubeconfig).output()?;
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    anyhow::ensure!(
+        matches!(answer.as_str(), "yes" | "no"),
+        "can-i {verb} {resource}: {answer:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(answer == "yes")
+}
+
+/// A real `helm install` against the API server with RBAC on: every object is created, each
+/// ServiceAccount can do exactly what its service needs (checked with `kubectl auth can-i`),
+/// `helm upgrade` changes it and `helm uninstall` removes it.
+#[tokio::test]
+async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Result<()> {
+    use k8s_openapi::api::{apps::v1::Deployment, rbac::v1::ClusterRole};
+    let env = TestEnv::shared().await?;
+    let ns = env.namespace("helm").await?;
+    let runs = env.namespace("helm-runs").await?;
+    let kubeconfig = env.kube.kubeconfig();
+    let helm = tool("helm", "helm")?;
+    let release = ns.clone();
+    run_tool(
+        &helm,
+        &[
+            "install",
+            &release,
+            "charts/stagetime",
+            "--namespace",
+            &ns,
+            "--set",
+            "redis.existingSecret=stagetime-redis",
+            "--set",
+            &format!("tekton.pipelineNamespace={runs}"),
+        ],
+        kubeconfig,
+    )?;
+    let client = env.kube_client().await?;
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &ns);
+    let mut names: Vec<String> = deployments
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|d| d.metadata.name)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "stagetime-creator",
+            "stagetime-informer",
+            "stagetime-operator",
+            "stagetime-server"
+        ]
+    );
+    let sa = |name: &str| name.to_string();
+    for (who, verb, resource, target, allowed) in [
+        (
+            sa("stagetime-creator"),
+            "create",
+            "pipelineruns.tekton.dev",
+            &runs,
+            true,
+        ),
+        (
+            sa("stagetime-creator"),
+            "patch",
+            "pipelineruns.tekton.dev",
+            &runs,
+            true,
+        ),
+        (
+            sa("stagetime-creator"),
+            "delete",
+            "pipelineruns.tekton.dev",
+            &runs,
+            false,
+        ),
+        (sa("stagetime-creator"), "get", "secrets", &runs, false),
+        (
+            sa("stagetime-informer"),
+            "watch",
+            "pipelineruns.tekton.dev",
+            &runs,
+            true,
+        ),
+        (
+            sa("stagetime-informer"),
+            "create",
+            "pipelineruns.tekton.dev",
+            &runs,
+            false,
+        ),
+        (
+            sa("stagetime-server"),
+            "create",
+            "tokenreviews.authentication.k8s.io",
+            &ns,
+            true,
+        ),
+        (
+            sa("stagetime-server"),
+            "create",
+            "subjectaccessreviews.authorization.k8s.io",
+            &ns,
+            true,
+        ),
+        (
+            sa("stagetime-server"),
+            "create",
+            "pipelineruns.tekton.dev",
+            &runs,
+            false,
+        ),
+        (sa("stagetime-server"), "get", "secrets", &ns, false),
+        (
+            sa("stagetime-operator"),
+            "patch",
+            "revisionruns.stagetime.sthings.tiab.ssc.sva.de#status",
+            &runs,
+            true,
+        ),
+        (
+            sa("stagetime-operator"),
+            "update",
+            "revisionruns.stagetime.sthings.tiab.ssc.sva.de#finalizers",
+            &runs,
+            true,
+        ),
+        (
+            sa("stagetime-operator"),
+            "list",
+            "pipelineruntemplates.stagetime.sthings.tiab.ssc.sva.de",
+            &runs,
+            true,
+        ),
+        (
+            sa("stagetime-operator"),
+            "delete",
+            "revisionruns.stagetime.sthings.tiab.ssc.sva.de",
+            &runs,
+            false,
+        ),
+        (sa("stagetime-operator"), "get", "secrets", &runs, false),
+        (
+            sa("stagetime-operator"),
+            "create",
+            "pipelineruns.tekton.dev",
+            &runs,
+            false,
+        ),
+        (
+            sa("stagetime-operator"),
+            "update",
+            "leases.coordination.k8s.io/stagetime-operator",
+            &ns,
+            true,
+        ),
+        (
+            sa("stagetime-operator"),
+            "update",
+            "leases.coordination.k8s.io/someone-elses",
+            &ns,
+            false,
+        ),
+    ] {
+        assert_eq!(
+            can_i(kubeconfig, &ns, &who, verb, resource, target)?,
+            allowed,
+            "{who} {verb} {resource} in {target}"
+        );
+    }
+
+    run_tool(
+        &helm,
+        &[
+            "upgrade",
+            &release,
+            "charts/stagetime",
+            "--namespace",
+            &ns,
+            "--set",
+            "redis.existingSecret=stagetime-redis",
+            "--set",
+            &format!("tekton.pipelineNamespace={runs}"),
+            "--set",
+            "creator.replicas=3",
+            "--set",
+            "operator.readRepoSecrets=true",
+        ],
+        kubeconfig,
+    )?;
+    let creator = deployments.get("stagetime-creator").await?;
+    assert_eq!(creator.spec.and_then(|s| s.replicas), Some(3));
+    assert!(can_i(
+        kubeconfig,
+        &ns,
+        "stagetime-operator",
+        "get",
+        "secrets",
+        &runs
+    )?);
+
+    run_tool(
+        &helm,
+        &["uninstall", &release, "--namespace", &ns],
+        kubeconfig,
+    )?;
+    assert!(
+        deployments
+            .list(&Default::default())
+            .await?
+            .items
+            .is_empty()
+    );
+    let roles: kube::Api<ClusterRole> = kube::Api::all(client);
+    assert!(
+        roles
+            .get_opt(&format!("{release}-stagetime-creator"))
+            .await?
+            .is_none()
+    );
+    Ok(())
+}
