@@ -12,6 +12,8 @@ use stagetime_testenv::{TestEnv, process::tool};
 async fn helmfile_template_renders_manifests_the_api_server_accepts() -> anyhow::Result<()> {
     let env = TestEnv::shared().await?;
     env.kube.create_namespace("stagetime").await?;
+    // The creator's Role lives where its PipelineRuns go (env/defaults.yaml).
+    env.kube.create_namespace("tekton-pipelines").await?;
     let helmfile = tool("helmfile", "helmfile")?;
     let helm = tool("helm", "helm")?;
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -65,7 +67,7 @@ async fn helmfile_template_renders_manifests_the_api_server_accepts() -> anyhow:
         "kubectl is missing (install it with: apt-get install -y kubectl)"
     );
     let mut child = Command::new("kubectl")
-        .args(["apply", "--dry-run=server", "-n", "stagetime", "-f", "-"])
+        .args(["apply", "--dry-run=server", "-f", "-"])
         .env("KUBECONFIG", env.kube.kubeconfig())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -279,6 +281,7 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
         ]
     );
     let sa = |name: &str| name.to_string();
+    let kube_system = "kube-system".to_string();
     for (who, verb, resource, target, allowed) in [
         (
             sa("stagetime-creator"),
@@ -302,6 +305,20 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
             false,
         ),
         (sa("stagetime-creator"), "get", "secrets", &runs, false),
+        (
+            sa("stagetime-creator"),
+            "create",
+            "pipelineruns.tekton.dev",
+            &kube_system,
+            false,
+        ),
+        (
+            sa("stagetime-creator"),
+            "create",
+            "pipelineruns.tekton.dev",
+            &ns,
+            false,
+        ),
         (
             sa("stagetime-informer"),
             "watch",
@@ -389,11 +406,13 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
             false,
         ),
     ] {
-        assert_eq!(
-            can_i(kubeconfig, &ns, &who, verb, resource, target)?,
-            allowed,
-            "{who} {verb} {resource} in {target}"
+        let answer = can_i(kubeconfig, &ns, &who, verb, resource, target)?;
+        // The matrix, as `cargo test -- --nocapture` shows it.
+        println!(
+            "can-i {who:<20} {verb:<7} {resource:<60} -n {target:<24} {}",
+            if answer { "yes" } else { "no" }
         );
+        assert_eq!(answer, allowed, "{who} {verb} {resource} in {target}");
     }
 
     run_tool(
@@ -426,6 +445,17 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
         &runs
     )?);
 
+    let roles: kube::Api<ClusterRole> = kube::Api::all(client.clone());
+    let creator_roles: kube::Api<k8s_openapi::api::rbac::v1::Role> =
+        kube::Api::namespaced(client, &runs);
+    let informer_role = format!("{release}-stagetime-informer");
+    let creator_role = format!("{release}-stagetime-creator");
+    assert!(roles.get_opt(&informer_role).await?.is_some());
+    assert!(creator_roles.get_opt(&creator_role).await?.is_some());
+    assert!(
+        roles.get_opt(&creator_role).await?.is_none(),
+        "the creator has Roles in its namespaces, no ClusterRole"
+    );
     run_tool(
         &helm,
         &["uninstall", &release, "--namespace", &ns],
@@ -438,12 +468,7 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
             .items
             .is_empty()
     );
-    let roles: kube::Api<ClusterRole> = kube::Api::all(client);
-    assert!(
-        roles
-            .get_opt(&format!("{release}-stagetime-creator"))
-            .await?
-            .is_none()
-    );
+    assert!(roles.get_opt(&informer_role).await?.is_none());
+    assert!(creator_roles.get_opt(&creator_role).await?.is_none());
     Ok(())
 }
