@@ -130,6 +130,19 @@ fn the_chart_refuses_insecure_values_unless_asked_for() -> anyhow::Result<()> {
             &["redis.existingSecret=r", "server.auth=token"][..],
             "server.tokenSecret",
         ),
+        // values.schema.json: bad values fail before anything renders.
+        (
+            &["redis.existingSecret=r", "server.auth=kerberos"][..],
+            "server.auth must be one of",
+        ),
+        (
+            &["redis.existingSecret=r", "creator.replicas=-1"][..],
+            "creator.replicas",
+        ),
+        (
+            &["redis.existingSecret=r", "sever.auth=none"][..],
+            "Additional property sever is not allowed",
+        ),
     ] {
         let out = helm_template(sets)?;
         assert!(!out.status.success(), "{sets:?} rendered");
