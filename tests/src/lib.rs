@@ -83,6 +83,15 @@ pub struct Stack {
 impl Stack {
     /// Starts server, creator, informer and simulator (outcome after `sim_delay`).
     pub async fn start(test: &str, sim_delay: Duration) -> anyhow::Result<Self> {
+        Self::start_with_auth(test, sim_delay, stagetime_server::auth::Auth::none()).await
+    }
+
+    /// [`Self::start`] with the server behind `auth`.
+    pub async fn start_with_auth(
+        test: &str,
+        sim_delay: Duration,
+        auth: stagetime_server::auth::Auth,
+    ) -> anyhow::Result<Self> {
         let env = TestEnv::shared().await?;
         let prefix = env.redis_prefix(test);
         let store = Store::connect(
@@ -100,7 +109,8 @@ impl Stack {
                 ..RenderSettings::default()
             },
             stagetime_server::metrics::Metrics::register(&mut Registry::default()),
-        );
+        )
+        .with_auth(auth);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let server = Component::spawn(|stop| async move {

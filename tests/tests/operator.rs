@@ -845,3 +845,99 @@ async fn shared_templates_are_found_and_foreign_target_namespaces_need_allowing(
     assert_eq!(runs_of(&stack).await?.len(), 1);
     Ok(())
 }
+
+/// The operator against a server with Kubernetes authentication: it sends its ServiceAccount
+/// token; without RBAC to create RevisionRuns in the namespace the server refuses it (a
+/// `Rejected` condition naming the ServiceAccount), with a Role the RevisionRun runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_operator_authenticates_with_its_service_account_and_follows_rbac() -> anyhow::Result<()>
+{
+    use k8s_openapi::api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::ServiceAccount,
+        rbac::v1::{Role, RoleBinding},
+    };
+    let env = stagetime_testenv::TestEnv::shared().await?;
+    let admin = env.kube_client().await?;
+    let stack = Stack::start_with_auth(
+        "op-auth",
+        Duration::from_millis(200),
+        stagetime_server::auth::Auth::kubernetes(admin.clone()),
+    )
+    .await?;
+    let ns = stack.ns.clone();
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "operator"}}))?,
+    )
+    .await?;
+    let token = sas
+        .create_token_request(
+            "operator",
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    expiration_seconds: Some(600),
+                    ..TokenRequestSpec::default()
+                },
+                ..TokenRequest::default()
+            },
+        )
+        .await?
+        .status
+        .map(|s| s.token)
+        .unwrap_or_default();
+    let token_file = stagetime_testenv::process::scratch_dir("op-token")?.join("token");
+    std::fs::write(&token_file, token)?;
+    let cluster = Cluster::new(&stack);
+    cluster
+        .repo(
+            "app",
+            json!({"name": "app", "organization": "acme", "branch": "main"}),
+        )
+        .await?;
+    cluster.template("docker", docker_template(0)).await?;
+    let token_path = token_file.display().to_string();
+    let _operator = stack.spawn_operator(&["--token-file", &token_path]);
+    cluster
+        .revision_run(
+            "guarded",
+            json!({"repository": "app", "revision": "abcdef1",
+                "technologies": [{"id": "build", "kind": "docker"}]}),
+        )
+        .await?;
+    let refused = cluster.wait_waiting("guarded", "Rejected").await?;
+    let (_, _, message) = submitted(&refused.status.unwrap_or_default()).unwrap_or_default();
+    assert!(
+        message.contains(&format!("system:serviceaccount:{ns}:operator")),
+        "{message}"
+    );
+    assert!(runs_of(&stack).await?.is_empty());
+
+    let roles: Api<Role> = Api::namespaced(admin.clone(), &ns);
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "submit"},
+                "rules": [{"apiGroups": ["stagetime.sthings.tiab.ssc.sva.de"],
+                           "resources": ["revisionruns"], "verbs": ["create", "get"]}]}))?,
+        )
+        .await?;
+    let bindings: Api<RoleBinding> = Api::namespaced(admin, &ns);
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "operator-submits"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "submit"},
+                "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]}))?,
+        )
+        .await?;
+    cluster
+        .wait_status("guarded", "to succeed once RBAC allows it", |s| {
+            phase(s) == "Succeeded"
+        })
+        .await?;
+    assert_eq!(runs_of(&stack).await?.len(), 1);
+    Ok(())
+}
