@@ -166,6 +166,7 @@ fn the_chart_refuses_insecure_values_unless_asked_for() -> anyhow::Result<()> {
         "redis.existingSecret=r",
         "server.tls.secretName=tls",
         "server.tls.caSecretName=ca",
+        "serviceMonitor.enabled=true",
     ])?;
     assert!(
         secure.status.success(),
@@ -179,6 +180,7 @@ fn the_chart_refuses_insecure_values_unless_asked_for() -> anyhow::Result<()> {
         "value: \"kubernetes\"",
         "https://stagetime-server:50051",
         "/etc/stagetime/tls/tls.crt",
+        "kind: ServiceMonitor",
     ] {
         assert!(secure.contains(expected), "{expected} missing");
     }
@@ -444,6 +446,8 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
             "creator.replicas=3",
             "--set",
             "operator.readRepoSecrets=true",
+            "--set",
+            "networkPolicy.enabled=true",
         ],
         kubeconfig,
     )?;
@@ -457,6 +461,9 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
         "secrets",
         &runs
     )?);
+    let policies: kube::Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        kube::Api::namespaced(client.clone(), &ns);
+    assert!(policies.get_opt("stagetime-server").await?.is_some());
 
     let roles: kube::Api<ClusterRole> = kube::Api::all(client.clone());
     let creator_roles: kube::Api<k8s_openapi::api::rbac::v1::Role> =
