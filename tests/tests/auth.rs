@@ -29,11 +29,23 @@ async fn start(
     auth: Auth,
     tls: Option<(&Path, &Path)>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    start_with(env, test, (ns, &[]), auth, tls).await
+}
+
+/// [`start`] with runs also allowed in `namespaces.1`.
+async fn start_with(
+    env: &TestEnv,
+    test: &str,
+    namespaces: (&str, &[String]),
+    auth: Auth,
+    tls: Option<(&Path, &Path)>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let store = env.store(test).await?;
     let api = GrpcApi::new(
         store,
         RenderSettings {
-            default_namespace: ns.to_string(),
+            default_namespace: namespaces.0.to_string(),
+            allowed_namespaces: namespaces.1.to_vec(),
             ..RenderSettings::default()
         },
         stagetime_server::metrics::Metrics::register(&mut Registry::default()),
@@ -338,6 +350,112 @@ async fn grpcurl_creates_over_tls_with_a_token_as_the_readme_shows() -> anyhow::
         "{reply}"
     );
     assert_eq!(reply["created"], true);
+    server.abort();
+    Ok(())
+}
+
+async fn grant(client: &kube::Client, ns: &str, sa_ns: &str, sa: &str) -> anyhow::Result<()> {
+    let name = format!("{sa}-creates");
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name},
+                "rules": [{"apiGroups": ["stagetime.sthings.tiab.ssc.sva.de"],
+                           "resources": ["revisionruns"], "verbs": ["create", "get"]}]}))?,
+        )
+        .await?;
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": sa_ns}]}))?,
+        )
+        .await?;
+    Ok(())
+}
+
+/// `supersede` cancels older runs of the group: a caller allowed only in its own namespace may
+/// not cancel someone else's run in another namespace that way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseding_needs_rbac_where_the_superseded_runs_are() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let mine = env.namespace("auth-sup-mine").await?;
+    let theirs = env.namespace("auth-sup-theirs").await?;
+    let admin = env.kube_client().await?;
+    let (addr, server) = start_with(
+        env,
+        "auth-supersede",
+        (&mine, std::slice::from_ref(&theirs)),
+        Auth::kubernetes(admin.clone()),
+        None,
+    )
+    .await?;
+    let url = format!("http://{addr}");
+    let owner = service_account_token(&admin, &theirs, "owner").await?;
+    grant(&admin, &theirs, &theirs, "owner").await?;
+    let alice = service_account_token(&admin, &mine, "alice").await?;
+    grant(&admin, &mine, &mine, "alice").await?;
+    let in_group = |commit: &str, ns: &str, policy: pb::ConcurrencyPolicy| {
+        let mut req = request(commit);
+        req.runs[0].namespace = ns.to_string();
+        req.concurrency_group = "shared".into();
+        req.max_concurrent = 1;
+        req.concurrency_policy = policy as i32;
+        req
+    };
+    let mut as_owner = client(url.clone(), Some(&owner), None).await?;
+    let theirs_run = wait_for("the owner to be allowed", Duration::from_secs(20), || {
+        let mut as_owner = as_owner.clone();
+        let req = in_group("cccc0001", &theirs, pb::ConcurrencyPolicy::Queue);
+        async move { as_owner.create(req).await.ok() }
+    })
+    .await?
+    .into_inner()
+    .id;
+    let mut as_alice = client(url, Some(&alice), None).await?;
+    let err = as_alice
+        .create(in_group(
+            "cccc0002",
+            &mine,
+            pb::ConcurrencyPolicy::Supersede,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(
+        err.message()
+            .contains(&format!("superseding revision run {theirs_run}"))
+            && err.message().contains(&format!("{theirs:?}")),
+        "{}",
+        err.message()
+    );
+    let untouched = as_owner
+        .get(pb::GetRequest {
+            id: theirs_run.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_ne!(untouched.phase, pb::Phase::Cancelled as i32);
+
+    grant(&admin, &theirs, &mine, "alice").await?;
+    wait_for(
+        "alice to supersede once allowed there",
+        Duration::from_secs(20),
+        || {
+            let mut as_alice = as_alice.clone();
+            let req = in_group("cccc0003", &mine, pb::ConcurrencyPolicy::Supersede);
+            async move { as_alice.create(req).await.ok() }
+        },
+    )
+    .await?;
+    let cancelled = as_owner
+        .get(pb::GetRequest { id: theirs_run })
+        .await?
+        .into_inner();
+    assert_eq!(cancelled.phase, pb::Phase::Cancelled as i32);
     server.abort();
     Ok(())
 }

@@ -51,6 +51,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// May do everything (a static token, or no authentication).
+    pub fn is_unrestricted(&self) -> bool {
+        self.unrestricted
+    }
+
     fn unrestricted(name: &str) -> Self {
         Self {
             name: name.to_string(),

@@ -146,6 +146,16 @@ impl Api {
         tracing::Span::current().record("rr", rendered.rr.id.as_str());
         // Nothing is stored before the caller is known to be allowed in every namespace.
         self.allow(caller, "create", &rendered.rr).await?;
+        let policy = req
+            .concurrency_policy
+            .unwrap_or(self.settings.default_concurrency_policy);
+        if let Some(concurrency) = &rendered.rr.concurrency
+            && policy == ConcurrencyPolicy::Supersede
+        {
+            // Superseding cancels others' runs: the caller must be allowed where they run too.
+            self.allow_supersede(caller, &concurrency.group, &rendered.rr.id)
+                .await?;
+        }
         let created = self.store.create(&rendered.rr, &rendered.manifests).await?;
         if !created.created {
             tracing::info!(rr = %created.id, "identical revision run already exists");
@@ -154,9 +164,6 @@ impl Api {
         self.metrics.created();
         tracing::info!(rr = %created.id, runs = rendered.manifests.len(), queued = created.queued, "revision run created");
         if let Some(concurrency) = &rendered.rr.concurrency {
-            let policy = req
-                .concurrency_policy
-                .unwrap_or(self.settings.default_concurrency_policy);
             if policy == ConcurrencyPolicy::Supersede {
                 self.supersede(&concurrency.group, &created.id).await?;
             }
@@ -165,6 +172,39 @@ impl Api {
             }
         }
         Ok((created.id, true))
+    }
+
+    /// `PERMISSION_DENIED` unless `caller` may `create` in the namespaces of every queued or
+    /// running revision run of `group` that a new run `id` would supersede.
+    async fn allow_supersede(&self, caller: &Caller, group: &str, id: &str) -> Result<(), Error> {
+        if caller.is_unrestricted() {
+            return Ok(());
+        }
+        let members = self.store.group_members(group).await?;
+        for older in members
+            .active
+            .iter()
+            .chain(&members.queued)
+            .filter(|m| *m != id)
+        {
+            let rr = match self.store.get(older).await {
+                Ok(rr) => rr,
+                Err(StoreError::NotFound { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            };
+            self.allow(caller, "create", &rr)
+                .await
+                .map_err(|e| match e {
+                    Error::Access(status) if status.code() == tonic::Code::PermissionDenied => {
+                        Error::Access(tonic::Status::permission_denied(format!(
+                            "superseding revision run {older}: {}",
+                            status.message()
+                        )))
+                    }
+                    other => other,
+                })?;
+        }
+        Ok(())
     }
 
     /// Cancels every other queued or running revision run of `group` (all arrived before `id`).
