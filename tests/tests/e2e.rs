@@ -226,7 +226,7 @@ async fn a_lost_store_write_is_recovered_by_the_periodic_resync() -> anyhow::Res
 /// A re-list slower than the resync interval (a busy API server) still completes: the interval
 /// counts from the end of the initial list, so the informer never cuts its own list off and
 /// starts over forever.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_slower_than_the_resync_interval_still_records() -> anyhow::Result<()> {
     let mut stack = Stack::start("slow-list", Duration::from_secs(3600)).await?;
     if let Some(informer) = stack.informer.take() {
@@ -235,7 +235,8 @@ async fn a_list_slower_than_the_resync_interval_still_records() -> anyhow::Resul
     let proxy =
         stagetime_testenv::proxy::SlowProxy::start(stack.env.kube.apiserver_addr()?).await?;
     let slow = stack.env.kube.client_via(proxy.addr()).await?;
-    proxy.set_delay(Duration::from_millis(1500));
+    // Every request takes longer than the 1 s resync interval.
+    proxy.set_delay(Duration::from_millis(1200));
     stack.informer = Some(stack.spawn_informer_via(
         slow,
         &stack.ns,
@@ -260,7 +261,8 @@ async fn a_list_slower_than_the_resync_interval_still_records() -> anyhow::Resul
         &stack.store,
         &id,
         "stage 2 open through the slow informer",
-        FINISH,
+        // Each cycle of the slow informer takes seconds (TLS handshake and list through the proxy).
+        Duration::from_secs(180),
         |rr| rr.stages[1].state == StageState::Open,
     )
     .await?;
