@@ -266,12 +266,24 @@ impl RevisionRequest {
         self.readable_id(&self.canonical_hash())
     }
 
+    /// The id the server gives a request for `repo` that carries `request_id`, without the rest
+    /// of the request (a caller that lost the answer can still name the run).
+    pub fn id_for_request_id(repo: &str, request_id: &str) -> String {
+        let keyed = serde_json::json!({ "requestId": request_id });
+        let hash = crate::names::short_hash(keyed.to_string().as_bytes(), 32);
+        format!(
+            "{}-{}",
+            readable_repo(repo),
+            hash.get(..16).unwrap_or(&hash)
+        )
+    }
+
     fn readable_id(&self, hash: &str) -> String {
         let hash = hash.get(..16).unwrap_or(hash);
-        if self.request_id.is_some() {
-            return format!("{}-{hash}", self.readable_repo());
+        if let Some(request_id) = &self.request_id {
+            return Self::id_for_request_id(&self.repo_name, request_id);
         }
-        let repo = self.readable_repo();
+        let repo = readable_repo(&self.repo_name);
         let commit: String = crate::names::sanitize_label(&self.commit_id, 7).to_lowercase();
         let commit = if commit.is_empty() {
             "nocommit".to_string()
@@ -280,13 +292,14 @@ impl RevisionRequest {
         };
         format!("{repo}-{commit}-{hash}")
     }
+}
 
-    fn readable_repo(&self) -> String {
-        let repo = crate::names::sanitize_label(&self.repo_name, 30);
-        if repo.is_empty() {
-            "repo".to_string()
-        } else {
-            repo.to_lowercase()
-        }
+/// The repository part of an id: its name as a lower-case label of at most 30 characters.
+fn readable_repo(name: &str) -> String {
+    let repo = crate::names::sanitize_label(name, 30);
+    if repo.is_empty() {
+        "repo".to_string()
+    } else {
+        repo.to_lowercase()
     }
 }

@@ -406,7 +406,7 @@ pub fn is_quantity(s: &str) -> bool {
 }
 
 /// At most 64 characters of a value, for error messages (a 1 MB value is not echoed back).
-fn clip(s: &str) -> String {
+pub fn clip(s: &str) -> String {
     match s.char_indices().nth(64) {
         Some((end, _)) => format!("{}…", &s[..end]),
         None => s.to_string(),

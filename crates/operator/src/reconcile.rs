@@ -22,6 +22,7 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
+use stagetime_common::request::RevisionRequest;
 use stagetime_proto::{
     client::AuthedChannel,
     stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient},
@@ -627,7 +628,10 @@ async fn cleanup(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Erro
     if status.submitted_generation != Some(generation)
         && let Some((repo, _)) = lookup::<Repo>(&ctx, &key.0, &rr.spec.repository).await?
     {
-        ids.push(derived_id(repo.spec.name.trim(), &request::request_id(&rr)));
+        ids.push(RevisionRequest::id_for_request_id(
+            repo.spec.name.trim(),
+            &request::request_id(&rr),
+        ));
     }
     ids.dedup();
     for id in ids {
@@ -651,27 +655,23 @@ async fn cleanup(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Erro
     Ok(Action::await_change())
 }
 
-/// The id the server gives a request with `request_id` for repository `repo`.
-fn derived_id(repo: &str, request_id: &str) -> String {
-    let request: stagetime_common::request::RevisionRequest =
-        serde_json::from_value(serde_json::json!({
-            "repoName": repo, "repoUrl": "", "commitId": "", "author": "", "pushedAt": "",
-            "runs": [], "requestId": request_id,
-        }))
-        .unwrap_or_else(|_| unreachable!("a literal request always parses"));
-    request.revision_run_id()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_derived_id_ignores_everything_but_repo_and_request_id() {
-        let a = derived_id("stuttgart-things", "ns/rr/uid/1");
-        assert_eq!(a, derived_id("stuttgart-things", "ns/rr/uid/1"));
-        assert_ne!(a, derived_id("stuttgart-things", "ns/rr/uid/2"));
-        assert!(a.starts_with("stuttgart-things-"), "{a}");
+    fn the_derived_id_is_the_one_the_server_gives() {
+        let request: RevisionRequest = serde_json::from_value(serde_json::json!({
+            "repoName": "stuttgart-things", "repoUrl": "u", "commitId": "abcdef1",
+            "author": "a", "pushedAt": "", "runs": [], "requestId": "ns/rr/uid/1",
+        }))
+        .unwrap();
+        let id = RevisionRequest::id_for_request_id("stuttgart-things", "ns/rr/uid/1");
+        assert_eq!(id, request.revision_run_id());
+        assert_ne!(
+            id,
+            RevisionRequest::id_for_request_id("stuttgart-things", "ns/rr/uid/2")
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use stagetime_common::validate::clip;
 use stagetime_proto::stagetime::v1 as pb;
 
 use crate::crd::{PipelineRunTemplateSpec, RepoSpec, RevisionRun, TEMPLATE_STAGE, Technology};
@@ -299,13 +300,6 @@ fn substitute(items: Vec<(String, String)>, vars: &[(&str, &str)]) -> Vec<(Strin
             (k, v)
         })
         .collect()
-}
-
-fn clip(s: &str) -> String {
-    match s.char_indices().nth(64) {
-        Some((end, _)) => format!("{}…", &s[..end]),
-        None => s.to_string(),
-    }
 }
 
 #[cfg(test)]
