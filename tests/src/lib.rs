@@ -6,6 +6,7 @@
 
 pub mod operator_bench;
 pub mod procs;
+pub mod rbac;
 pub mod rss;
 pub mod uids;
 

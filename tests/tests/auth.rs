@@ -4,20 +4,14 @@
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::ServiceAccount,
-    rbac::v1::{Role, RoleBinding},
-};
-use kube::{Api, api::PostParams};
 use prometheus_client::registry::Registry;
-use serde_json::json;
 use stagetime_proto::{
     client::{AuthedChannel, Connection},
     stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient},
 };
 use stagetime_server::{Api as GrpcApi, auth::Auth, render::RenderSettings};
 use stagetime_testenv::{TestEnv, certs::TestCa, process::scratch_dir, wait_for};
+use stagetime_tests::rbac::{grant, service_account_token};
 use tonic::Code;
 
 /// Starts a server for namespace `ns` behind `auth` (and TLS from `tls` files); returns its
@@ -117,33 +111,6 @@ async fn client(
     Ok(RevisionRunsClient::new(channel))
 }
 
-async fn service_account_token(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-) -> anyhow::Result<String> {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    sas.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": name}}))?,
-    )
-    .await?;
-    let issued = sas
-        .create_token_request(
-            name,
-            &PostParams::default(),
-            &TokenRequest {
-                spec: TokenRequestSpec {
-                    expiration_seconds: Some(600),
-                    ..TokenRequestSpec::default()
-                },
-                ..TokenRequest::default()
-            },
-        )
-        .await?;
-    Ok(issued.status.map(|s| s.token).unwrap_or_default())
-}
-
 /// No token, a wrong token, a real ServiceAccount token without RBAC in the namespace, and the
 /// same token once a Role allows `create` on RevisionRuns there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,24 +153,7 @@ async fn kubernetes_tokens_and_rbac_decide_who_may_create() -> anyhow::Result<()
     let listed = as_alice.list(pb::ListRequest::default()).await.unwrap_err();
     assert_eq!(listed.code(), Code::PermissionDenied);
 
-    let roles: Api<Role> = Api::namespaced(admin.clone(), &ns);
-    roles
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "start-runs"},
-                "rules": [{"apiGroups": ["stagetime.sthings.tiab.ssc.sva.de"],
-                           "resources": ["revisionruns"], "verbs": ["create", "get", "list"]}]}))?,
-        )
-        .await?;
-    let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), &ns);
-    bindings
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "alice-starts-runs"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "start-runs"},
-                "subjects": [{"kind": "ServiceAccount", "name": "alice", "namespace": ns}]}))?,
-        )
-        .await?;
+    grant(&admin, &ns, (&ns, "alice"), &["create", "get", "list"]).await?;
     // A refusal is remembered for a few seconds only.
     let created = wait_for("alice to be allowed", Duration::from_secs(20), || {
         let mut as_alice = as_alice.clone();
@@ -354,29 +304,6 @@ async fn grpcurl_creates_over_tls_with_a_token_as_the_readme_shows() -> anyhow::
     Ok(())
 }
 
-async fn grant(client: &kube::Client, ns: &str, sa_ns: &str, sa: &str) -> anyhow::Result<()> {
-    let name = format!("{sa}-creates");
-    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
-    roles
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name},
-                "rules": [{"apiGroups": ["stagetime.sthings.tiab.ssc.sva.de"],
-                           "resources": ["revisionruns"], "verbs": ["create", "get"]}]}))?,
-        )
-        .await?;
-    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
-    bindings
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": sa_ns}]}))?,
-        )
-        .await?;
-    Ok(())
-}
-
 /// `supersede` cancels older runs of the group: a caller allowed only in its own namespace may
 /// not cancel someone else's run in another namespace that way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,9 +322,9 @@ async fn superseding_needs_rbac_where_the_superseded_runs_are() -> anyhow::Resul
     .await?;
     let url = format!("http://{addr}");
     let owner = service_account_token(&admin, &theirs, "owner").await?;
-    grant(&admin, &theirs, &theirs, "owner").await?;
+    grant(&admin, &theirs, (&theirs, "owner"), &["create", "get"]).await?;
     let alice = service_account_token(&admin, &mine, "alice").await?;
-    grant(&admin, &mine, &mine, "alice").await?;
+    grant(&admin, &mine, (&mine, "alice"), &["create", "get"]).await?;
     let in_group = |commit: &str, ns: &str, policy: pb::ConcurrencyPolicy| {
         let mut req = request(commit);
         req.runs[0].namespace = ns.to_string();
@@ -440,7 +367,7 @@ async fn superseding_needs_rbac_where_the_superseded_runs_are() -> anyhow::Resul
         .into_inner();
     assert_ne!(untouched.phase, pb::Phase::Cancelled as i32);
 
-    grant(&admin, &theirs, &mine, "alice").await?;
+    grant(&admin, &theirs, (&mine, "alice"), &["create", "get"]).await?;
     wait_for(
         "alice to supersede once allowed there",
         Duration::from_secs(20),

@@ -27,7 +27,10 @@ struct Cluster {
 
 impl Cluster {
     fn new(stack: &Stack) -> Self {
-        let (c, ns) = (stack.client.clone(), stack.ns.as_str());
+        Self::in_namespace(stack.client.clone(), &stack.ns)
+    }
+
+    fn in_namespace(c: kube::Client, ns: &str) -> Self {
         Self {
             repos: Api::namespaced(c.clone(), ns),
             templates: Api::namespaced(c.clone(), ns),
@@ -44,6 +47,16 @@ impl Cluster {
             .create(&PostParams::default(), &serde_json::from_value(obj)?)
             .await?;
         Ok(())
+    }
+
+    /// Repo `app` (organization `acme`, branch `main`) and template `docker` (stage 0).
+    async fn app_with_docker(&self) -> anyhow::Result<()> {
+        self.repo(
+            "app",
+            json!({"name": "app", "organization": "acme", "branch": "main"}),
+        )
+        .await?;
+        self.template("docker", docker_template(0)).await
     }
 
     async fn template(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
@@ -228,13 +241,7 @@ async fn technologies_run_in_stage_order_with_a_canfail_failure() -> anyhow::Res
     let stack = Stack::start("op-stages", Duration::from_millis(200)).await?;
     let cluster = Cluster::new(&stack);
     let _operator = stack.spawn_operator(&[]);
-    cluster
-        .repo(
-            "app",
-            json!({"name": "app", "organization": "acme", "branch": "main"}),
-        )
-        .await?;
-    cluster.template("docker", docker_template(0)).await?;
+    cluster.app_with_docker().await?;
     cluster.template("deploy", docker_template(2)).await?;
     cluster
         .revision_run(
@@ -386,13 +393,7 @@ async fn deletion_and_edits_cancel_the_running_revision_run() -> anyhow::Result<
     let stack = Stack::start("op-cancel", Duration::from_secs(3)).await?;
     let cluster = Cluster::new(&stack);
     let _operator = stack.spawn_operator(&[]);
-    cluster
-        .repo(
-            "app",
-            json!({"name": "app", "organization": "acme", "branch": "main"}),
-        )
-        .await?;
-    cluster.template("docker", docker_template(0)).await?;
+    cluster.app_with_docker().await?;
     let two_stages = |author: &str| {
         json!({"repository": "app", "revision": "abcdef1", "author": author,
             "technologies": [{"id": "build", "kind": "docker"},
@@ -559,13 +560,7 @@ async fn a_generation_submitted_before_a_crash_is_not_submitted_again() -> anyho
     use stagetime_proto::stagetime::v1::revision_runs_client::RevisionRunsClient;
     let stack = Stack::start("op-idem", Duration::from_millis(200)).await?;
     let cluster = Cluster::new(&stack);
-    cluster
-        .repo(
-            "app",
-            json!({"name": "app", "organization": "acme", "branch": "main"}),
-        )
-        .await?;
-    cluster.template("docker", docker_template(0)).await?;
+    cluster.app_with_docker().await?;
     let spec = json!({"repository": "app", "revision": "abcdef1",
         "technologies": [{"id": "build", "kind": "docker"}]});
     let rr = cluster.revision_run("once", spec.clone()).await?;
@@ -629,13 +624,7 @@ async fn a_second_operator_takes_over_when_the_leader_dies() -> anyhow::Result<(
     use k8s_openapi::api::coordination::v1::Lease;
     let stack = Stack::start("op-lease", Duration::from_millis(200)).await?;
     let cluster = Cluster::new(&stack);
-    cluster
-        .repo(
-            "app",
-            json!({"name": "app", "organization": "acme", "branch": "main"}),
-        )
-        .await?;
-    cluster.template("docker", docker_template(0)).await?;
+    cluster.app_with_docker().await?;
     let leases: Api<Lease> = Api::namespaced(stack.client.clone(), &stack.ns);
     let env: std::collections::BTreeMap<String, String> =
         [("RUST_LOG".to_string(), "info".to_string())].into();
@@ -702,13 +691,7 @@ async fn kill_9_of_the_operator_and_a_server_restart_leave_one_run() -> anyhow::
     let store = stagetime_testenv::store_at(&env.redis.url(), &prefix).await?;
     let mut p = ProcStack::start(&env.redis.url(), &prefix, env.kube.kubeconfig(), &ns)?;
     let client = env.kube_client().await?;
-    let cluster = Cluster {
-        repos: Api::namespaced(client.clone(), &ns),
-        templates: Api::namespaced(client.clone(), &ns),
-        rrs: Api::namespaced(client.clone(), &ns),
-        events: Api::namespaced(client.clone(), &ns),
-        secrets: Api::namespaced(client, &ns),
-    };
+    let cluster = Cluster::in_namespace(client.clone(), &ns);
     let kubeconfig = env.kube.kubeconfig().display().to_string();
     let args: Vec<String> = [
         "--server",
@@ -731,13 +714,7 @@ async fn kill_9_of_the_operator_and_a_server_restart_leave_one_run() -> anyhow::
     .collect();
     let vars = [("RUST_LOG".to_string(), "info".to_string())].into();
     let mut operator = Service::new("stagetime-operator", &args, &vars)?;
-    cluster
-        .repo(
-            "app",
-            json!({"name": "app", "organization": "acme", "branch": "main"}),
-        )
-        .await?;
-    cluster.template("docker", docker_template(0)).await?;
+    cluster.app_with_docker().await?;
     cluster
         .revision_run(
             "survivor",
@@ -797,13 +774,7 @@ async fn shared_templates_are_found_and_foreign_target_namespaces_need_allowing(
     let stack = Stack::start("op-shared", Duration::from_millis(200)).await?;
     let shared = stack.env.namespace("op-platform").await?;
     let cluster = Cluster::new(&stack);
-    let platform = Cluster {
-        repos: Api::namespaced(stack.client.clone(), &shared),
-        templates: Api::namespaced(stack.client.clone(), &shared),
-        rrs: Api::namespaced(stack.client.clone(), &shared),
-        events: Api::namespaced(stack.client.clone(), &shared),
-        secrets: Api::namespaced(stack.client.clone(), &shared),
-    };
+    let platform = Cluster::in_namespace(stack.client.clone(), &shared);
     platform
         .repo(
             "app",
@@ -852,11 +823,6 @@ async fn shared_templates_are_found_and_foreign_target_namespaces_need_allowing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_operator_authenticates_with_its_service_account_and_follows_rbac() -> anyhow::Result<()>
 {
-    use k8s_openapi::api::{
-        authentication::v1::{TokenRequest, TokenRequestSpec},
-        core::v1::ServiceAccount,
-        rbac::v1::{Role, RoleBinding},
-    };
     let env = stagetime_testenv::TestEnv::shared().await?;
     let admin = env.kube_client().await?;
     let stack = Stack::start_with_auth(
@@ -866,38 +832,11 @@ async fn the_operator_authenticates_with_its_service_account_and_follows_rbac() 
     )
     .await?;
     let ns = stack.ns.clone();
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
-    sas.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "operator"}}))?,
-    )
-    .await?;
-    let token = sas
-        .create_token_request(
-            "operator",
-            &PostParams::default(),
-            &TokenRequest {
-                spec: TokenRequestSpec {
-                    expiration_seconds: Some(600),
-                    ..TokenRequestSpec::default()
-                },
-                ..TokenRequest::default()
-            },
-        )
-        .await?
-        .status
-        .map(|s| s.token)
-        .unwrap_or_default();
+    let token = stagetime_tests::rbac::service_account_token(&admin, &ns, "operator").await?;
     let token_file = stagetime_testenv::process::scratch_dir("op-token")?.join("token");
     std::fs::write(&token_file, token)?;
     let cluster = Cluster::new(&stack);
-    cluster
-        .repo(
-            "app",
-            json!({"name": "app", "organization": "acme", "branch": "main"}),
-        )
-        .await?;
-    cluster.template("docker", docker_template(0)).await?;
+    cluster.app_with_docker().await?;
     let token_path = token_file.display().to_string();
     let _operator = stack.spawn_operator(&["--token-file", &token_path]);
     cluster
@@ -915,24 +854,7 @@ async fn the_operator_authenticates_with_its_service_account_and_follows_rbac() 
     );
     assert!(runs_of(&stack).await?.is_empty());
 
-    let roles: Api<Role> = Api::namespaced(admin.clone(), &ns);
-    roles
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "submit"},
-                "rules": [{"apiGroups": ["stagetime.sthings.tiab.ssc.sva.de"],
-                           "resources": ["revisionruns"], "verbs": ["create", "get"]}]}))?,
-        )
-        .await?;
-    let bindings: Api<RoleBinding> = Api::namespaced(admin, &ns);
-    bindings
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "operator-submits"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "submit"},
-                "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]}))?,
-        )
-        .await?;
+    stagetime_tests::rbac::grant(&admin, &ns, (&ns, "operator"), &["create", "get"]).await?;
     cluster
         .wait_status("guarded", "to succeed once RBAC allows it", |s| {
             phase(s) == "Succeeded"

@@ -14,25 +14,19 @@ use stagetime_testenv::{
     redis_server::{Options, RedisServer, TlsFiles},
     wait_for,
 };
-use stagetime_tests::{procs::binaries, rss::http_get};
+use stagetime_tests::{
+    procs::binaries,
+    rss::{Proc, http_get},
+};
 
 const PASSWORD: &str = "redis-s3cret-for-tests";
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn spawn(
     bin: &str,
     vars: &[(&str, String)],
     kubeconfig: &std::path::Path,
     log: &std::path::Path,
-) -> anyhow::Result<(Killed, u16)> {
+) -> anyhow::Result<(Proc, u16)> {
     let admin = free_port()?;
     let mut cmd = Command::new(binaries()?.join(bin));
     cmd.env_remove("REDIS_URL")
@@ -47,7 +41,7 @@ fn spawn(
     for (k, v) in vars {
         cmd.env(k, v);
     }
-    Ok((Killed(cmd.spawn()?), admin))
+    Ok((Proc(cmd.spawn()?), admin))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

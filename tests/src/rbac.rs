@@ -1,0 +1,68 @@
+//! ServiceAccounts with real tokens and Roles on RevisionRuns, for the tests of who may call.
+
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::ServiceAccount,
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::{Api, api::PostParams};
+use serde_json::json;
+
+/// Creates ServiceAccount `name` in `ns` and returns a token the API server issued for it
+/// (valid for ten minutes).
+pub async fn service_account_token(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+    )
+    .await?;
+    let issued = sas
+        .create_token_request(
+            name,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    expiration_seconds: Some(600),
+                    ..TokenRequestSpec::default()
+                },
+                ..TokenRequest::default()
+            },
+        )
+        .await?;
+    Ok(issued.status.map(|s| s.token).unwrap_or_default())
+}
+
+/// Lets ServiceAccount `sa_ns/sa` `verbs` RevisionRuns in namespace `ns` (a Role and a
+/// RoleBinding named `<sa>-revisionruns`).
+pub async fn grant(
+    client: &kube::Client,
+    ns: &str,
+    (sa_ns, sa): (&str, &str),
+    verbs: &[&str],
+) -> anyhow::Result<()> {
+    let name = format!("{sa}-revisionruns");
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name},
+                "rules": [{"apiGroups": ["stagetime.sthings.tiab.ssc.sva.de"],
+                           "resources": ["revisionruns"], "verbs": verbs}]}))?,
+        )
+        .await?;
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": sa_ns}]}))?,
+        )
+        .await?;
+    Ok(())
+}
