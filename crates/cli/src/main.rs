@@ -87,6 +87,16 @@ enum Command {
         /// Revision run id.
         id: String,
     },
+    /// Probe a service's admin endpoint (for container health checks: the image has no shell or
+    /// curl). Exit 0 when it answers 200, 1 otherwise.
+    Health {
+        /// Admin address of the service (`host:port`, plain HTTP).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+        /// Path to probe: `/readyz` (dependencies reachable) or `/healthz` (process alive).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
 }
 
 #[tokio::main]
@@ -193,8 +203,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", table::render(&rr));
         }
         Command::Watch { id } => return watch(connection.connect().await?, id).await,
+        Command::Health { admin, path } => return Ok(health(&admin, &path).await),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One bounded HTTP/1.1 GET; healthy only on a `200` status line within three seconds.
+async fn health(admin: &str, path: &str) -> ExitCode {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(admin).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = vec![0_u8; 64];
+        let n = stream.read(&mut head).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..n]).into_owned())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+        Ok(Ok(head)) if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(head)) => {
+            eprintln!("unhealthy: {}", head.lines().next().unwrap_or(""));
+            ExitCode::FAILURE
+        }
+        Ok(Err(error)) => {
+            eprintln!("unhealthy: {admin}: {error}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("unhealthy: {admin}: no answer within 3 s");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn watch(channel: AuthedChannel, id: String) -> anyhow::Result<ExitCode> {
