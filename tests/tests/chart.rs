@@ -492,3 +492,88 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
     assert!(creator_roles.get_opt(&creator_role).await?.is_none());
     Ok(())
 }
+
+/// With pods that really get scheduled and become Ready (kube-controller-manager, kube-scheduler
+/// and a kwok node), `helm install --wait` returns only once every Deployment is available, and
+/// `helmfile sync` of the `local` environment installs the same chart (and the optional Redis
+/// release) as a user runs it.
+#[tokio::test]
+async fn helm_install_wait_sees_every_deployment_available() -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    let env = TestEnv::shared().await?;
+    let _workloads = stagetime_testenv::workloads::Workloads::start(&env.kube).await?;
+    let ns = env.namespace("helm-wait").await?;
+    let runs = env.namespace("helm-wait-runs").await?;
+    let kubeconfig = env.kube.kubeconfig();
+    let helm = tool("helm", "helm")?;
+    let started = std::time::Instant::now();
+    run_tool(
+        &helm,
+        &[
+            "install",
+            &ns,
+            "charts/stagetime",
+            "--namespace",
+            &ns,
+            "--set",
+            "redis.existingSecret=stagetime-redis",
+            "--set",
+            &format!("tekton.pipelineNamespace={runs}"),
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+        kubeconfig,
+    )?;
+    println!(
+        "helm install --wait: every Deployment available after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let client = env.kube_client().await?;
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &ns);
+    let listed = deployments.list(&Default::default()).await?.items;
+    assert_eq!(listed.len(), 4);
+    for d in &listed {
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let available = d
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0);
+        assert_eq!(available, want, "{:?} not available", d.metadata.name);
+    }
+
+    // helmfile, as the README tells a user to deploy (the local environment, with its Redis),
+    // on a cluster where Tekton's namespace exists.
+    env.kube.create_namespace("tekton-pipelines").await?;
+    let helmfile = tool("helmfile", "helmfile")?;
+    let path = format!(
+        "{}:{}",
+        helm.parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let synced = Command::new(&helmfile)
+        .args(["--file", "helmfile.yaml", "-e", "local", "sync", "--wait"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .env("PATH", &path)
+        .env("KUBECONFIG", kubeconfig)
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("stagetime-helm-cache"),
+        )
+        .output()?;
+    anyhow::ensure!(
+        synced.status.success(),
+        "helmfile sync: {}{}",
+        String::from_utf8_lossy(&synced.stdout),
+        String::from_utf8_lossy(&synced.stderr)
+    );
+    let stagetime: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), "stagetime");
+    assert_eq!(stagetime.list(&Default::default()).await?.items.len(), 4);
+    let redis: kube::Api<StatefulSet> = kube::Api::namespaced(client, "stagetime-redis");
+    let redis = redis.get("redis-stack").await?;
+    assert_eq!(redis.status.and_then(|s| s.ready_replicas), Some(1));
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! What turns objects into (fake) running workloads on the test API server:
+//! kube-controller-manager (Deployments, ReplicaSets, StatefulSets, garbage collection, namespaces,
+//! ServiceAccounts, PV/PVC protection), kube-scheduler, and kwok with one fake node whose pods
+//! become Running and Ready without containers. Everything listens on 127.0.0.1; the node's
+//! addresses are 127.0.0.1 too, so nothing ever dials another host.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
+
+use crate::{
+    kube_server::KubeEnv,
+    process::{Supervised, free_port, scratch_dir, tool},
+    wait_for,
+};
+
+/// The fake node's name.
+pub const NODE: &str = "kwok-node-0";
+const NODE_SELECTOR: &str = "kwok.x-k8s.io/node=fake";
+
+/// Controllers of kube-controller-manager the tests rely on.
+const CONTROLLERS: &str = "garbage-collector-controller,namespace-controller,\
+serviceaccount-controller,deployment-controller,replicaset-controller,statefulset-controller,\
+persistentvolumeclaim-protection-controller,persistentvolume-protection-controller";
+
+/// kube-controller-manager, kube-scheduler and kwok, stopped on drop.
+pub struct Workloads {
+    _processes: Vec<Supervised>,
+}
+
+impl Workloads {
+    /// Starts the three processes against `kube` and waits until the fake node is Ready and
+    /// schedulable.
+    pub async fn start(kube: &KubeEnv) -> anyhow::Result<Self> {
+        let dir = scratch_dir("workloads")?;
+        let kubeconfig = kube.kubeconfig().display().to_string();
+        let kcm = Supervised::spawn(
+            "kube-controller-manager",
+            &tool("kube-controller-manager", "kube-controller-manager")?,
+            &[
+                format!("--kubeconfig={kubeconfig}"),
+                format!("--controllers={CONTROLLERS}"),
+                "--leader-elect=false".into(),
+                "--use-service-account-credentials=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", free_port()?),
+                format!("--cert-dir={}", dir.join("kcm-certs").display()),
+                // Garbage collection is prompt: tests wait for it with a timeout.
+                "--concurrent-gc-syncs=5".into(),
+            ],
+            &dir.join("kube-controller-manager.log"),
+            None,
+        )?;
+        let scheduler = Supervised::spawn(
+            "kube-scheduler",
+            &tool("kube-scheduler", "kube-scheduler")?,
+            &[
+                format!("--kubeconfig={kubeconfig}"),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", free_port()?),
+                format!("--cert-dir={}", dir.join("scheduler-certs").display()),
+            ],
+            &dir.join("kube-scheduler.log"),
+            None,
+        )?;
+        let kwok = Supervised::spawn(
+            "kwok",
+            &tool("kwok", "kwok")?,
+            &[
+                format!("--kubeconfig={kubeconfig}"),
+                format!("--config={}", tool("kwok-stages.yaml", "kwok")?.display()),
+                "--manage-all-nodes=false".into(),
+                format!("--manage-nodes-with-annotation-selector={NODE_SELECTOR}"),
+                "--node-ip=127.0.0.1".into(),
+                "--node-name=127.0.0.1".into(),
+                format!("--node-port={}", free_port()?),
+                format!("--server-address=127.0.0.1:{}", free_port()?),
+                "--cidr=127.0.0.0/8".into(),
+            ],
+            &dir.join("kwok.log"),
+            None,
+        )?;
+        let processes = vec![kcm, scheduler, kwok];
+        let workloads = Self {
+            _processes: processes,
+        };
+        let logs = |w: &Self| {
+            w._processes
+                .iter()
+                .map(Supervised::log_tail)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        add_node(kube)
+            .await
+            .map_err(|e| e.context(logs(&workloads)))?;
+        Ok(workloads)
+    }
+}
+
+/// Creates the fake node (or reuses it), waits until kwok reports it Ready, and removes the
+/// not-ready taint the API server put on it at creation (no node lifecycle controller runs).
+async fn add_node(kube: &KubeEnv) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(kube.client().await?);
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": NODE,
+            "annotations": { "kwok.x-k8s.io/node": "fake" },
+            "labels": { "kubernetes.io/hostname": NODE, "type": "kwok" },
+        },
+        "spec": {},
+    }))?;
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e).context("create the fake node"),
+    }
+    wait_for("the kwok node to be Ready", Duration::from_secs(60), || {
+        let nodes = nodes.clone();
+        async move {
+            let node = nodes.get(NODE).await.ok()?;
+            let ready = node
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(())
+        }
+    })
+    .await?;
+    nodes
+        .patch(
+            NODE,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "taints": null } })),
+        )
+        .await
+        .context("remove the node's taints")?;
+    Ok(())
+}
