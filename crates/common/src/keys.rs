@@ -35,6 +35,19 @@ impl Keys {
         format!("{}:idx:created", self.prefix)
     }
 
+    /// Sorted set of the unfinished (queued, pending, running) revision runs by creation time
+    /// (ms): what reconciles and resyncs read, so their cost follows the active runs, not the
+    /// history. Kept by the same scripts that change a document's phase.
+    pub fn idx_active(&self) -> String {
+        format!("{}:idx:active", self.prefix)
+    }
+
+    /// Marker: the active index was built from the whole history once (documents written
+    /// before the index existed).
+    pub fn idx_active_built(&self) -> String {
+        format!("{}:idx:active:built", self.prefix)
+    }
+
     /// Sorted set of the revision run ids of one repository by creation time (ms).
     pub fn idx_repo(&self, repo: &str) -> String {
         format!("{}:idx:repo:{repo}", self.prefix)

@@ -33,6 +33,9 @@ const CREATE_LUA: &str = include_str!("lua/create.lua");
 /// The compare-and-set of one document with all effects of the change.
 const CAS_LUA: &str = include_str!("lua/cas.lua");
 
+/// Builds the active-run index from older documents; see the script.
+const ACTIVE_LUA: &str = include_str!("lua/active.lua");
+
 /// Result of [`Store::create`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Created {
@@ -162,13 +165,56 @@ impl Store {
     pub async fn connect_with_ca(url: &str, keys: Keys, ca: Option<&[u8]>) -> Result<Self> {
         let client = redis_client(url, ca)?;
         let conn = connection(&client, Duration::from_secs(10)).await?;
-        Ok(Self {
+        let store = Self {
             client,
             conn,
             keys,
             create_script: Script::new(CREATE_LUA),
             cas_script: Script::new(CAS_LUA),
-        })
+        };
+        store.build_active_index().await?;
+        Ok(store)
+    }
+
+    /// Adds the unfinished revision runs of the whole history to the active index, once per
+    /// key prefix (a marker records it): documents written before the index existed. Returns
+    /// whether it ran. Every later phase change keeps the index itself.
+    pub async fn build_active_index(&self) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let built: bool = conn
+            .exists(self.keys.idx_active_built())
+            .await
+            .map_err(redis_err("active index marker"))?;
+        if built {
+            return Ok(false);
+        }
+        let script = Script::new(ACTIVE_LUA);
+        let chunk = 500;
+        let mut start = 0;
+        loop {
+            let entries: Vec<(String, i64)> = conn
+                .zrange_withscores(self.keys.idx_created(), start, start + chunk - 1)
+                .await
+                .map_err(redis_err("active index scan"))?;
+            if entries.is_empty() {
+                break;
+            }
+            let mut invocation = script.prepare_invoke();
+            invocation.key(self.keys.idx_active());
+            for (id, score) in &entries {
+                invocation.key(self.keys.doc(id)).arg(*score).arg(id);
+            }
+            let _: i64 = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_err("active index build"))?;
+            start += chunk;
+        }
+        let _: () = conn
+            .set(self.keys.idx_active_built(), 1)
+            .await
+            .map_err(redis_err("active index marker"))?;
+        Ok(true)
     }
 
     /// Key and stream names in use.
@@ -241,6 +287,7 @@ impl Store {
             .key(self.keys.group_queue(group.map_or("", |g| &g.group)))
             .key(self.keys.groups_waiting())
             .key(self.keys.queue_sequence())
+            .key(self.keys.idx_active())
             .arg(json)
             .arg(score)
             .arg(&rr.id)
@@ -482,6 +529,7 @@ impl Store {
             .key(self.keys.deadlines())
             .key(self.keys.group_active(group))
             .key(self.keys.group_queue(group))
+            .key(self.keys.idx_active())
             .arg(current.version)
             .arg(&next.id)
             .arg(next.attempt)
@@ -490,6 +538,7 @@ impl Store {
             .arg(&current.rev)
             .arg(deadline_arg(next))
             .arg(slot_op(current, next))
+            .arg(active_arg(next))
             .arg(messages.len());
         for (op, stage) in &messages {
             invocation.arg(*op).arg(*stage);
@@ -524,8 +573,10 @@ impl Store {
             0 => 50,
             n => n.min(500),
         };
-        let index = match &filter.repo {
-            Some(repo) if !repo.is_empty() => self.keys.idx_repo(repo),
+        let index = match (&filter.repo, filter.phase) {
+            (Some(repo), _) if !repo.is_empty() => self.keys.idx_repo(repo),
+            // Unfinished phases: only the active runs are read, however long the history.
+            (_, Some(phase)) if !phase.is_terminal() => self.keys.idx_active(),
             _ => self.keys.idx_created(),
         };
         let cursor = filter.page_token.as_deref().map(parse_cursor).transpose()?;
@@ -601,6 +652,15 @@ fn slot_op(current: &RevisionRun, next: &RevisionRun) -> String {
         (Phase::Queued, to) if to != Phase::Queued => format!("take:{max}"),
         (from, to) if from.is_terminal() && !to.is_terminal() => format!("grab:{max}"),
         _ => String::new(),
+    }
+}
+
+/// The active-index score of a revision run (`''` removes a finished one from the index).
+fn active_arg(rr: &RevisionRun) -> String {
+    if rr.phase.is_terminal() {
+        String::new()
+    } else {
+        created_score(&rr.created_at).to_string()
     }
 }
 

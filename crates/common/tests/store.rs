@@ -544,3 +544,74 @@ async fn admission_never_exceeds_the_limit_and_keeps_arrival_order() -> anyhow::
     assert_eq!(members.queued, waiting[3..].to_vec());
     Ok(())
 }
+
+/// The ids in the active-run index.
+async fn active_ids(
+    store: &Store,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> anyhow::Result<Vec<String>> {
+    let mut ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg(store.keys().idx_active())
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await?;
+    ids.sort();
+    Ok(ids)
+}
+
+#[tokio::test]
+async fn the_active_index_holds_exactly_the_unfinished_runs() -> anyhow::Result<()> {
+    let (store, mut conn) = store("active").await?;
+    for id in ["act-a", "act-b", "act-c", "act-d"] {
+        store
+            .create(
+                &RevisionRunBuilder::new(id)
+                    .stage(0, &[("a", false)])
+                    .build(),
+                &[],
+            )
+            .await?;
+    }
+    assert_eq!(
+        active_ids(&store, &mut conn).await?,
+        ["act-a", "act-b", "act-c", "act-d"]
+    );
+    // One fails, one is cancelled: both leave the index; listing unfinished runs skips them.
+    store
+        .record("act-a", "act-a-0-a", &Observed::Deleted)
+        .await?;
+    store.cancel("act-b").await?;
+    assert_eq!(active_ids(&store, &mut conn).await?, ["act-c", "act-d"]);
+    let pending = store
+        .list(&ListFilter {
+            phase: Some(Phase::Pending),
+            ..ListFilter::default()
+        })
+        .await?;
+    let mut listed: Vec<&str> = pending.items.iter().map(|r| r.id.as_str()).collect();
+    listed.sort_unstable();
+    assert_eq!(listed, ["act-c", "act-d"]);
+    // A retry makes a finished run active again.
+    store.retry("act-a", &[]).await?;
+    assert_eq!(
+        active_ids(&store, &mut conn).await?,
+        ["act-a", "act-c", "act-d"]
+    );
+
+    // Documents from before the index: drop it and its marker; the next connect rebuilds it
+    // from the documents alone, with exactly the unfinished ones.
+    let _: () = redis::cmd("DEL")
+        .arg(store.keys().idx_active())
+        .arg(store.keys().idx_active_built())
+        .query_async(&mut conn)
+        .await?;
+    assert!(active_ids(&store, &mut conn).await?.is_empty());
+    assert!(store.build_active_index().await?);
+    assert!(!store.build_active_index().await?, "built twice");
+    assert_eq!(
+        active_ids(&store, &mut conn).await?,
+        ["act-a", "act-c", "act-d"]
+    );
+    Ok(())
+}

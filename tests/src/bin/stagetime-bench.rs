@@ -1,7 +1,7 @@
 //! Benchmarks that print figures, each next to a baseline measured in the same run (ratios, never
 //! thresholds). Runs against the harness's real Redis and kube-apiserver.
 //!
-//! `stagetime-bench [store|server|creator|e2e|admission|rss|operator|all]`
+//! `stagetime-bench [store|server|creator|e2e|admission|rss|operator|reconcile|all]`
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt as _, stream};
@@ -389,6 +389,153 @@ async fn bench_admission() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every unfinished revision run, paged as the informer's reconcile reads them after a list.
+async fn read_unfinished(store: &stagetime_common::store::Store) -> anyhow::Result<usize> {
+    use stagetime_common::{model::Phase, store::ListFilter};
+    let mut n = 0;
+    for phase in [Phase::Pending, Phase::Running] {
+        let mut filter = ListFilter {
+            phase: Some(phase),
+            page_size: 200,
+            ..ListFilter::default()
+        };
+        loop {
+            let page = store.list(&filter).await?;
+            n += page.items.len();
+            match page.next_page_token {
+                Some(token) => filter.page_token = Some(token),
+                None => break,
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// The reconcile's reads (every unfinished run) with 50 active runs behind 1,000 and 100,000
+/// finished ones, next to reading the whole history once (what a reconcile without the active
+/// index costs); and Redis memory per finished revision run.
+async fn bench_reconcile() -> anyhow::Result<()> {
+    const ACTIVE: usize = 50;
+    const REPS: u32 = 5;
+    let env = TestEnv::shared().await?;
+    let mut conn = env.redis_conn().await?;
+    let mut per_history = Vec::new();
+    for finished in [1_000_usize, 100_000] {
+        let prefix = env.redis_prefix(&format!("bench-reconcile-{finished}"));
+        let store = stagetime_testenv::store_at(&env.redis.url(), &prefix).await?;
+        // One real finished run as the template of the history, written in pipelined batches.
+        let template = RevisionRunBuilder::new("done")
+            .stage(0, &[("a", false), ("b", true)])
+            .stage(1, &[("c", false)])
+            .build();
+        store.create(&template, &[]).await?;
+        store.record("done", "done-0-a", &Observed::Deleted).await?;
+        store.record("done", "done-0-b", &Observed::Deleted).await?;
+        let done = store.get("done").await?;
+        anyhow::ensure!(done.phase.is_terminal(), "template run is {:?}", done.phase);
+        let mut doc = serde_json::to_value(done)?;
+        let before: u64 = redis_used_memory(&mut conn).await?;
+        for chunk in (0..finished).collect::<Vec<_>>().chunks(1000) {
+            let mut pipe = redis::pipe();
+            for i in chunk {
+                let id = format!("done-{i}");
+                doc["id"] = serde_json::json!(id);
+                pipe.cmd("JSON.SET")
+                    .arg(store.keys().doc(&id))
+                    .arg("$")
+                    .arg(doc.to_string())
+                    .ignore();
+                pipe.cmd("ZADD")
+                    .arg(store.keys().idx_created())
+                    .arg(*i)
+                    .arg(&id)
+                    .ignore();
+                pipe.cmd("ZADD")
+                    .arg(store.keys().idx_repo("bench"))
+                    .arg(*i)
+                    .arg(&id)
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut conn).await?;
+        }
+        let after: u64 = redis_used_memory(&mut conn).await?;
+        for i in 0..ACTIVE {
+            let rr = RevisionRunBuilder::new(&format!("live-{i}"))
+                .stage(0, &[("a", false)])
+                .build();
+            store.create(&rr, &[]).await?;
+        }
+        let start = Instant::now();
+        for _ in 0..REPS {
+            let n = read_unfinished(&store).await?;
+            anyhow::ensure!(n == ACTIVE, "read {n} unfinished runs, expected {ACTIVE}");
+        }
+        let reconcile = start.elapsed() / REPS;
+        // Baseline: the same question answered from the whole history (every document read),
+        // as a reconcile without the active index did. The finished ones are all in repo "bench".
+        let start = Instant::now();
+        let scanned = store
+            .list(&stagetime_common::store::ListFilter {
+                repo: Some("bench".into()),
+                phase: Some(stagetime_common::model::Phase::Pending),
+                page_size: 500,
+                page_token: None,
+            })
+            .await?;
+        anyhow::ensure!(scanned.items.is_empty(), "finished runs listed as pending");
+        let history = start.elapsed();
+        println!(
+            "reconcile: {ACTIVE} active behind {finished} finished runs: reads {:.2} ms with the \
+             active index, {:.1} ms reading the whole history ({:.0}x); Redis memory per \
+             finished run {:.0} bytes",
+            reconcile.as_secs_f64() * 1e3,
+            history.as_secs_f64() * 1e3,
+            history.as_secs_f64() / reconcile.as_secs_f64(),
+            after.saturating_sub(before) as f64 / finished as f64,
+        );
+        per_history.push(reconcile);
+        remove_prefix(&mut conn, &prefix).await?;
+    }
+    println!(
+        "reconcile: reads at 100k finished / at 1k finished = {:.2}x (the active index: near 1)",
+        per_history[1].as_secs_f64() / per_history[0].as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Removes every key under `prefix` (the benchmark's history), a scan at a time.
+async fn remove_prefix(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let mut cursor = 0_u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(conn)
+            .await?;
+        if !keys.is_empty() {
+            let () = redis::cmd("UNLINK").arg(&keys).query_async(conn).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+async fn redis_used_memory(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no used_memory in INFO"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -410,6 +557,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if all || which == "rss" {
         stagetime_tests::rss::bench_rss().await?;
+    }
+    if all || which == "reconcile" {
+        bench_reconcile().await?;
     }
     if all || which == "operator" {
         stagetime_tests::operator_bench::bench_operator().await?;

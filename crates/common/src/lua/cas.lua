@@ -1,10 +1,11 @@
 -- Record and advance: compare-and-set of one revision run document with every effect of the
 -- change — stage messages, the watch event, the deadline index and its concurrency slot.
--- KEYS: doc, stage stream, events, deadlines, group active set, group queue
+-- KEYS: doc, stage stream, events, deadlines, group active set, group queue, idx:active
 -- ARGV: expected version, id, attempt, events maxlen, new version, expected rev,
 --       next deadline (ms, '' = none: the entry is removed),
 --       slot op ('' | 'release' | 'take:<max>' (a queued run is admitted) | 'grab:<max>' (a
---       retry runs again)), number of stage messages, the messages as (op, stage) pairs
+--       retry runs again)), active-index score ('' = finished: removed from the index),
+--       number of stage messages, the messages as (op, stage) pairs
 --       ('open' or 'cancel'), then writes as (op, path, json) triples
 --       (op 'S' = JSON.SET, 'D' = JSON.DEL; json empty for D).
 -- Returns 1 stored, 0 the document changed meanwhile, -1 no document, -3 no free slot.
@@ -31,12 +32,17 @@ if ARGV[7] == '' then
 else
   redis.call('ZADD', KEYS[4], ARGV[7], ARGV[2])
 end
-local messages = tonumber(ARGV[9])
-for i = 10, 9 + 2 * messages, 2 do
+if ARGV[9] == '' then
+  redis.call('ZREM', KEYS[7], ARGV[2])
+else
+  redis.call('ZADD', KEYS[7], ARGV[9], ARGV[2])
+end
+local messages = tonumber(ARGV[10])
+for i = 11, 10 + 2 * messages, 2 do
   redis.call('XADD', KEYS[2], '*', 'rr', ARGV[2], 'stage', ARGV[i + 1], 'attempt', ARGV[3],
     'op', ARGV[i])
 end
-for i = 10 + 2 * messages, #ARGV, 3 do
+for i = 11 + 2 * messages, #ARGV, 3 do
   if ARGV[i] == 'S' then
     redis.call('JSON.SET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
   else

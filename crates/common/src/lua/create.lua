@@ -1,7 +1,7 @@
 -- Stores a new revision run, indexes it, and opens its first stage — or, when its concurrency
 -- group is full (or others already wait), queues it. All or nothing.
 -- KEYS: doc, manifests, idx:created, idx:repo, idx:commit, stage stream, events, deadlines,
---       group active set, group queue, groups waiting, queue sequence
+--       group active set, group queue, groups waiting, queue sequence, idx:active
 -- ARGV: doc json (admitted), score, id, first stage, attempt, events maxlen, request hash,
 --       next deadline (ms, '' = none), group ('' = unlimited), max concurrent,
 --       doc json (queued), manifest field/value pairs...
@@ -16,6 +16,7 @@ for i = 12, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[13], ARGV[2], ARGV[3])
 redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[6], '*', 'rr', ARGV[3], 'version', '1')
 if ARGV[9] ~= '' then
   local max = tonumber(ARGV[10])
