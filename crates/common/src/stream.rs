@@ -311,6 +311,57 @@ impl Store {
         }
     }
 
+    /// Removes the stage messages every creator is done with: those before the oldest pending
+    /// one, or — with nothing pending — all the group has been given. Messages never delivered
+    /// and pending ones stay, so nothing unprocessed is lost. Returns how many were removed.
+    pub async fn trim_stage_stream(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let stream = self.keys.stage_stream();
+        let groups: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("stage stream groups"))?;
+        let Some(delivered) = last_delivered(&groups, CREATOR_GROUP) else {
+            return Ok(0);
+        };
+        let summary: Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(CREATOR_GROUP)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("stage stream pending"))?;
+        let oldest_pending = match &summary {
+            Value::Array(items) => items
+                .get(1)
+                .filter(|v| !matches!(v, Value::Nil))
+                .map(field_text),
+            _ => None,
+        };
+        // MINID keeps ids at or above the threshold.
+        let threshold = match oldest_pending {
+            Some(id) => id,
+            None => {
+                let Some((ms, seq)) = delivered.split_once('-') else {
+                    return Ok(0);
+                };
+                let seq: u64 = seq.parse().unwrap_or(u64::MAX);
+                if seq == u64::MAX {
+                    return Ok(0);
+                }
+                format!("{ms}-{}", seq + 1)
+            }
+        };
+        redis::cmd("XTRIM")
+            .arg(stream)
+            .arg("MINID")
+            .arg(&threshold)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("trim stage stream"))
+    }
+
     /// Up to `count` change events after `after` (exclusive), oldest first.
     pub async fn events_after(&self, after: &str, count: usize) -> Result<Vec<ChangeEvent>> {
         let mut conn = self.conn.clone();
@@ -414,6 +465,39 @@ impl BlockingReader {
             })
             .collect())
     }
+}
+
+/// The `last-delivered-id` of `group` in an `XINFO GROUPS` reply (RESP2 field/value arrays or
+/// RESP3 maps).
+fn last_delivered(reply: &Value, group: &str) -> Option<String> {
+    let text = |v: &Value| Some(field_text(v));
+    let Value::Array(groups) = reply else {
+        return None;
+    };
+    groups.iter().find_map(|g| {
+        let pairs: Vec<(String, &Value)> = match g {
+            Value::Array(flat) => flat
+                .chunks(2)
+                .filter_map(|c| Some((text(c.first()?)?, c.get(1)?)))
+                .collect(),
+            Value::Map(map) => map
+                .iter()
+                .filter_map(|(k, v)| Some((text(k)?, v)))
+                .collect(),
+            _ => return None,
+        };
+        let name = pairs
+            .iter()
+            .find(|(k, _)| k == "name")
+            .and_then(|(_, v)| text(v))?;
+        if name != group {
+            return None;
+        }
+        pairs
+            .iter()
+            .find(|(k, _)| k == "last-delivered-id")
+            .and_then(|(_, v)| text(v))
+    })
 }
 
 #[cfg(test)]

@@ -615,3 +615,70 @@ async fn the_active_index_holds_exactly_the_unfinished_runs() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// Ids on the stage stream, oldest first.
+async fn stream_ids(
+    store: &Store,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> anyhow::Result<Vec<String>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(store.keys().stage_stream())
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await?;
+    Ok(reply.ids.into_iter().map(|e| e.id).collect())
+}
+
+#[tokio::test]
+async fn trimming_removes_only_processed_stage_messages() -> anyhow::Result<()> {
+    let (store, mut conn) = store("trim").await?;
+    store.ensure_group().await?;
+    for id in ["trim-1", "trim-2", "trim-3"] {
+        store
+            .create(
+                &RevisionRunBuilder::new(id)
+                    .stage(0, &[("a", false)])
+                    .build(),
+                &[],
+            )
+            .await?;
+    }
+    let mut reader = store.blocking_reader(Duration::from_millis(100)).await?;
+    let delivered = reader.read_stage(&store, "c1", 10).await?;
+    let ids: Vec<String> = delivered.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(ids.len(), 3);
+    // One more message that no creator has read yet.
+    store
+        .create(
+            &RevisionRunBuilder::new("trim-4")
+                .stage(0, &[("a", false)])
+                .build(),
+            &[],
+        )
+        .await?;
+    let undelivered = stream_ids(&store, &mut conn).await?[3].clone();
+
+    // The first and third are done, the second is still pending: only the first may go.
+    store.ack(&ids[0]).await?;
+    store.ack(&ids[2]).await?;
+    assert_eq!(store.trim_stage_stream().await?, 1);
+    assert_eq!(
+        stream_ids(&store, &mut conn).await?,
+        [ids[1].clone(), ids[2].clone(), undelivered.clone()]
+    );
+    // Nothing pending: everything delivered goes, the unread message stays and is still read.
+    store.ack(&ids[1]).await?;
+    assert_eq!(store.trim_stage_stream().await?, 2);
+    assert_eq!(
+        stream_ids(&store, &mut conn).await?,
+        std::slice::from_ref(&undelivered)
+    );
+    assert_eq!(store.trim_stage_stream().await?, 0);
+    let later = reader.read_stage(&store, "c1", 10).await?;
+    assert_eq!(
+        later.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+        [undelivered]
+    );
+    Ok(())
+}

@@ -44,6 +44,10 @@ pub const REASON_NAMESPACE_NOT_ALLOWED: &str = "NamespaceNotAllowed";
 /// Reason recorded on runs whose PipelineRun name is held by an object not created for them.
 pub const REASON_NAME_TAKEN: &str = "NameTaken";
 
+/// How often a creator removes processed messages from the stage stream (each creator does;
+/// trimming twice is harmless).
+const TRIM_INTERVAL: Duration = Duration::from_secs(300);
+
 /// Creator settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -151,6 +155,7 @@ impl Creator {
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut tasks = JoinSet::new();
         let mut next_reclaim = tokio::time::Instant::now();
+        let mut next_trim = tokio::time::Instant::now() + TRIM_INTERVAL;
         tokio::pin!(shutdown);
         loop {
             while tasks.try_join_next().is_some() {}
@@ -168,6 +173,15 @@ impl Creator {
                 match self.reclaim().await {
                     Ok(claimed) => deliveries.extend(claimed),
                     Err(error) => tracing::warn!(%error, "cannot reclaim idle messages"),
+                }
+            }
+            if tokio::time::Instant::now() >= next_trim {
+                next_trim = tokio::time::Instant::now() + TRIM_INTERVAL;
+                match self.store.trim_stage_stream().await {
+                    Ok(removed) => {
+                        self.metrics.trimmed.inc_by(removed);
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot trim the stage stream"),
                 }
             }
             let free = permits.available_permits().max(1);

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub apply_latency: Histogram,
     /// Delivered but unacknowledged stage messages.
     pub pending: Gauge,
+    /// Processed stage messages removed from the stream.
+    pub trimmed: Counter,
 }
 
 impl Metrics {
@@ -45,6 +47,7 @@ impl Metrics {
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
             pending: Gauge::default(),
+            trimmed: Counter::default(),
         };
         let sub = registry.sub_registry_with_prefix("stagetime_creator");
         sub.register(
@@ -82,6 +85,11 @@ impl Metrics {
             "pending_messages",
             "Delivered but unacknowledged stage messages",
             m.pending.clone(),
+        );
+        sub.register(
+            "messages_trimmed",
+            "Processed stage messages removed from the stage stream",
+            m.trimmed.clone(),
         );
         m
     }
