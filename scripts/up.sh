@@ -5,6 +5,13 @@ set -euo pipefail
 # shellcheck source=stack.sh
 . "$(dirname "${BASH_SOURCE[0]}")/stack.sh"
 start_stack
+# A registry on loopback for `./taskw image` (blobs kept in .tools/registry across runs).
+registry=${STAGETIME_REGISTRY:-127.0.0.1:5001}
+"$root/scripts/install-tools.sh" crane >/dev/null 2>&1 || true
+if [ -x "$root/.tools/bin/crane" ] && ! "$root/.tools/bin/crane" catalog --insecure "$registry" >/dev/null 2>&1; then
+  mkdir -p "$root/.tools/registry"
+  start registry "$root/.tools/bin/crane" registry serve --address "$registry" --disk "$root/.tools/registry"
+fi
 cat <<MSG
 
 stageTime is up (namespace $namespace). In another shell:
@@ -15,6 +22,7 @@ export STAGETIME_SERVER=$STAGETIME_SERVER
   kubectl apply -n $namespace -f examples/revisionrun.yaml && kubectl get rr -n $namespace -w
   grpcurl -plaintext -d @ ${STAGETIME_SERVER#http://} stagetime.v1.RevisionRuns/Create < examples/typed-create.json
   target/debug/stagetime list
+  STAGETIME_REGISTRY=$registry ./taskw image    # the OCI image, pushed to the registry here
 
 Ctrl-C stops everything.
 MSG
