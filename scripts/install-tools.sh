@@ -198,8 +198,37 @@ install_podman() {
   apt_install podman runc musl-tools
 }
 
+# The Tekton controller and remote resolvers, built from the pinned Tekton module: the module
+# proxy refuses version listings for it, so the module is downloaded at its exact version and
+# built inside a writable copy (its own go.mod and replace lines apply). The copy also provides
+# the CRDs and config ConfigMaps, kept under .tools/tekton/.
+install_tekton() {
+  have_version tekton-controller "$TEKTON_VERSION" && have_version tekton-resolvers "$TEKTON_VERSION" && return
+  log "building the Tekton controller and resolvers v$TEKTON_VERSION from its Go module (minutes; cached afterwards)"
+  local dir work="$tools/build/tekton-$TEKTON_VERSION"
+  dir=$(cd "$tools" && go mod download -json "github.com/tektoncd/pipeline@v$TEKTON_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  if [ ! -d "$work" ]; then
+    cp -r "$dir" "$work.tmp"
+    chmod -R u+w "$work.tmp"
+    mv "$work.tmp" "$work"
+  fi
+  local name
+  for name in controller resolvers; do
+    (cd "$work" && CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false" GOSUMDB=off \
+      go build -ldflags "-s -w" -o "$bin/tekton-$name.tmp" "./cmd/$name")
+    mv "$bin/tekton-$name.tmp" "$bin/tekton-$name"
+  done
+  rm -rf "$tools/tekton.tmp" && mkdir -p "$tools/tekton.tmp"
+  cp -r "$work/config/300-crds" "$tools/tekton.tmp/crds"
+  cp "$work"/config/config-*.yaml "$tools/tekton.tmp/"
+  rm -rf "$tools/tekton" && mv "$tools/tekton.tmp" "$tools/tekton"
+  mark_version tekton-controller "$TEKTON_VERSION"
+  mark_version tekton-resolvers "$TEKTON_VERSION"
+}
+
 all=(redis etcd task grpcurl helm helmfile kube-apiserver tekton-crds crane podman
-  kube-controller-manager kube-scheduler kwok)
+  kube-controller-manager kube-scheduler kwok tekton)
 selected=("$@")
 [ ${#selected[@]} -gt 0 ] || selected=("${all[@]}")
 for t in "${selected[@]}"; do
@@ -212,6 +241,7 @@ for t in "${selected[@]}"; do
     helmfile) install_helmfile ;;
     kube-apiserver | kube-controller-manager | kube-scheduler) install_kube_binary "$t" ;;
     kwok) install_kwok ;;
+    tekton) install_tekton ;;
     tekton-crds) install_tekton_crds ;;
     crane) go_install crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION" ;;
     podman) install_podman ;;

@@ -123,6 +123,9 @@ pub fn service_env(
         ("ADMIN_ADDR", "127.0.0.1:0".to_string()),
         // Tests reach the server on loopback only; authentication has tests of its own.
         ("STAGETIME_AUTH", "none".to_string()),
+        // The invariants checked over whole histories need the history: housekeeping has
+        // tests of its own.
+        ("HOUSEKEEPING_SECONDS", "0".to_string()),
         ("RUST_LOG", "info".to_string()),
     ]
     .into_iter()

@@ -348,6 +348,29 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
             &runs,
             false,
         ),
+        // Housekeeping removes PipelineRuns by label selector only: deletecollection, no delete.
+        (
+            sa("stagetime-informer"),
+            "deletecollection",
+            "pipelineruns.tekton.dev",
+            &runs,
+            true,
+        ),
+        (
+            sa("stagetime-informer"),
+            "delete",
+            "pipelineruns.tekton.dev",
+            &runs,
+            false,
+        ),
+        (
+            sa("stagetime-informer"),
+            "create",
+            "leases.coordination.k8s.io",
+            &ns,
+            true,
+        ),
+        (sa("stagetime-informer"), "get", "secrets", &ns, false),
         (
             sa("stagetime-server"),
             "create",

@@ -31,6 +31,7 @@ pub mod model;
 pub mod names;
 pub mod patch;
 pub mod request;
+pub mod retention;
 pub mod shutdown;
 pub mod store;
 pub mod stream;

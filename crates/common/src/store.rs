@@ -33,6 +33,9 @@ const CREATE_LUA: &str = include_str!("lua/create.lua");
 /// The compare-and-set of one document with all effects of the change.
 const CAS_LUA: &str = include_str!("lua/cas.lua");
 
+/// Removes a finished revision run and its index entries; see the script.
+const PURGE_LUA: &str = include_str!("lua/purge.lua");
+
 /// Builds the active-run index from older documents; see the script.
 const ACTIVE_LUA: &str = include_str!("lua/active.lua");
 
@@ -174,6 +177,62 @@ impl Store {
         };
         store.build_active_index().await?;
         Ok(store)
+    }
+
+    /// Summaries of every revision run (oldest first) for housekeeping: a scan of the creation
+    /// index, a pipelined read of three fields per document, `chunk` documents at a time.
+    pub async fn summaries(&self) -> Result<Vec<crate::retention::Summary>> {
+        let mut conn = self.conn.clone();
+        let chunk: isize = 500;
+        let mut start = 0;
+        let mut out = Vec::new();
+        loop {
+            let entries: Vec<(String, i64)> = conn
+                .zrange_withscores(self.keys.idx_created(), start, start + chunk - 1)
+                .await
+                .map_err(redis_err("summaries scan"))?;
+            if entries.is_empty() {
+                return Ok(out);
+            }
+            let mut pipe = redis::pipe();
+            for (id, _) in &entries {
+                pipe.cmd("JSON.GET")
+                    .arg(self.keys.doc(id))
+                    .arg("$.phase")
+                    .arg("$.revision.repoName")
+                    .arg("$.updatedAt");
+            }
+            let docs: Vec<Option<String>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err("summaries read"))?;
+            for ((id, created_ms), doc) in entries.iter().zip(docs) {
+                let Some(summary) = doc.and_then(|d| summary(id, *created_ms, &d)) else {
+                    continue;
+                };
+                out.push(summary);
+            }
+            start += chunk;
+        }
+    }
+
+    /// Removes a finished revision run's document, manifests and index entries in one step.
+    /// `Ok(true)`: removed (or already gone); `Ok(false)`: it is not finished — left alone.
+    pub async fn purge(&self, rr: &RevisionRun) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let result: i64 = Script::new(PURGE_LUA)
+            .key(self.keys.doc(&rr.id))
+            .key(self.keys.manifests(&rr.id))
+            .key(self.keys.idx_created())
+            .key(self.keys.idx_repo(&rr.revision.repo_name))
+            .key(self.keys.idx_commit(&rr.revision.commit_id))
+            .key(self.keys.deadlines())
+            .key(self.keys.idx_active())
+            .arg(&rr.id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err("purge revision run"))?;
+        Ok(result != 0)
     }
 
     /// Adds the unfinished revision runs of the whole history to the active index, once per
@@ -667,6 +726,24 @@ fn active_arg(rr: &RevisionRun) -> String {
 /// The deadline index score of a revision run (`''` removes it from the index).
 fn deadline_arg(rr: &RevisionRun) -> String {
     machine::next_deadline(rr).map_or_else(String::new, |ms| ms.to_string())
+}
+
+/// One summary from a multi-path `JSON.GET` reply (`{"$.phase": [..], ...}`).
+fn summary(id: &str, created_ms: i64, raw: &str) -> Option<crate::retention::Summary> {
+    let v: serde_json::Value = serde_json::from_str(raw).ok()?;
+    let first = |path: &str| v.get(path).and_then(|a| a.get(0)).cloned();
+    let phase: Phase = serde_json::from_value(first("$.phase")?).ok()?;
+    let repo = first("$.revision.repoName")?.as_str()?.to_string();
+    let finished_ms = first("$.updatedAt")
+        .and_then(|t| t.as_str().map(created_score))
+        .unwrap_or(created_ms);
+    Some(crate::retention::Summary {
+        id: id.to_string(),
+        repo,
+        phase,
+        created_ms,
+        finished_ms,
+    })
 }
 
 fn decode(key: &str, raw: &str) -> Result<RevisionRun> {

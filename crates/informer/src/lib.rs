@@ -5,9 +5,11 @@
 //! # Layout
 //! - [`watch`]: the level-triggered watch loop and the reconcile after each (re)list.
 //! - [`record`]: one observation → *record and advance*, with retries.
+//! - [`housekeeping`]: retention of finished revision runs, under a Lease.
 //! - [`metrics`].
 #![forbid(unsafe_code)]
 
+pub mod housekeeping;
 pub mod metrics;
 pub mod record;
 pub mod watch;
@@ -66,6 +68,63 @@ pub struct Args {
         default_value = stagetime_common::tekton::API_VERSION
     )]
     pub tekton_api_version: String,
+    /// Seconds between housekeeping passes (0 = this replica does no housekeeping). Only the
+    /// holder of the housekeeping Lease removes anything.
+    #[arg(
+        long = "housekeeping-seconds",
+        env = "HOUSEKEEPING_SECONDS",
+        default_value_t = 300
+    )]
+    pub housekeeping_seconds: u64,
+    /// Finished (not failed) revision runs kept per repository (0 = no count limit).
+    #[arg(
+        long = "retention-keep-last",
+        env = "RETENTION_KEEP_LAST",
+        default_value_t = 10
+    )]
+    pub retention_keep_last: usize,
+    /// Seconds a finished (not failed) revision run is kept after completion (0 = no limit).
+    #[arg(
+        long = "retention-ttl-seconds",
+        env = "RETENTION_TTL_SECONDS",
+        default_value_t = 86_400
+    )]
+    pub retention_ttl_seconds: u64,
+    /// Failed revision runs kept per repository (0 = no count limit).
+    #[arg(
+        long = "retention-failed-keep-last",
+        env = "RETENTION_FAILED_KEEP_LAST",
+        default_value_t = 20
+    )]
+    pub retention_failed_keep_last: usize,
+    /// Seconds a failed revision run is kept after completion (0 = no limit).
+    #[arg(
+        long = "retention-failed-ttl-seconds",
+        env = "RETENTION_FAILED_TTL_SECONDS",
+        default_value_t = 604_800
+    )]
+    pub retention_failed_ttl_seconds: u64,
+    /// Name of the housekeeping Lease.
+    #[arg(
+        long = "housekeeping-lease-name",
+        env = "HOUSEKEEPING_LEASE_NAME",
+        default_value = "stagetime-housekeeping"
+    )]
+    pub housekeeping_lease_name: String,
+    /// Namespace of the housekeeping Lease (empty = the client's namespace: the pod's).
+    #[arg(
+        long = "housekeeping-lease-namespace",
+        env = "HOUSEKEEPING_LEASE_NAMESPACE",
+        default_value = ""
+    )]
+    pub housekeeping_lease_namespace: String,
+    /// Seconds the housekeeping Lease stays valid without renewal.
+    #[arg(
+        long = "housekeeping-lease-seconds",
+        env = "HOUSEKEEPING_LEASE_SECONDS",
+        default_value_t = 15
+    )]
+    pub housekeeping_lease_seconds: u64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub redis: RedisArgs,
@@ -81,6 +140,22 @@ pub struct Args {
 }
 
 impl Args {
+    /// The retention policy of the flags.
+    pub fn policy(&self) -> stagetime_common::retention::Policy {
+        use stagetime_common::retention::{Limits, Policy};
+        let limits = |keep: usize, ttl: u64| Limits {
+            keep_last: (keep > 0).then_some(keep),
+            ttl: (ttl > 0).then(|| std::time::Duration::from_secs(ttl)),
+        };
+        Policy {
+            finished: limits(self.retention_keep_last, self.retention_ttl_seconds),
+            failed: limits(
+                self.retention_failed_keep_last,
+                self.retention_failed_ttl_seconds,
+            ),
+        }
+    }
+
     /// The namespace to watch (empty = all): `--informing-namespace`, else the only namespace
     /// of `--namespaces`.
     pub fn scope(&self) -> String {
@@ -103,10 +178,29 @@ pub async fn run(
     let client = args.kube.client().await?;
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
+    let housekeeping_metrics = housekeeping::Metrics::register(&mut registry);
     let ready = Readiness::default();
     let admin = AdminServer::bind(args.admin.addr, registry, ready.clone()).await?;
     let scope = args.scope();
     tracing::info!(admin = %admin.local_addr()?, namespace = %scope, "stagetime-informer starting");
+    let housekeeper = housekeeping::Housekeeper {
+        store: store.clone(),
+        client: client.clone(),
+        api_version: args.tekton_api_version.clone(),
+        policy: args.policy(),
+        metrics: housekeeping_metrics,
+    };
+    let lease_namespace = if args.housekeeping_lease_namespace.is_empty() {
+        client.default_namespace().to_string()
+    } else {
+        args.housekeeping_lease_namespace.clone()
+    };
+    let candidate = stagetime_common::lease::Candidate {
+        namespace: lease_namespace,
+        name: args.housekeeping_lease_name.clone(),
+        identity: stagetime_common::lease::Candidate::identity(),
+        duration: std::time::Duration::from_secs(args.housekeeping_lease_seconds.max(2)),
+    };
     let informer = Informer::new(
         client,
         &args.tekton_api_version,
@@ -118,7 +212,17 @@ pub async fn run(
     let shutdown = Shutdown::spawn(shutdown);
     let admin_task = tokio::spawn(admin.serve(shutdown.clone().wait()));
     ready.set(true);
+    let housekeeping = (args.housekeeping_seconds > 0).then(|| {
+        tokio::spawn(housekeeper.run(
+            candidate,
+            std::time::Duration::from_secs(args.housekeeping_seconds),
+            shutdown.clone().wait(),
+        ))
+    });
     informer.run(shutdown.wait()).await;
+    if let Some(task) = housekeeping {
+        task.await?;
+    }
     admin_task.await??;
     Ok(())
 }

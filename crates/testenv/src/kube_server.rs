@@ -190,6 +190,19 @@ impl KubeEnv {
         Ok(kube::Client::try_from(config)?)
     }
 
+    /// A kubeconfig file (beside [`Self::kubeconfig`]) whose server is `addr` — e.g. a
+    /// [`crate::proxy::SlowProxy`] in front of this API server — for child processes.
+    pub fn kubeconfig_via(&self, addr: std::net::SocketAddr) -> anyhow::Result<PathBuf> {
+        let text = std::fs::read_to_string(&self.kubeconfig)?;
+        let server = format!("https://{}", self.apiserver_addr()?);
+        anyhow::ensure!(text.contains(&server), "kubeconfig does not name {server}");
+        let path = self
+            .kubeconfig
+            .with_file_name(format!("kubeconfig-via-{}", addr.port()));
+        std::fs::write(&path, text.replace(&server, &format!("https://{addr}")))?;
+        Ok(path)
+    }
+
     /// Applies CRDs and waits until each is established and its resource is served.
     pub async fn install_crds(&self, crds: &[CustomResourceDefinition]) -> anyhow::Result<()> {
         let client = self.client().await?;
