@@ -87,10 +87,24 @@ impl Stack {
         Self::start_with_auth(test, sim_delay, stagetime_server::auth::Auth::none()).await
     }
 
+    /// Starts server, creator and informer and no simulator: the real Tekton controller (see
+    /// `stagetime_testenv::tekton`) decides the PipelineRuns.
+    pub async fn start_on_tekton(test: &str) -> anyhow::Result<Self> {
+        Self::start_inner(test, None, stagetime_server::auth::Auth::none()).await
+    }
+
     /// [`Self::start`] with the server behind `auth`.
     pub async fn start_with_auth(
         test: &str,
         sim_delay: Duration,
+        auth: stagetime_server::auth::Auth,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(test, Some(sim_delay), auth).await
+    }
+
+    async fn start_inner(
+        test: &str,
+        sim_delay: Option<Duration>,
         auth: stagetime_server::auth::Auth,
     ) -> anyhow::Result<Self> {
         let env = TestEnv::shared().await?;
@@ -139,7 +153,7 @@ impl Stack {
         };
         stack.creator = Some(stack.spawn_creator("creator-1"));
         stack.informer = Some(stack.spawn_informer());
-        stack.simulator = Some(stack.spawn_simulator(sim_delay));
+        stack.simulator = sim_delay.map(|delay| stack.spawn_simulator(delay));
         Ok(stack)
     }
 

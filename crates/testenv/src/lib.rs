@@ -17,6 +17,7 @@
 //! - [`crds`]: the minimal Tekton `PipelineRun` CRD.
 //! - [`proxy`]: a TCP proxy that plays a slow API server.
 //! - [`simulator`]: the Tekton simulator (plays Tekton's controller).
+//! - [`tekton`]: the real Tekton controller (with [`workloads`] for its pods).
 //! - [`workloads`]: kube-controller-manager, kube-scheduler and kwok (a fake node whose pods run
 //!   without containers), started on demand.
 #![forbid(unsafe_code)]
@@ -29,6 +30,7 @@ pub mod process;
 pub mod proxy;
 pub mod redis_server;
 pub mod simulator;
+pub mod tekton;
 pub mod workloads;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -75,6 +75,13 @@ impl Workloads {
             &[
                 format!("--kubeconfig={kubeconfig}"),
                 format!("--config={}", tool("kwok-stages.yaml", "kwok")?.display()),
+                // Pods of Tekton TaskRuns: completed or failed by their pipeline task's name.
+                format!(
+                    "--config={}",
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../../tools/kwok/tekton-stages.yaml")
+                        .display()
+                ),
                 "--manage-all-nodes=false".into(),
                 format!("--manage-nodes-with-annotation-selector={NODE_SELECTOR}"),
                 "--node-ip=127.0.0.1".into(),

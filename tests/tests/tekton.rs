@@ -1,0 +1,380 @@
+//! stageTime on the real Tekton controller: kube-controller-manager, kube-scheduler, a kwok node
+//! and Tekton Pipelines (one stack for this test binary; tests isolate themselves by namespace).
+//! Pods do not run containers: kwok completes a TaskRun's pod, fails it when its pipeline task
+//! is named `fail`, and keeps it running when the task is named `sleep`
+//! (`tools/kwok/tekton-stages.yaml`). Everything else — PipelineRuns accepted against Tekton's
+//! real CRD, TaskRuns, reasons, cancellation, timeouts, garbage collection — is Tekton's and
+//! Kubernetes' own.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use kube::api::{DynamicObject, ListParams, PostParams};
+use prometheus_client::registry::Registry;
+use stagetime_common::{
+    model::{Phase, RevisionRun, RunState, StageState},
+    retention::{Limits, Policy},
+    tekton,
+};
+use stagetime_informer::housekeeping::{Housekeeper, Metrics};
+use stagetime_proto::stagetime::v1::{
+    self as pb, pipeline_ref::Ref, revision_runs_client::RevisionRunsClient,
+};
+use stagetime_testenv::{TestEnv, tekton::Tekton, wait_for, workloads::Workloads};
+use stagetime_tests::{Stack, wait_rr};
+use tokio::sync::OnceCell;
+
+static REAL: OnceCell<(Workloads, Tekton)> = OnceCell::const_new();
+
+/// The shared real-Tekton stack, started on first use.
+async fn real_tekton() -> anyhow::Result<()> {
+    REAL.get_or_try_init(|| async {
+        let env = TestEnv::shared().await?;
+        let started = std::time::Instant::now();
+        let workloads = Workloads::start(&env.kube).await?;
+        let tekton = Tekton::start(&env.kube).await?;
+        println!(
+            "real Tekton stack (controller-manager, scheduler, kwok, Tekton) ready in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok::<_, anyhow::Error>((workloads, tekton))
+    })
+    .await?;
+    Ok(())
+}
+
+/// A stack on real Tekton with the test Pipelines in its namespace. Pipelines' task names decide
+/// what their pods do: `fail` fails, `sleep` never ends, anything else succeeds.
+async fn stack(test: &str) -> anyhow::Result<Stack> {
+    real_tekton().await?;
+    let stack = Stack::start_on_tekton(test).await?;
+    let pipelines = [
+        ("build", vec!["compile", "test"]),
+        ("unit-tests", vec!["unit"]),
+        ("package", vec!["package"]),
+        ("lint-fails", vec!["fail"]),
+        ("unit-fails", vec!["fail"]),
+        ("sleepy", vec!["sleep"]),
+    ];
+    let resource = kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("tekton.dev", "v1", "Pipeline"),
+        "pipelines",
+    );
+    let api: kube::Api<DynamicObject> =
+        kube::Api::namespaced_with(stack.client.clone(), &stack.ns, &resource);
+    for (name, tasks) in pipelines {
+        let mut previous: Option<&str> = None;
+        let tasks: Vec<serde_json::Value> = tasks
+            .iter()
+            .map(|task| {
+                let mut t = serde_json::json!({
+                    "name": task,
+                    "taskSpec": { "steps": [{
+                        "name": task, "image": "busybox", "command": ["sh", "-c", "true"],
+                    }]},
+                });
+                if let Some(p) = previous {
+                    t["runAfter"] = serde_json::json!([p]);
+                }
+                previous = Some(task);
+                t
+            })
+            .collect();
+        let pipeline: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tekton.dev/v1",
+            "kind": "Pipeline",
+            "metadata": { "name": name },
+            "spec": { "tasks": tasks },
+        }))?;
+        api.create(&PostParams::default(), &pipeline).await?;
+    }
+    Ok(stack)
+}
+
+fn run(name: &str, stage: u32, pipeline: &str, canfail: bool) -> pb::RunSpec {
+    pb::RunSpec {
+        name: name.into(),
+        stage,
+        canfail,
+        pipeline_ref: Some(pb::PipelineRef {
+            r#ref: Some(Ref::Name(pipeline.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn create(stack: &Stack, commit: &str, runs: Vec<pb::RunSpec>) -> anyhow::Result<String> {
+    let mut client = RevisionRunsClient::connect(stack.url()).await?;
+    let reply = client
+        .create(pb::CreateRequest {
+            repo_name: "stagetime".into(),
+            commit_id: commit.into(),
+            author: "tekton-test".into(),
+            runs,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(reply.id)
+}
+
+/// The PipelineRuns of a revision run, by name, as Tekton left them.
+async fn pipelineruns(stack: &Stack, id: &str) -> anyhow::Result<BTreeMap<String, DynamicObject>> {
+    let api = tekton::pipelinerun_api(stack.client.clone(), tekton::API_VERSION, &stack.ns);
+    Ok(api
+        .list(&ListParams::default().labels(&format!("{}={id}", tekton::LABEL_REVISION_RUN)))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| Some((p.metadata.name.clone()?, p)))
+        .collect())
+}
+
+fn condition_reason(pr: &DynamicObject) -> String {
+    pr.data["status"]["conditions"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn run_of<'a>(rr: &'a RevisionRun, name: &str) -> &'a stagetime_common::model::Run {
+    rr.stages
+        .iter()
+        .flat_map(|s| &s.runs)
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no run {name}"))
+}
+
+async fn count(stack: &Stack, plural: &str, kind: &str, selector: &str) -> anyhow::Result<usize> {
+    let (group, version) = if kind == "Pod" {
+        ("", "v1")
+    } else {
+        ("tekton.dev", "v1")
+    };
+    let resource = kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk(group, version, kind),
+        plural,
+    );
+    let api: kube::Api<DynamicObject> =
+        kube::Api::namespaced_with(stack.client.clone(), &stack.ns, &resource);
+    Ok(api
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items
+        .len())
+}
+
+const FINISH: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_stages_with_a_canfail_failure_on_real_tekton() -> anyhow::Result<()> {
+    let stack = stack("tekton-three").await?;
+    let id = create(
+        &stack,
+        "a1b2c3d4",
+        vec![
+            run("build", 0, "build", false),
+            run("lint", 0, "lint-fails", true),
+            run("unit", 1, "unit-tests", false),
+            run("package", 2, "package", false),
+        ],
+    )
+    .await?;
+    let rr = stack.wait_terminal(&id, FINISH).await?;
+    assert_eq!(rr.phase, Phase::SucceededWithAllowedFailures, "{rr:#?}");
+    assert_eq!(rr.stages[0].state, StageState::SucceededWithAllowedFailures);
+    assert!(
+        rr.stages[1..]
+            .iter()
+            .all(|s| s.state == StageState::Succeeded)
+    );
+    let lint = run_of(&rr, "lint");
+    assert_eq!(lint.state, RunState::Failed);
+    assert_eq!(lint.reason.as_deref(), Some("Failed"), "Tekton's reason");
+    // Tekton ran them: every PipelineRun has Tekton's own outcome and its TaskRuns.
+    let prs = pipelineruns(&stack, &id).await?;
+    assert_eq!(prs.len(), 4);
+    for (name, pr) in &prs {
+        let want = if name == &lint.pipeline_run {
+            "Failed"
+        } else {
+            "Succeeded"
+        };
+        assert_eq!(condition_reason(pr), want, "{name}");
+        let taskruns = count(
+            &stack,
+            "taskruns",
+            "TaskRun",
+            &format!("tekton.dev/pipelineRun={name}"),
+        )
+        .await?;
+        let want = if name == &run_of(&rr, "build").pipeline_run {
+            2
+        } else {
+            1
+        };
+        assert_eq!(taskruns, want, "TaskRuns of {name}");
+    }
+    // Stages ran in order: each stage's PipelineRuns started after the previous stage finished.
+    let started = |pr: &DynamicObject| {
+        pr.data["status"]["startTime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let finished = |pr: &DynamicObject| {
+        pr.data["status"]["completionTime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let by_run = |name: &str| &prs[&run_of(&rr, name).pipeline_run];
+    assert!(started(by_run("unit")) >= finished(by_run("build")));
+    assert!(started(by_run("unit")) >= finished(by_run("lint")));
+    assert!(started(by_run("package")) >= finished(by_run("unit")));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_run_skips_later_stages_on_real_tekton() -> anyhow::Result<()> {
+    let stack = stack("tekton-fail").await?;
+    let id = create(
+        &stack,
+        "b1b2c3d4",
+        vec![
+            run("build", 0, "build", false),
+            run("unit", 0, "unit-fails", false),
+            run("package", 1, "package", false),
+        ],
+    )
+    .await?;
+    let rr = stack.wait_terminal(&id, FINISH).await?;
+    assert_eq!(rr.phase, Phase::Failed);
+    assert_eq!(rr.stages[0].state, StageState::Failed);
+    assert_eq!(rr.stages[1].state, StageState::Skipped);
+    assert_eq!(run_of(&rr, "unit").reason.as_deref(), Some("Failed"));
+    let prs = pipelineruns(&stack, &id).await?;
+    assert_eq!(
+        prs.len(),
+        2,
+        "the skipped stage created nothing: {:?}",
+        prs.keys()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_gives_tektons_cancelled_reason() -> anyhow::Result<()> {
+    let stack = stack("tekton-cancel").await?;
+    let id = create(
+        &stack,
+        "c1b2c3d4",
+        vec![
+            run("wait", 0, "sleepy", false),
+            run("package", 1, "package", false),
+        ],
+    )
+    .await?;
+    wait_rr(
+        &stack.store,
+        &id,
+        "the run to be running on Tekton",
+        FINISH,
+        |rr| run_of(rr, "wait").state == RunState::Running,
+    )
+    .await?;
+    let mut client = RevisionRunsClient::connect(stack.url()).await?;
+    client.cancel(pb::CancelRequest { id: id.clone() }).await?;
+    let rr = stack.wait_terminal(&id, FINISH).await?;
+    assert_eq!(rr.phase, Phase::Cancelled);
+    assert_eq!(rr.stages[1].state, StageState::Skipped);
+    // The creator gave the PipelineRun Tekton's graceful cancel; Tekton ends it with its own
+    // `Cancelled` reason (the revision run was terminal at once and keeps the run's last state).
+    let name = run_of(&rr, "wait").pipeline_run.clone();
+    let pr = wait_for("Tekton to cancel the PipelineRun", FINISH, || {
+        let stack = &stack;
+        let (id, name) = (id.clone(), name.clone());
+        async move {
+            let prs = pipelineruns(stack, &id).await.ok()?;
+            let pr = prs.get(&name)?.clone();
+            (condition_reason(&pr) == "Cancelled").then_some(pr)
+        }
+    })
+    .await?;
+    assert_eq!(pr.data["spec"]["status"], "CancelledRunFinally");
+    let prs = pipelineruns(&stack, &id).await?;
+    assert_eq!(prs.len(), 1, "the later stage was never created");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_timeout_gives_pipelinerun_timeout() -> anyhow::Result<()> {
+    let stack = stack("tekton-timeout").await?;
+    let mut slow = run("wait", 0, "sleepy", false);
+    slow.timeout_seconds = 3;
+    let id = create(&stack, "d1b2c3d4", vec![slow]).await?;
+    let rr = stack.wait_terminal(&id, FINISH).await?;
+    assert_eq!(rr.phase, Phase::Failed);
+    let wait = run_of(&rr, "wait");
+    assert_eq!(
+        wait.reason.as_deref(),
+        Some("PipelineRunTimeout"),
+        "{wait:?}"
+    );
+    let prs = pipelineruns(&stack, &id).await?;
+    assert_eq!(
+        condition_reason(&prs[&wait.pipeline_run]),
+        "PipelineRunTimeout"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn housekeeping_deletes_pipelineruns_and_the_gc_removes_taskruns_and_pods()
+-> anyhow::Result<()> {
+    let stack = stack("tekton-gc").await?;
+    let id = create(&stack, "e1b2c3d4", vec![run("build", 0, "build", false)]).await?;
+    let rr = stack.wait_terminal(&id, FINISH).await?;
+    assert_eq!(rr.phase, Phase::Succeeded);
+    let pr = run_of(&rr, "build").pipeline_run.clone();
+    let owned = format!("tekton.dev/pipelineRun={pr}");
+    assert_eq!(count(&stack, "taskruns", "TaskRun", &owned).await?, 2);
+    assert_eq!(count(&stack, "pods", "Pod", &owned).await?, 2);
+    let housekeeper = Housekeeper {
+        store: stack.store.clone(),
+        client: stack.client.clone(),
+        api_version: tekton::API_VERSION.into(),
+        policy: Policy {
+            finished: Limits {
+                keep_last: Some(0),
+                ttl: None,
+            },
+            failed: Limits {
+                keep_last: Some(0),
+                ttl: None,
+            },
+        },
+        metrics: Metrics::register(&mut Registry::default()),
+    };
+    let pass = housekeeper.pass().await?;
+    assert_eq!(pass.removed, 1);
+    assert!(pipelineruns(&stack, &id).await?.is_empty());
+    wait_for(
+        "the garbage collector to remove TaskRuns and pods",
+        Duration::from_secs(60),
+        || {
+            let stack = &stack;
+            let owned = owned.clone();
+            async move {
+                let taskruns = count(stack, "taskruns", "TaskRun", &owned).await.ok()?;
+                let pods = count(stack, "pods", "Pod", &owned).await.ok()?;
+                (taskruns == 0 && pods == 0).then_some(())
+            }
+        },
+    )
+    .await?;
+    assert!(matches!(
+        stack.store.get(&id).await,
+        Err(stagetime_common::Error::NotFound { .. })
+    ));
+    Ok(())
+}
