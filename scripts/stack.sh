@@ -2,12 +2,17 @@
 # etcd, kube-apiserver with Tekton's PipelineRun CRD and stageTime's CRDs, the stageTime server,
 # creator, informer and operator, and the Tekton simulator — and stops it all on exit.
 # SIM_DELAY_MS sets the simulator's run time per PipelineRun (default 1500).
+# STAGETIME_TEKTON=real replaces the simulator with the real Tekton controller, plus
+# kube-controller-manager, kube-scheduler and a kwok node for its pods (built once, cached).
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 namespace=stagetime-demo
 
 scripts/install-tools.sh redis etcd kube-apiserver tekton-crds
+if [ "${STAGETIME_TEKTON:-sim}" = real ]; then
+  scripts/install-tools.sh kube-controller-manager kube-scheduler kwok tekton
+fi
 echo "==> building stageTime"
 cargo build --quiet --bins
 
@@ -53,7 +58,9 @@ start_stack() {
   # Branch heads only from loopback Git servers: nothing here talks to another host.
   start operator target/debug/stagetime-operator --admin-addr "127.0.0.1:$(free_port)" \
     --lease-namespace "$namespace" --git-allowed-hosts 127.0.0.1,localhost
-  start tekton-sim target/debug/stagetime-tekton-sim --delay-ms "${SIM_DELAY_MS:-1500}"
+  if [ "${STAGETIME_TEKTON:-sim}" != real ]; then
+    start tekton-sim target/debug/stagetime-tekton-sim --delay-ms "${SIM_DELAY_MS:-1500}"
+  fi
   wait_for "stagetime-server" 30 target/debug/stagetime list --limit 1
   echo "    logs: $run_dir/*.log"
 }

@@ -260,6 +260,14 @@ pub struct PipelineRunTemplateSpec {
         inner(length(max = 4096), pattern(r"^[A-Za-z0-9_.-]+="))
     )]
     pub resolver: Vec<String>,
+    /// Name of a Pipeline in the PipelineRuns' namespace, run by name instead of through a
+    /// resolver (give one or the other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub pipeline: Option<String>,
     /// Param items `k=v`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(

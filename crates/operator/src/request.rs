@@ -128,7 +128,17 @@ fn run(
             resolver_params.push(string_param(key, value));
         }
     }
-    if resolver_params.is_empty() {
+    let by_name = template.pipeline.as_deref().filter(|n| !n.is_empty());
+    if by_name.is_some() && !resolver_params.is_empty() {
+        return Err(BuildError {
+            reason: "InvalidTemplate",
+            message: format!(
+                "technology {:?}: PipelineRunTemplate {:?} names a pipeline and resolver params; give one",
+                tech.id, tech.kind
+            ),
+        });
+    }
+    if resolver_params.is_empty() && by_name.is_none() {
         return Err(BuildError {
             reason: "NoPipeline",
             message: format!(
@@ -198,10 +208,13 @@ fn run(
         })?,
         canfail: tech.canfail,
         pipeline_ref: Some(pb::PipelineRef {
-            r#ref: Some(pb::pipeline_ref::Ref::Resolver(pb::Resolver {
-                resolver: resolver_kind,
-                params: resolver_params,
-            })),
+            r#ref: Some(match by_name {
+                Some(name) => pb::pipeline_ref::Ref::Name(name.to_string()),
+                None => pb::pipeline_ref::Ref::Resolver(pb::Resolver {
+                    resolver: resolver_kind,
+                    params: resolver_params,
+                }),
+            }),
         }),
         params,
         workspaces: Vec::new(),
@@ -344,6 +357,7 @@ mod tests {
             listparams: vec!["tags=a,b".into()],
             vclaims: vec!["shared=standard,ReadWriteOnce,1Gi".into()],
             namespace: None,
+            pipeline: None,
         }
     }
 
@@ -439,6 +453,32 @@ mod tests {
             run.pipeline_ref.as_ref().and_then(|p| p.r#ref.as_ref()),
             Some(pb::pipeline_ref::Ref::Resolver(r)) if r.resolver == "bundles"
         ));
+    }
+
+    #[test]
+    fn a_template_may_name_a_pipeline_instead_of_a_resolver() {
+        let mut rr = sample();
+        rr.spec.technologies[0].resolver = None;
+        let by_name = PipelineRunTemplateSpec {
+            resolver: Vec::new(),
+            pipeline: Some("build".into()),
+            ..docker()
+        };
+        let templates = BTreeMap::from([("docker".to_string(), by_name.clone())]);
+        let req = build_with(&rr, &templates, &[]).unwrap();
+        assert!(matches!(
+            req.runs[0].pipeline_ref.as_ref().and_then(|p| p.r#ref.as_ref()),
+            Some(pb::pipeline_ref::Ref::Name(n)) if n == "build"
+        ));
+        // Both a pipeline and resolver params: refused, naming the template.
+        let both = PipelineRunTemplateSpec {
+            pipeline: Some("build".into()),
+            ..docker()
+        };
+        let templates = BTreeMap::from([("docker".to_string(), both)]);
+        let error = build_with(&rr, &templates, &[]).unwrap_err();
+        assert_eq!(error.reason, "InvalidTemplate");
+        assert!(error.message.contains("\"docker\""), "{}", error.message);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `stagetime-devenv`: starts the local environment (Redis + RedisJSON, etcd, kube-apiserver with
 //! the Tekton PipelineRun CRD) and keeps it up until SIGINT/SIGTERM. Writes the connection
-//! settings as shell `export` lines to `--env-file` once everything is ready.
+//! settings as shell `export` lines to `--env-file` once everything is ready. With
+//! `STAGETIME_TEKTON=real` it also starts kube-controller-manager, kube-scheduler, a kwok node
+//! and the real Tekton controller (see `stagetime_testenv::tekton`).
 use clap::Parser;
 use stagetime_testenv::TestEnv;
 
@@ -23,6 +25,18 @@ async fn main() -> anyhow::Result<()> {
     for ns in &args.namespaces {
         env.kube.create_namespace(ns).await?;
     }
+    let _real = if std::env::var("STAGETIME_TEKTON").as_deref() == Ok("real") {
+        let started = std::time::Instant::now();
+        let workloads = stagetime_testenv::workloads::Workloads::start(&env.kube).await?;
+        let tekton = stagetime_testenv::tekton::Tekton::start(&env.kube).await?;
+        eprintln!(
+            "real Tekton ready in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Some((workloads, tekton))
+    } else {
+        None
+    };
     let kubeconfig = env.kube.kubeconfig().canonicalize()?;
     let tmp = args.env_file.with_extension("tmp");
     std::fs::write(
