@@ -91,6 +91,14 @@ impl Service {
         }
     }
 
+    /// The whole log of the current process.
+    pub fn log_text(&self) -> String {
+        self.process
+            .as_ref()
+            .map(Supervised::log_text)
+            .unwrap_or_default()
+    }
+
     /// The last lines of the current log.
     pub fn log_tail(&self) -> String {
         self.process

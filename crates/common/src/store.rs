@@ -250,6 +250,14 @@ impl Store {
         let script = Script::new(ACTIVE_LUA);
         let chunk = 500;
         let mut start = 0;
+        let history: usize = conn
+            .zcard(self.keys.idx_created())
+            .await
+            .map_err(redis_err("active index scan"))?;
+        if history == 0 {
+            // Nothing to build, and no marker: a prefix nobody wrote to stays empty.
+            return Ok(false);
+        }
         loop {
             let entries: Vec<(String, i64)> = conn
                 .zrange_withscores(self.keys.idx_created(), start, start + chunk - 1)
