@@ -177,7 +177,7 @@ PY
 # Tekton's PipelineRun CRD, from the pinned Tekton module (downloaded, nothing built): the tests
 # install it so the API server validates our PipelineRuns against Tekton's real schema.
 install_tekton_crds() {
-  [ -f "$bin/tekton-pipelinerun-crd.yaml" ] &&
+  [ -f "$bin/tekton-pipelinerun-crd.yaml" ] && [ -f "$bin/tekton-taskrun-crd.yaml" ] &&
     [ "$(cat "$bin/.tekton-pipelinerun-crd.yaml.version" 2>/dev/null)" = "$TEKTON_VERSION" ] && return
   log "fetching Tekton v$TEKTON_VERSION CRDs from its Go module"
   local dir
@@ -186,6 +186,9 @@ install_tekton_crds() {
   cp "$dir/config/300-crds/300-pipelinerun.yaml" "$bin/tekton-pipelinerun-crd.yaml.tmp"
   chmod 644 "$bin/tekton-pipelinerun-crd.yaml.tmp"
   mv "$bin/tekton-pipelinerun-crd.yaml.tmp" "$bin/tekton-pipelinerun-crd.yaml"
+  cp "$dir/config/300-crds/300-taskrun.yaml" "$bin/tekton-taskrun-crd.yaml.tmp"
+  chmod 644 "$bin/tekton-taskrun-crd.yaml.tmp"
+  mv "$bin/tekton-taskrun-crd.yaml.tmp" "$bin/tekton-taskrun-crd.yaml"
   mark_version tekton-pipelinerun-crd.yaml "$TEKTON_VERSION"
 }
 

@@ -365,6 +365,20 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
         ),
         (
             sa("stagetime-informer"),
+            "get",
+            "taskruns.tekton.dev",
+            &runs,
+            true,
+        ),
+        (
+            sa("stagetime-creator"),
+            "get",
+            "taskruns.tekton.dev",
+            &runs,
+            false,
+        ),
+        (
+            sa("stagetime-informer"),
             "create",
             "leases.coordination.k8s.io",
             &ns,

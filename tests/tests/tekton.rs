@@ -259,6 +259,37 @@ async fn a_failing_run_skips_later_stages_on_real_tekton() -> anyhow::Result<()>
         "the skipped stage created nothing: {:?}",
         prs.keys()
     );
+
+    // Tekton's account of the failure is kept in the document: times and the failed TaskRun.
+    let rr = wait_rr(&stack.store, &id, "the failure's diagnosis", FINISH, |rr| {
+        run_of(rr, "unit").diagnosis.is_some()
+    })
+    .await?;
+    let unit = run_of(&rr, "unit");
+    let diagnosis = unit.diagnosis.clone().unwrap_or_default();
+    assert!(diagnosis.started_at.is_some() && diagnosis.completed_at.is_some());
+    let [failed] = &diagnosis.failed_task_runs[..] else {
+        panic!("one failed TaskRun expected: {diagnosis:?}");
+    };
+    assert_eq!(failed.pipeline_task, "fail");
+    assert_eq!(failed.name, format!("{}-fail", unit.pipeline_run));
+    assert_eq!(failed.reason, "Failed");
+    assert!(
+        run_of(&rr, "build").diagnosis.is_none(),
+        "only failures are diagnosed"
+    );
+    // `stagetime get` shows it.
+    let out = std::process::Command::new(stagetime_tests::procs::binaries()?.join("stagetime"))
+        .args(["--server", &stack.url(), "get", &id])
+        .output()?;
+    let shown = String::from_utf8(out.stdout)?;
+    assert!(
+        shown.contains(&format!(
+            "failed TaskRun {} (task fail): Failed",
+            failed.name
+        )),
+        "{shown}"
+    );
     Ok(())
 }
 

@@ -88,5 +88,28 @@ pub fn render(rr: &RevisionRun) -> String {
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
+    // What Tekton reported of failed runs (kept after their PipelineRuns are deleted).
+    for run in rr.stages.iter().flat_map(|s| &s.runs) {
+        if run.failed_task_runs.is_empty() && run.started_at.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "  {} ({}): started {}, completed {}\n",
+            run.name,
+            run.pipeline_run,
+            or_dash(&run.started_at),
+            or_dash(&run.completed_at)
+        ));
+        for task in &run.failed_task_runs {
+            out.push_str(&format!(
+                "    failed TaskRun {} (task {}): {}: {}\n",
+                task.name, task.pipeline_task, task.reason, task.message
+            ));
+        }
+    }
     out
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
 }

@@ -79,6 +79,7 @@ impl RevisionRunBuilder {
                 message: None,
                 finished_at: None,
                 uid: None,
+                diagnosis: None,
             })
             .collect();
         self.rr.stages.push(Stage {

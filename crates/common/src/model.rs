@@ -169,6 +169,39 @@ pub struct Run {
     /// object with the same name is foreign and never decides this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    /// What Tekton reported of a failed run, kept so it outlives the PipelineRun (housekeeping
+    /// deletes PipelineRuns; the document keeps this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<Diagnosis>,
+}
+
+/// Tekton's account of a failed PipelineRun.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Diagnosis {
+    /// When Tekton started it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When Tekton finished it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    /// Its TaskRuns that failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_task_runs: Vec<FailedTaskRun>,
+}
+
+/// One failed TaskRun of a PipelineRun.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedTaskRun {
+    /// TaskRun name.
+    pub name: String,
+    /// The pipeline task it ran.
+    pub pipeline_task: String,
+    /// Tekton's reason (`Failed`, `TaskRunTimeout`, …).
+    pub reason: String,
+    /// Tekton's message (clipped).
+    pub message: String,
 }
 
 /// One stage: runs that start together.

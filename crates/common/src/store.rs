@@ -520,6 +520,43 @@ impl Store {
         .await
     }
 
+    /// Keeps Tekton's account of a failed run (`diagnosis`) in its document, for the run whose
+    /// PipelineRun is `obj` (same name and recorded UID; anything else is foreign and ignored).
+    /// Written once: an identical diagnosis changes nothing. Finished documents take it too —
+    /// it describes the past, it decides nothing.
+    pub async fn record_diagnosis(
+        &self,
+        id: &str,
+        obj: &ObjectIdentity<'_>,
+        diagnosis: &crate::model::Diagnosis,
+    ) -> Result<bool> {
+        let updated = self
+            .update(id, |rr| {
+                let run = rr
+                    .stages
+                    .iter_mut()
+                    .flat_map(|s| s.runs.iter_mut())
+                    .find(|r| {
+                        r.pipeline_run == obj.name
+                            && r.namespace == obj.namespace
+                            && r.uid.as_deref() == Some(obj.uid)
+                    });
+                let changed = match run {
+                    Some(run) if run.diagnosis.as_ref() != Some(diagnosis) => {
+                        run.diagnosis = Some(diagnosis.clone());
+                        true
+                    }
+                    _ => false,
+                };
+                Ok(Decision {
+                    changed,
+                    effects: Vec::new(),
+                })
+            })
+            .await?;
+        Ok(updated.decision.changed)
+    }
+
     /// Records several observations of one revision run in one atomic step.
     pub async fn record_many(
         &self,

@@ -67,10 +67,53 @@ pub fn identity(obj: &DynamicObject) -> ObjectIdentity<'_> {
 
 /// The part of a PipelineRun's `status` stageTime reads (Tekton's knative-style conditions).
 #[derive(serde::Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct PipelineRunStatus {
     /// Conditions; Tekton keeps one of type `Succeeded`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// When Tekton started it.
+    #[serde(default)]
+    pub start_time: Option<String>,
+    /// When Tekton finished it.
+    #[serde(default)]
+    pub completion_time: Option<String>,
+    /// Its TaskRuns (and custom runs).
+    #[serde(default)]
+    pub child_references: Vec<ChildReference>,
+}
+
+/// One child of a PipelineRun (`status.childReferences[]`).
+#[derive(serde::Deserialize, Debug, Default, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct ChildReference {
+    /// `TaskRun` or `CustomRun`.
+    #[serde(default)]
+    pub kind: String,
+    /// Object name.
+    #[serde(default)]
+    pub name: String,
+    /// The pipeline task it runs.
+    #[serde(default)]
+    pub pipeline_task_name: String,
+}
+
+/// TaskRuns in one namespace (`tekton.dev/v1`).
+pub fn taskrun_api(client: Client, namespace: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("tekton.dev", "v1", "TaskRun");
+    Api::namespaced_with(
+        client,
+        namespace,
+        &ApiResource::from_gvk_with_plural(&gvk, "taskruns"),
+    )
+}
+
+/// The `Succeeded` condition of a Tekton object (PipelineRun or TaskRun), if it has one.
+pub fn succeeded_condition(obj: &DynamicObject) -> Option<Condition> {
+    PipelineRunStatus::of(obj)
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Succeeded")
 }
 
 /// One status condition.
@@ -103,12 +146,7 @@ impl PipelineRunStatus {
 /// Maps the `Succeeded` condition of a PipelineRun object: `True` → Succeeded, `False` → Failed
 /// with Tekton's reason and message, `Unknown` or absent → Running.
 pub fn observed_state(obj: &DynamicObject) -> Observed {
-    let status = PipelineRunStatus::of(obj);
-    let Some(condition) = status
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Succeeded")
-    else {
+    let Some(condition) = succeeded_condition(obj) else {
         return Observed::Running;
     };
     match condition.status.as_str() {

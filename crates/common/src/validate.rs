@@ -407,7 +407,12 @@ pub fn is_quantity(s: &str) -> bool {
 
 /// At most 64 characters of a value, for error messages (a 1 MB value is not echoed back).
 pub fn clip(s: &str) -> String {
-    match s.char_indices().nth(64) {
+    clip_to(s, 64)
+}
+
+/// At most `max` characters of `s`, with `…` where it was cut.
+pub fn clip_to(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
         Some((end, _)) => format!("{}…", &s[..end]),
         None => s.to_string(),
     }

@@ -5,10 +5,12 @@
 //! # Layout
 //! - [`watch`]: the level-triggered watch loop and the reconcile after each (re)list.
 //! - [`record`]: one observation → *record and advance*, with retries.
+//! - [`diagnose`]: failed PipelineRuns' times and failed TaskRuns kept in the document.
 //! - [`housekeeping`]: retention of finished revision runs, under a Lease.
 //! - [`metrics`].
 #![forbid(unsafe_code)]
 
+pub mod diagnose;
 pub mod housekeeping;
 pub mod metrics;
 pub mod record;

@@ -27,6 +27,7 @@ pub struct Informer {
     api_version: String,
     api: Api<DynamicObject>,
     recorder: Recorder,
+    diagnoser: crate::diagnose::Diagnoser,
     namespace: String,
     resync: std::time::Duration,
     stale_stage: std::time::Duration,
@@ -50,6 +51,7 @@ impl Informer {
         recorder: Recorder,
     ) -> Self {
         Self {
+            diagnoser: crate::diagnose::Diagnoser::new(client.clone(), recorder.store.clone()),
             api: tekton::pipelinerun_api(client.clone(), api_version, namespace),
             client,
             api_version: api_version.to_string(),
@@ -185,6 +187,7 @@ impl Informer {
                         set.insert((obj.namespace().unwrap_or_default(), obj.name_any()));
                     }
                     self.recorder.applied(&obj).await;
+                    self.diagnoser.failed(&obj).await;
                 }
                 Some(Ok(watcher::Event::InitDone)) => {
                     if let Some(set) = listed.take() {
@@ -195,6 +198,7 @@ impl Informer {
                 Some(Ok(watcher::Event::Apply(obj))) => {
                     metrics.event("apply");
                     self.recorder.applied(&obj).await;
+                    self.diagnoser.failed(&obj).await;
                 }
                 Some(Ok(watcher::Event::Delete(obj))) => {
                     metrics.event("delete");

@@ -195,6 +195,10 @@ pub fn revision_run(rr: &RevisionRun) -> pb::RevisionRun {
     }
 }
 
+fn diagnosis(r: &stagetime_common::model::Run) -> Option<&stagetime_common::model::Diagnosis> {
+    r.diagnosis.as_ref()
+}
+
 fn stage_status(s: &Stage) -> pb::StageStatus {
     pb::StageStatus {
         number: s.number,
@@ -210,6 +214,25 @@ fn stage_status(s: &Stage) -> pb::StageStatus {
                 state: r.state.as_str().to_string(),
                 reason: r.reason.clone().unwrap_or_default(),
                 message: r.message.clone().unwrap_or_default(),
+                started_at: diagnosis(r)
+                    .and_then(|d| d.started_at.clone())
+                    .unwrap_or_default(),
+                completed_at: diagnosis(r)
+                    .and_then(|d| d.completed_at.clone())
+                    .unwrap_or_default(),
+                failed_task_runs: diagnosis(r)
+                    .map(|d| {
+                        d.failed_task_runs
+                            .iter()
+                            .map(|t| pb::FailedTaskRun {
+                                name: t.name.clone(),
+                                pipeline_task: t.pipeline_task.clone(),
+                                reason: t.reason.clone(),
+                                message: t.message.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
             .collect(),
     }

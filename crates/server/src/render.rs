@@ -226,6 +226,7 @@ pub fn render(
             message: None,
             finished_at: None,
             uid: None,
+            diagnosis: None,
         });
     }
     let stages = by_stage

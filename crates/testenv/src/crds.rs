@@ -10,7 +10,16 @@ use crate::process::tool;
 /// validates every PipelineRun we create as a cluster with Tekton would. Its conversion webhook
 /// is dropped: no webhook runs here, and `v1` (the storage version) never needs conversion.
 pub fn tekton_pipelinerun_real() -> anyhow::Result<CustomResourceDefinition> {
-    let path = tool("tekton-pipelinerun-crd.yaml", "tekton-crds")?;
+    tekton_crd("tekton-pipelinerun-crd.yaml")
+}
+
+/// Tekton's TaskRun CRD from the same module (the informer reads failed TaskRuns).
+pub fn tekton_taskrun_real() -> anyhow::Result<CustomResourceDefinition> {
+    tekton_crd("tekton-taskrun-crd.yaml")
+}
+
+fn tekton_crd(file: &str) -> anyhow::Result<CustomResourceDefinition> {
+    let path = tool(file, "tekton-crds")?;
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     let mut crd: CustomResourceDefinition =

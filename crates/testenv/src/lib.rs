@@ -64,7 +64,10 @@ impl TestEnv {
                 let kube = KubeEnv::from_env_or_start()
                     .await
                     .context("start kube-apiserver")?;
-                let mut all = vec![crds::tekton_pipelinerun_real()?];
+                let mut all = vec![
+                    crds::tekton_pipelinerun_real()?,
+                    crds::tekton_taskrun_real()?,
+                ];
                 all.extend(crds::stagetime()?);
                 kube.install_crds(&all)
                     .await

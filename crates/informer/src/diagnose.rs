@@ -1,0 +1,106 @@
+//! Tekton's account of a failed PipelineRun — start and completion times, and the names,
+//! reasons and messages of its failed TaskRuns (from `status.childReferences`) — kept in the
+//! revision run's document, so it outlives the PipelineRun that housekeeping later deletes.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use kube::api::DynamicObject;
+use stagetime_common::{
+    model::{Diagnosis, FailedTaskRun},
+    store::Store,
+    tekton::{self, PipelineRunStatus},
+    validate::clip_to,
+};
+
+/// PipelineRuns diagnosed by this process (by UID), so re-lists do not ask for their TaskRuns
+/// again; forgotten wholesale past this size (a repeat only costs reads).
+const REMEMBERED: usize = 50_000;
+/// TaskRuns read per PipelineRun at most.
+const MAX_CHILDREN: usize = 100;
+
+/// Diagnoses failed PipelineRuns once each.
+#[derive(Clone)]
+pub struct Diagnoser {
+    client: kube::Client,
+    store: Store,
+    done: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Diagnoser {
+    /// A diagnoser reading TaskRuns with `client`, writing to `store`.
+    pub fn new(client: kube::Client, store: Store) -> Self {
+        Self {
+            client,
+            store,
+            done: Arc::default(),
+        }
+    }
+
+    fn remember(&self, uid: &str, remember: bool) -> bool {
+        let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        if !remember {
+            done.remove(uid);
+            return false;
+        }
+        if done.len() >= REMEMBERED {
+            done.clear();
+        }
+        done.insert(uid.to_string())
+    }
+
+    /// Records the diagnosis of `obj` if it is a failed PipelineRun of a revision run and was
+    /// not diagnosed before by this process. Failures are logged and retried at the next event.
+    pub async fn failed(&self, obj: &DynamicObject) {
+        let failed = tekton::succeeded_condition(obj).is_some_and(|c| c.status == "False");
+        let Some(rr) = tekton::revision_run_of(obj).filter(|_| failed) else {
+            return;
+        };
+        let identity = tekton::identity(obj);
+        if identity.uid.is_empty() || !self.remember(identity.uid, true) {
+            return;
+        }
+        let status = PipelineRunStatus::of(obj);
+        let taskruns = tekton::taskrun_api(self.client.clone(), identity.namespace);
+        let mut failed_task_runs = Vec::new();
+        let children = status
+            .child_references
+            .iter()
+            .filter(|c| c.kind == "TaskRun")
+            .take(MAX_CHILDREN);
+        for child in children {
+            match taskruns.get_opt(&child.name).await {
+                Ok(Some(taskrun)) => {
+                    let Some(condition) = tekton::succeeded_condition(&taskrun) else {
+                        continue;
+                    };
+                    if condition.status == "False" {
+                        failed_task_runs.push(FailedTaskRun {
+                            name: child.name.clone(),
+                            pipeline_task: child.pipeline_task_name.clone(),
+                            reason: condition.reason,
+                            message: clip_to(&condition.message, 1024),
+                        });
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, taskrun = %child.name, "cannot read TaskRun; diagnosing later");
+                    self.remember(identity.uid, false);
+                    return;
+                }
+            }
+        }
+        let diagnosis = Diagnosis {
+            started_at: status.start_time,
+            completed_at: status.completion_time,
+            failed_task_runs,
+        };
+        if let Err(error) = self.store.record_diagnosis(rr, &identity, &diagnosis).await {
+            tracing::warn!(%error, rr, pipeline_run = identity.name, "cannot record the diagnosis");
+            self.remember(identity.uid, false);
+        }
+    }
+}
