@@ -504,3 +504,53 @@ async fn kill_9_mid_pass_hands_housekeeping_to_the_other_informer() -> anyhow::R
     b.kill();
     Ok(())
 }
+
+/// A run's own retention (from its RevisionRun or Repo, stored in its document) wins over the
+/// defaults for that run only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runs_own_retention_overrides_the_defaults() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let ns = env.namespace("housekeeping-own").await?;
+    let prefix = env.redis_prefix("housekeeping-own");
+    let store = stagetime_testenv::store_at(&env.redis.url(), &prefix).await?;
+    let client = env.kube_client().await?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    for i in 0..5_i64 {
+        let id = format!("own-{i}");
+        seed(
+            &store,
+            &client,
+            &ns,
+            "repo",
+            &id,
+            Kind::Succeeded,
+            now - (10 - i) * 60_000,
+            now,
+            false,
+        )
+        .await?;
+    }
+    // The oldest asks to be kept among the 10 newest; the defaults keep only 1.
+    let mut conn = env.redis_conn().await?;
+    let () = redis::cmd("JSON.SET")
+        .arg(store.keys().doc("own-0"))
+        .arg("$.retention")
+        .arg(r#"{"keepLast":10}"#)
+        .query_async(&mut conn)
+        .await?;
+    let housekeeper = Housekeeper {
+        store: store.clone(),
+        client: client.clone(),
+        api_version: tekton::API_VERSION.into(),
+        policy: Policy {
+            finished: limits(1, 24),
+            failed: limits(1, 24),
+        },
+        metrics: Metrics::register(&mut Registry::default()),
+    };
+    let pass = housekeeper.pass().await?;
+    assert_eq!(pass.removed, 3);
+    let kept: BTreeSet<String> = ["own-0", "own-4"].map(String::from).into();
+    assert_eq!(redis_ids(&store, &store.keys().idx_created()).await?, kept);
+    Ok(())
+}

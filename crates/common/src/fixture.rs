@@ -42,6 +42,7 @@ impl RevisionRunBuilder {
                 deadline: None,
                 stage_timeout_seconds: None,
                 rev: String::new(),
+                retention: None,
             },
         }
     }

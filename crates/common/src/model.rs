@@ -324,6 +324,29 @@ pub struct RevisionRun {
     /// repeat after Redis lost recent writes, so a writer that read a lost state cannot win.
     #[serde(default)]
     pub rev: String,
+    /// Retention of this revision run once finished, where it differs from the housekeeping
+    /// defaults (from the request: its RevisionRun's or Repo's `retention`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// Retention limits that override the housekeeping defaults (`None` = the default; `Some(0)` =
+/// no limit of that kind).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Kept while among this many newest finished (not failed) runs of its repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Kept this long after completion (not failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u32>,
+    /// Kept while among this many newest failed runs of its repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_keep_last: Option<u32>,
+    /// Kept this long after completion (failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_ttl_seconds: Option<u32>,
 }
 
 impl RevisionRun {

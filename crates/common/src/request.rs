@@ -236,6 +236,9 @@ pub struct RevisionRequest {
     /// (say, the branch head a retrying client resolved), and a new key starts a new run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Retention overrides for this revision run once finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::model::Retention>,
 }
 
 impl RevisionRequest {

@@ -4,11 +4,12 @@
 //! Per repository, finished runs are ranked newest first (by creation) in two classes: failed
 //! (`Failed`) and the rest (`Succeeded`, `SucceededWithAllowedFailures`, `Cancelled`). A run is
 //! removed when its rank in its class reaches the class's `keep_last`, or when it finished longer
-//! than the class's `ttl` ago. Unfinished runs are never candidates.
+//! than the class's `ttl` ago. A run's own [`Retention`] (from its request: the RevisionRun's or
+//! its Repo's) replaces the defaults it names, for that run. Unfinished runs are never candidates.
 
 use std::{collections::HashMap, time::Duration};
 
-use crate::model::Phase;
+use crate::model::{Phase, Retention};
 
 /// Limits of one class of finished runs (`None` = no limit of that kind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +58,26 @@ pub struct Summary {
     pub created_ms: i64,
     /// Last change (ms since the epoch): its completion time once it is finished.
     pub finished_ms: i64,
+    /// The run's own limits, if its request set any.
+    pub retention: Option<Retention>,
+}
+
+impl Limits {
+    /// These limits with a run's overrides (`Some(0)` = no limit).
+    fn with(self, keep_last: Option<u32>, ttl_seconds: Option<u32>) -> Self {
+        Self {
+            keep_last: match keep_last {
+                Some(0) => None,
+                Some(n) => Some(n as usize),
+                None => self.keep_last,
+            },
+            ttl: match ttl_seconds {
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(u64::from(s))),
+                None => self.ttl,
+            },
+        }
+    }
 }
 
 /// Ids of the finished runs `policy` removes at `now_ms`, oldest first.
@@ -77,6 +98,11 @@ pub fn expired(runs: &[Summary], policy: &Policy, now_ms: i64) -> Vec<String> {
         };
         class.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
         for (rank, run) in class.into_iter().enumerate() {
+            let limits = match (run.retention, failed) {
+                (None, _) => limits,
+                (Some(r), false) => limits.with(r.keep_last, r.ttl_seconds),
+                (Some(r), true) => limits.with(r.failed_keep_last, r.failed_ttl_seconds),
+            };
             let too_many = limits.keep_last.is_some_and(|n| rank >= n);
             let too_old = limits.ttl.is_some_and(|ttl| {
                 now_ms.saturating_sub(run.finished_ms)
@@ -104,6 +130,7 @@ mod tests {
             phase,
             created_ms,
             finished_ms,
+            retention: None,
         }
     }
 
@@ -166,5 +193,31 @@ mod tests {
             .map(|i| run(&format!("r{i}"), "a", Phase::Succeeded, i, 0))
             .collect();
         assert!(expired(&runs, &policy, i64::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_runs_own_retention_replaces_the_defaults_it_names() {
+        let now = 100 * HOUR;
+        let mut runs: Vec<Summary> = (0..6)
+            .map(|i| run(&format!("r{i}"), "a", Phase::Succeeded, i, now - 2 * HOUR))
+            .collect();
+        // r1 asks to be kept among the 10 newest for a week; r4 says no TTL but keep 1.
+        runs[1].retention = Some(Retention {
+            keep_last: Some(10),
+            ttl_seconds: Some(7 * 24 * 3600),
+            ..Retention::default()
+        });
+        runs[4].retention = Some(Retention {
+            keep_last: Some(1),
+            ttl_seconds: Some(0),
+            ..Retention::default()
+        });
+        // Defaults: 3 newest, one hour.
+        let gone = expired(&runs, &policy(3, 1, 3, 1), now);
+        assert_eq!(gone, ["r0", "r2", "r3", "r4", "r5"]);
+        // Failed limits are separate: a finished-run override does not keep a failed run.
+        let mut failed = run("f", "a", Phase::Failed, 9, now - 2 * HOUR);
+        failed.retention = runs[1].retention;
+        assert_eq!(expired(&[failed], &policy(3, 1, 3, 1), now), ["f"]);
     }
 }

@@ -200,7 +200,8 @@ impl Store {
                     .arg(self.keys.doc(id))
                     .arg("$.phase")
                     .arg("$.revision.repoName")
-                    .arg("$.updatedAt");
+                    .arg("$.updatedAt")
+                    .arg("$.retention");
             }
             let docs: Vec<Option<String>> = pipe
                 .query_async(&mut conn)
@@ -782,12 +783,14 @@ fn summary(id: &str, created_ms: i64, raw: &str) -> Option<crate::retention::Sum
     let finished_ms = first("$.updatedAt")
         .and_then(|t| t.as_str().map(created_score))
         .unwrap_or(created_ms);
+    let retention = first("$.retention").and_then(|r| serde_json::from_value(r).ok());
     Some(crate::retention::Summary {
         id: id.to_string(),
         repo,
         phase,
         created_ms,
         finished_ms,
+        retention,
     })
 }
 

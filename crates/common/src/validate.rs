@@ -151,6 +151,30 @@ pub fn request(req: &RevisionRequest, limits: &Limits, runs_field: &str) -> Resu
             _ => {}
         }
     }
+    if let Some(retention) = &req.retention {
+        for (field, value, max) in [
+            ("retention.keep_last", retention.keep_last, MAX_KEEP_LAST),
+            (
+                "retention.failed_keep_last",
+                retention.failed_keep_last,
+                MAX_KEEP_LAST,
+            ),
+            (
+                "retention.ttl_seconds",
+                retention.ttl_seconds,
+                MAX_TTL_SECONDS,
+            ),
+            (
+                "retention.failed_ttl_seconds",
+                retention.failed_ttl_seconds,
+                MAX_TTL_SECONDS,
+            ),
+        ] {
+            if value.is_some_and(|v| v > max) {
+                return Err(bad(field, format!("must be at most {max}")));
+            }
+        }
+    }
     if let Some(group) = &req.concurrency_group
         && (group.is_empty()
             || group.len() > 253
@@ -405,6 +429,11 @@ pub fn is_quantity(s: &str) -> bool {
         )
 }
 
+/// Largest retention count a request may ask for.
+pub const MAX_KEEP_LAST: u32 = 100_000;
+/// Longest retention a request may ask for: ten years.
+pub const MAX_TTL_SECONDS: u32 = 10 * 365 * 24 * 3600;
+
 /// At most 64 characters of a value, for error messages (a 1 MB value is not echoed back).
 pub fn clip(s: &str) -> String {
     clip_to(s, 64)
@@ -451,6 +480,7 @@ mod tests {
             max_concurrent: None,
             concurrency_policy: None,
             request_id: None,
+            retention: None,
         }
     }
 

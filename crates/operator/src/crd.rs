@@ -70,6 +70,45 @@ pub struct RevisionRunSpec {
     #[schemars(length(min = 1, max = 100))]
     #[x_kube(validation = Rule::new("self.all(t, self.filter(u, u.id == t.id).size() == 1)").message("technology ids must be unique"))]
     pub technologies: Vec<Technology>,
+    /// Retention of this run once finished; what it leaves unset comes from the Repo, then from
+    /// the informer's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+}
+
+/// Retention limits (unset = inherited; 0 = no limit of that kind).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Kept while among this many newest finished (not failed) runs of the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100_000))]
+    pub keep_last: Option<u32>,
+    /// Seconds kept after completion (not failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 315_360_000))]
+    pub ttl_seconds: Option<u32>,
+    /// Kept while among this many newest failed runs of the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100_000))]
+    pub failed_keep_last: Option<u32>,
+    /// Seconds a failed run is kept after completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 315_360_000))]
+    pub failed_ttl_seconds: Option<u32>,
+}
+
+impl RetentionSpec {
+    /// These limits, with what they leave unset taken from `fallback`.
+    pub fn or(self, fallback: Option<Self>) -> Self {
+        let fallback = fallback.unwrap_or_default();
+        Self {
+            keep_last: self.keep_last.or(fallback.keep_last),
+            ttl_seconds: self.ttl_seconds.or(fallback.ttl_seconds),
+            failed_keep_last: self.failed_keep_last.or(fallback.failed_keep_last),
+            failed_ttl_seconds: self.failed_ttl_seconds.or(fallback.failed_ttl_seconds),
+        }
+    }
 }
 
 /// One technology of a RevisionRun.
@@ -226,6 +265,9 @@ pub struct RepoSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub credentials_secret: Option<String>,
+    /// Retention of this repository's finished runs (a RevisionRun's own settings win).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
 }
 
 /// How one kind of technology runs: its stage and its resolver, params, list params and volume

@@ -101,6 +101,18 @@ pub fn build(rr: &RevisionRun, inputs: &Inputs<'_>) -> Result<pb::CreateRequest,
             .unwrap_or_default(),
         runs,
         request_id: request_id(rr),
+        retention: match (rr.spec.retention, inputs.repo.retention) {
+            (None, None) => None,
+            (own, repo) => {
+                let r = own.unwrap_or_default().or(repo);
+                Some(pb::Retention {
+                    keep_last: r.keep_last,
+                    ttl_seconds: r.ttl_seconds,
+                    failed_keep_last: r.failed_keep_last,
+                    failed_ttl_seconds: r.failed_ttl_seconds,
+                })
+            }
+        },
         ..Default::default()
     })
 }
@@ -342,6 +354,7 @@ mod tests {
             branch: "main".into(),
             url: None,
             credentials_secret: None,
+            retention: None,
         }
     }
 
@@ -453,6 +466,45 @@ mod tests {
             run.pipeline_ref.as_ref().and_then(|p| p.r#ref.as_ref()),
             Some(pb::pipeline_ref::Ref::Resolver(r)) if r.resolver == "bundles"
         ));
+    }
+
+    #[test]
+    fn retention_comes_from_the_revision_run_then_the_repo() {
+        let templates = BTreeMap::from([("docker".to_string(), docker())]);
+        let mut rr = sample();
+        assert_eq!(build_with(&rr, &templates, &[]).unwrap().retention, None);
+        let repo = RepoSpec {
+            retention: Some(crate::crd::RetentionSpec {
+                keep_last: Some(3),
+                failed_ttl_seconds: Some(60),
+                ..Default::default()
+            }),
+            ..repo()
+        };
+        rr.spec.retention = Some(crate::crd::RetentionSpec {
+            keep_last: Some(0),
+            ttl_seconds: Some(7200),
+            ..Default::default()
+        });
+        let req = build(
+            &rr,
+            &Inputs {
+                repo: &repo,
+                templates: &templates,
+                commit: "0123456789abcdef0123456789abcdef01234567",
+                allowed_namespaces: &[],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            req.retention,
+            Some(pb::Retention {
+                keep_last: Some(0),
+                ttl_seconds: Some(7200),
+                failed_keep_last: None,
+                failed_ttl_seconds: Some(60),
+            })
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub fn parse(req: &CreateRevisionRunRequest) -> Result<RevisionRequest, Error> {
         max_concurrent: None,
         concurrency_policy: None,
         request_id: None,
+        retention: None,
     })
 }
 

@@ -123,6 +123,12 @@ pub fn request(req: &pb::CreateRequest) -> Result<RevisionRequest, Error> {
         timeout_seconds: (req.timeout_seconds > 0).then_some(req.timeout_seconds),
         concurrency_group: Some(req.concurrency_group.trim().to_string()).filter(|g| !g.is_empty()),
         request_id: Some(req.request_id.clone()).filter(|r| !r.is_empty()),
+        retention: req.retention.map(|r| stagetime_common::model::Retention {
+            keep_last: r.keep_last,
+            ttl_seconds: r.ttl_seconds,
+            failed_keep_last: r.failed_keep_last,
+            failed_ttl_seconds: r.failed_ttl_seconds,
+        }),
         max_concurrent: (req.max_concurrent > 0).then_some(req.max_concurrent),
         concurrency_policy: match pb::ConcurrencyPolicy::try_from(req.concurrency_policy) {
             Ok(pb::ConcurrencyPolicy::Queue) => Some(ConcurrencyPolicy::Queue),

@@ -281,6 +281,7 @@ pub fn render(
             .stage_timeout_seconds
             .or(settings.default_stage_timeout_seconds),
         rev: String::new(),
+        retention: req.retention,
     };
     Ok(Rendered { rr, manifests })
 }

@@ -740,3 +740,45 @@ async fn a_request_id_makes_a_resend_return_the_same_run() -> anyhow::Result<()>
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn retention_is_stored_with_the_run_and_bounded() -> anyhow::Result<()> {
+    let server = TestServer::start("retention").await?;
+    let mut client = RevisionRunsClient::new(server.channel().await?);
+    let with = |retention: pb::Retention| pb::CreateRequest {
+        retention: Some(retention),
+        ..typed_request()
+    };
+    let created = client
+        .create(with(pb::Retention {
+            keep_last: Some(0),
+            ttl_seconds: Some(3600),
+            failed_keep_last: None,
+            failed_ttl_seconds: Some(86_400),
+        }))
+        .await?
+        .into_inner();
+    let stored = server.store.get(&created.id).await?;
+    assert_eq!(
+        stored.retention,
+        Some(stagetime_common::model::Retention {
+            keep_last: Some(0),
+            ttl_seconds: Some(3600),
+            failed_keep_last: None,
+            failed_ttl_seconds: Some(86_400),
+        })
+    );
+    let err = client
+        .create(pb::CreateRequest {
+            commit_id: "cccc3333".into(),
+            ..with(pb::Retention {
+                ttl_seconds: Some(u32::MAX),
+                ..Default::default()
+            })
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("retention.ttl_seconds"), "{err:?}");
+    Ok(())
+}
