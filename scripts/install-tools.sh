@@ -130,21 +130,25 @@ install_kube_binary() {
 }
 
 # kwok fakes a node and drives pods through its stages (no kubelet, no containers).
-# Its stages (what happens to nodes and pods) come from the same module: the "fast" node and pod
-# stages — a node becomes Ready, a scheduled pod Running and Ready, a deleted pod goes away.
+# Its stages (what happens to nodes, pods and volumes) come from the same module: the "fast"
+# stages — a node becomes Ready, a scheduled pod Running and Ready, a deleted pod goes away, a
+# PVC of StorageClass kwok-volume gets a bound PV, which goes away with it.
 install_kwok() {
   go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
-  [ "$(cat "$bin/.kwok-stages.yaml.version" 2>/dev/null)" = "$KWOK_VERSION" ] && return
+  local stages_version="$KWOK_VERSION+volumes"
+  [ "$(cat "$bin/.kwok-stages.yaml.version" 2>/dev/null)" = "$stages_version" ] && return
   local dir
   dir=$(cd "$tools" && go mod download -json "sigs.k8s.io/kwok@v$KWOK_VERSION" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
   local stages="$dir/kustomize/stage"
-  for f in node/fast/node-initialize.yaml pod/fast/pod-ready.yaml pod/fast/pod-delete.yaml; do
+  for f in node/fast/node-initialize.yaml pod/fast/pod-ready.yaml pod/fast/pod-delete.yaml \
+    volume/fast/pvc-provision.yaml volume/fast/pv-bind.yaml volume/fast/pvc-delete.yaml \
+    volume/fast/pv-delete.yaml; do
     printf -- '---\n'
     cat "$stages/$f"
   done >"$bin/kwok-stages.yaml.tmp"
   mv "$bin/kwok-stages.yaml.tmp" "$bin/kwok-stages.yaml"
-  mark_version kwok-stages.yaml "$KWOK_VERSION"
+  mark_version kwok-stages.yaml "$stages_version"
 }
 
 install_helm() {
@@ -204,9 +208,13 @@ install_podman() {
 # The Tekton controller and remote resolvers, built from the pinned Tekton module: the module
 # proxy refuses version listings for it, so the module is downloaded at its exact version and
 # built inside a writable copy (its own go.mod and replace lines apply). The copy also provides
-# the CRDs and config ConfigMaps, kept under .tools/tekton/.
+# the CRDs and config ConfigMaps, kept under .tools/tekton/. One local patch, for the resolvers:
+# tools/tekton/resolvers-no-health-probes.patch turns off knative's health-probe server, whose
+# port (8080) no flag moves and the controller already holds.
 install_tekton() {
-  have_version tekton-controller "$TEKTON_VERSION" && have_version tekton-resolvers "$TEKTON_VERSION" && return
+  local resolvers_version="$TEKTON_VERSION+no-health-probes"
+  have_version tekton-controller "$TEKTON_VERSION" &&
+    have_version tekton-resolvers "$resolvers_version" && return
   log "building the Tekton controller and resolvers v$TEKTON_VERSION from its Go module (minutes; cached afterwards)"
   local dir work="$tools/build/tekton-$TEKTON_VERSION"
   dir=$(cd "$tools" && go mod download -json "github.com/tektoncd/pipeline@v$TEKTON_VERSION" |
@@ -215,6 +223,9 @@ install_tekton() {
     cp -r "$dir" "$work.tmp"
     chmod -R u+w "$work.tmp"
     mv "$work.tmp" "$work"
+  fi
+  if ! grep -q WithHealthProbesDisabled "$work/cmd/resolvers/main.go"; then
+    patch -d "$work" -p1 --forward --quiet <"$root/tools/tekton/resolvers-no-health-probes.patch"
   fi
   local name
   for name in controller resolvers; do
@@ -225,9 +236,11 @@ install_tekton() {
   rm -rf "$tools/tekton.tmp" && mkdir -p "$tools/tekton.tmp"
   cp -r "$work/config/300-crds" "$tools/tekton.tmp/crds"
   cp "$work"/config/config-*.yaml "$tools/tekton.tmp/"
+  mkdir -p "$tools/tekton.tmp/resolvers"
+  cp "$work"/config/resolvers/*config*.yaml "$tools/tekton.tmp/resolvers/"
   rm -rf "$tools/tekton" && mv "$tools/tekton.tmp" "$tools/tekton"
   mark_version tekton-controller "$TEKTON_VERSION"
-  mark_version tekton-resolvers "$TEKTON_VERSION"
+  mark_version tekton-resolvers "$resolvers_version"
 }
 
 all=(redis etcd task grpcurl helm helmfile kube-apiserver tekton-crds crane podman

@@ -360,16 +360,70 @@ async fn a_run_timeout_gives_pipelinerun_timeout() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn housekeeping_deletes_pipelineruns_and_the_gc_removes_taskruns_and_pods()
+async fn housekeeping_deletes_pipelineruns_and_the_gc_removes_taskruns_pods_and_pvcs()
 -> anyhow::Result<()> {
     let stack = stack("tekton-gc").await?;
-    let id = create(&stack, "e1b2c3d4", vec![run("build", 0, "build", false)]).await?;
+    // A Pipeline with a workspace: the run's volumeClaimTemplate makes Tekton create a PVC owned
+    // by the PipelineRun (kwok provisions and binds it).
+    let resource = kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("tekton.dev", "v1", "Pipeline"),
+        "pipelines",
+    );
+    let pipelines: kube::Api<DynamicObject> =
+        kube::Api::namespaced_with(stack.client.clone(), &stack.ns, &resource);
+    let with_workspace: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tekton.dev/v1",
+        "kind": "Pipeline",
+        "metadata": { "name": "build-ws" },
+        "spec": {
+            "workspaces": [{ "name": "shared" }],
+            "tasks": [{
+                "name": "compile",
+                "workspaces": [{ "name": "src", "workspace": "shared" }],
+                "taskSpec": {
+                    "workspaces": [{ "name": "src" }],
+                    "steps": [{ "name": "compile", "image": "busybox", "command": ["true"] }],
+                },
+            }],
+        },
+    }))?;
+    pipelines
+        .create(&PostParams::default(), &with_workspace)
+        .await?;
+    let mut build = run("build", 0, "build-ws", false);
+    build.volume_claim_templates = vec![pb::VolumeClaimTemplate {
+        name: "shared".into(),
+        storage_class: stagetime_testenv::workloads::STORAGE_CLASS.into(),
+        access_mode: "ReadWriteOnce".into(),
+        size: "1Mi".into(),
+    }];
+    let id = create(&stack, "e1b2c3d4", vec![build]).await?;
     let rr = stack.wait_terminal(&id, FINISH).await?;
-    assert_eq!(rr.phase, Phase::Succeeded);
+    assert_eq!(rr.phase, Phase::Succeeded, "{rr:#?}");
     let pr = run_of(&rr, "build").pipeline_run.clone();
     let owned = format!("tekton.dev/pipelineRun={pr}");
-    assert_eq!(count(&stack, "taskruns", "TaskRun", &owned).await?, 2);
-    assert_eq!(count(&stack, "pods", "Pod", &owned).await?, 2);
+    assert_eq!(count(&stack, "taskruns", "TaskRun", &owned).await?, 1);
+    assert_eq!(count(&stack, "pods", "Pod", &owned).await?, 1);
+    let pvcs: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        kube::Api::namespaced(stack.client.clone(), &stack.ns);
+    let owned_pvcs = |pvcs: Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim>| {
+        pvcs.into_iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| o.kind == "PipelineRun" && o.name == pr)
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = owned_pvcs(pvcs.list(&ListParams::default()).await?.items);
+    assert_eq!(before.len(), 1, "Tekton's PVC for the workspace");
+    assert_eq!(
+        before[0].status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Bound")
+    );
     let housekeeper = Housekeeper {
         store: stack.store.clone(),
         client: stack.client.clone(),
@@ -390,15 +444,17 @@ async fn housekeeping_deletes_pipelineruns_and_the_gc_removes_taskruns_and_pods(
     assert_eq!(pass.removed, 1);
     assert!(pipelineruns(&stack, &id).await?.is_empty());
     wait_for(
-        "the garbage collector to remove TaskRuns and pods",
+        "the garbage collector to remove TaskRuns, pods and the PVC",
         Duration::from_secs(60),
         || {
             let stack = &stack;
             let owned = owned.clone();
+            let pvcs = pvcs.clone();
             async move {
                 let taskruns = count(stack, "taskruns", "TaskRun", &owned).await.ok()?;
                 let pods = count(stack, "pods", "Pod", &owned).await.ok()?;
-                (taskruns == 0 && pods == 0).then_some(())
+                let left = owned_pvcs(pvcs.list(&ListParams::default()).await.ok()?.items);
+                (taskruns == 0 && pods == 0 && left.is_empty()).then_some(())
             }
         },
     )
@@ -407,5 +463,78 @@ async fn housekeeping_deletes_pipelineruns_and_the_gc_removes_taskruns_and_pods(
         stack.store.get(&id).await,
         Err(stagetime_common::Error::NotFound { .. })
     ));
+    Ok(())
+}
+
+/// A run whose Pipeline lives in a Git repository: Tekton's git resolver clones it from a Git
+/// server on loopback (`git http-backend`), and the run goes through stages as any other.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_git_resolver_fetches_pipelines_from_a_loopback_git_server() -> anyhow::Result<()> {
+    let stack = stack("tekton-git").await?;
+    let git = stagetime_testenv::git_server::GitServer::start(None).await?;
+    let pipeline = |name: &str, task: &str| {
+        format!(
+            "apiVersion: tekton.dev/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n  tasks:\n    \
+             - name: {task}\n      taskSpec:\n        steps:\n          \
+             - name: {task}\n            image: busybox\n            command: [sh, -c, 'true']\n"
+        )
+    };
+    let (build, lint) = (pipeline("build", "compile"), pipeline("lint", "fail"));
+    git.create_repo("pipelines", "main")?;
+    git.commit_files(
+        "pipelines",
+        "main",
+        "pipelines",
+        &[
+            ("stagetime/build.yaml", build.as_str()),
+            ("stagetime/lint.yaml", lint.as_str()),
+        ],
+    )?;
+    let from_git = |name: &str, stage: u32, path: &str, canfail: bool| {
+        let param = |n: &str, v: &str| pb::Param {
+            name: n.into(),
+            value: Some(pb::param::Value::StringValue(v.into())),
+        };
+        pb::RunSpec {
+            name: name.into(),
+            stage,
+            canfail,
+            pipeline_ref: Some(pb::PipelineRef {
+                r#ref: Some(Ref::Resolver(pb::Resolver {
+                    resolver: "git".into(),
+                    params: vec![
+                        param("url", &git.url("pipelines")),
+                        param("revision", "main"),
+                        param("pathInRepo", path),
+                    ],
+                })),
+            }),
+            ..Default::default()
+        }
+    };
+    let id = create(
+        &stack,
+        "f1b2c3d4",
+        vec![
+            from_git("build", 0, "stagetime/build.yaml", false),
+            from_git("lint", 0, "stagetime/lint.yaml", true),
+            from_git("again", 1, "stagetime/build.yaml", false),
+        ],
+    )
+    .await?;
+    let rr = stack.wait_terminal(&id, FINISH).await?;
+    assert_eq!(rr.phase, Phase::SucceededWithAllowedFailures, "{rr:#?}");
+    assert_eq!(run_of(&rr, "lint").reason.as_deref(), Some("Failed"));
+    let prs = pipelineruns(&stack, &id).await?;
+    assert_eq!(prs.len(), 3);
+    for pr in prs.values() {
+        assert_eq!(pr.data["spec"]["pipelineRef"]["resolver"], "git");
+        // Tekton records where the Pipeline came from.
+        let source = &pr.data["status"]["provenance"]["refSource"]["uri"];
+        assert!(
+            source.as_str().is_some_and(|u| u.contains("127.0.0.1")),
+            "provenance {source}"
+        );
+    }
     Ok(())
 }

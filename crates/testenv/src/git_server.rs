@@ -74,11 +74,29 @@ impl GitServer {
 
     /// Adds a commit to `branch` of repository `name` (creating the branch); returns it.
     pub fn commit(&self, name: &str, branch: &str, message: &str) -> anyhow::Result<String> {
+        self.commit_files(name, branch, message, &[("README", message)])
+    }
+
+    /// Adds a commit holding exactly `files` (path, content) to `branch` of repository `name`;
+    /// returns it.
+    pub fn commit_files(
+        &self,
+        name: &str,
+        branch: &str,
+        message: &str,
+        files: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
         let bare = self.root.join(format!("{name}.git"));
         let work = self.root.join(format!("{name}-work-{message}"));
         git(&self.root, &["init", "--quiet", &path(&work)?])?;
-        std::fs::write(work.join("README"), message)?;
-        git(&work, &["add", "README"])?;
+        for (file, content) in files {
+            let target = work.join(file);
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&target, content)?;
+            git(&work, &["add", file])?;
+        }
         git(
             &work,
             &[

@@ -7,7 +7,9 @@
 //! is usable, as on a cluster that never served older versions), the `config-*` ConfigMaps in
 //! `tekton-pipelines`, and the controller out of cluster with our kubeconfig. Tekton's admission
 //! webhook is not run: the API server could only reach it through a Service whose Endpoints are
-//! not loopback addresses, so PipelineRuns are validated by the CRD schema alone.
+//! not loopback addresses, so PipelineRuns are validated by the CRD schema alone. The remote
+//! resolvers run too (built with `tools/tekton/resolvers-no-health-probes.patch`), so a
+//! PipelineRun can name its Pipeline in a Git repository — on a loopback Git server.
 //!
 //! knative opens a health-probe port (8080) that no flag moves: one controller per machine, so
 //! the tests that need it live in one test binary.
@@ -26,16 +28,19 @@ use kube::{
 
 use crate::{
     kube_server::KubeEnv,
-    process::{Supervised, scratch_dir, tool, tools_dir},
+    process::{Supervised, free_port, scratch_dir, tool, tools_dir},
     wait_for,
 };
 
 /// Tekton's system namespace.
 pub const SYSTEM_NAMESPACE: &str = "tekton-pipelines";
+/// The resolvers' namespace.
+pub const RESOLVERS_NAMESPACE: &str = "tekton-pipelines-resolvers";
 
-/// The running Tekton controller (stopped on drop).
+/// The running Tekton controller and resolvers (stopped on drop).
 pub struct Tekton {
     _controller: Supervised,
+    _resolvers: Supervised,
 }
 
 fn config_dir() -> PathBuf {
@@ -62,15 +67,15 @@ pub fn crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
 
 /// Tekton's `config-*` ConfigMaps, with the affinity assistant off (`coschedule: disabled`: no
 /// StatefulSet per PipelineRun with workspaces).
-fn config_maps() -> anyhow::Result<Vec<ConfigMap>> {
+fn config_maps(dir: &std::path::Path) -> anyhow::Result<Vec<ConfigMap>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(config_dir())? {
+    for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
-        if !(name.starts_with("config-") && name.ends_with(".yaml")) {
+        if !(name.contains("config") && name.ends_with(".yaml")) {
             continue;
         }
         let text = std::fs::read_to_string(&path)?;
@@ -100,11 +105,19 @@ impl Tekton {
     pub async fn start(kube: &KubeEnv) -> anyhow::Result<Self> {
         kube.install_crds(&crds()?).await?;
         kube.create_namespace(SYSTEM_NAMESPACE).await?;
+        kube.create_namespace(RESOLVERS_NAMESPACE).await?;
         let client = kube.client().await?;
-        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
-        for cm in config_maps()? {
+        let mut maps = config_maps(&config_dir())?;
+        maps.extend(config_maps(&config_dir().join("resolvers"))?);
+        for cm in maps {
             let name = cm.metadata.name.clone().unwrap_or_default();
-            maps.patch(
+            let namespace = cm
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| SYSTEM_NAMESPACE.to_string());
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+            api.patch(
                 &name,
                 &PatchParams::apply("stagetime-testenv").force(),
                 &Patch::Apply(&cm),
@@ -154,12 +167,47 @@ impl Tekton {
             &dir.join("tekton-controller.log"),
             None,
         )?;
+        // The resolvers: another knative binary, so its metrics and profiling ports move to free
+        // ones (knative reads them from the environment; they bind every interface).
+        let metrics_port = free_port()?.to_string();
+        let profiling_port = free_port()?.to_string();
+        let mut full: Vec<String> = [
+            ("SYSTEM_NAMESPACE", RESOLVERS_NAMESPACE),
+            ("KUBERNETES_MIN_VERSION", "v1.28.0"),
+            ("CONFIG_LOGGING_NAME", "config-logging"),
+            ("CONFIG_OBSERVABILITY_NAME", "config-observability"),
+            ("CONFIG_FEATURE_FLAGS_NAME", "feature-flags"),
+            (
+                "CONFIG_LEADERELECTION_NAME",
+                "config-leader-election-resolvers",
+            ),
+            ("METRICS_DOMAIN", "tekton.dev/resolution"),
+            ("METRICS_PROMETHEUS_PORT", metrics_port.as_str()),
+            ("PROFILING_PORT", profiling_port.as_str()),
+        ]
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+        full.push(tool("tekton-resolvers", "tekton")?.display().to_string());
+        full.push(format!("-kubeconfig={}", kube.kubeconfig().display()));
+        let resolvers = Supervised::spawn(
+            "tekton-resolvers",
+            std::path::Path::new("env"),
+            &full,
+            &dir.join("tekton-resolvers.log"),
+            None,
+        )?;
         let tekton = Self {
             _controller: controller,
+            _resolvers: resolvers,
         };
-        probe(kube)
-            .await
-            .map_err(|e| e.context(tekton._controller.log_tail()))?;
+        probe(kube).await.map_err(|e| {
+            e.context(format!(
+                "{}\n{}",
+                tekton._controller.log_tail(),
+                tekton._resolvers.log_tail()
+            ))
+        })?;
         Ok(tekton)
     }
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::{core::v1::Node, storage::v1::StorageClass};
 use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},
@@ -21,6 +21,8 @@ use crate::{
 
 /// The fake node's name.
 pub const NODE: &str = "kwok-node-0";
+/// StorageClass whose PVCs kwok provisions and binds (not the default class).
+pub const STORAGE_CLASS: &str = "kwok-volume";
 const NODE_SELECTOR: &str = "kwok.x-k8s.io/node=fake";
 
 /// Controllers of kube-controller-manager the tests rely on.
@@ -107,6 +109,7 @@ impl Workloads {
         add_node(kube)
             .await
             .map_err(|e| e.context(logs(&workloads)))?;
+        add_storage_class(kube).await?;
         Ok(workloads)
     }
 }
@@ -152,4 +155,22 @@ async fn add_node(kube: &KubeEnv) -> anyhow::Result<()> {
         .await
         .context("remove the node's taints")?;
     Ok(())
+}
+
+/// The StorageClass kwok's volume stages serve.
+async fn add_storage_class(kube: &KubeEnv) -> anyhow::Result<()> {
+    let classes: Api<StorageClass> = Api::all(kube.client().await?);
+    let class: StorageClass = serde_json::from_value(serde_json::json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": { "name": STORAGE_CLASS },
+        "provisioner": "kwok.x-k8s.io/volume",
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "Immediate",
+    }))?;
+    match classes.create(&PostParams::default(), &class).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e).context("create the kwok StorageClass"),
+    }
 }
