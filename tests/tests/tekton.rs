@@ -319,7 +319,18 @@ async fn cancel_gives_tektons_cancelled_reason() -> anyhow::Result<()> {
     assert_eq!(rr.phase, Phase::Cancelled);
     assert_eq!(rr.stages[1].state, StageState::Skipped);
     // The creator gave the PipelineRun Tekton's graceful cancel; Tekton ends it with its own
-    // `Cancelled` reason (the revision run was terminal at once and keeps the run's last state).
+    // `Cancelled` reason, which the informer records on the run (the revision run was terminal
+    // at once; the run's end comes later).
+    let rr = wait_rr(
+        &stack.store,
+        &id,
+        "the run's Cancelled reason",
+        FINISH,
+        |rr| run_of(rr, "wait").reason.as_deref() == Some("Cancelled"),
+    )
+    .await?;
+    assert_eq!(run_of(&rr, "wait").state, RunState::Failed);
+    assert_eq!(rr.phase, Phase::Cancelled);
     let name = run_of(&rr, "wait").pipeline_run.clone();
     let pr = wait_for("Tekton to cancel the PipelineRun", FINISH, || {
         let stack = &stack;
