@@ -66,6 +66,7 @@ impl Metrics {
             metrics: self.clone(),
             method,
             started: Instant::now(),
+            code: None,
         }
     }
 
@@ -75,20 +76,28 @@ impl Metrics {
     }
 }
 
-/// Records one request when finished.
+/// Records one request when it is dropped: with the outcome given to [`RpcTimer::finish`], or
+/// as `Cancelled` when the call's future was dropped first (the client went away).
 pub struct RpcTimer {
     metrics: Metrics,
     method: &'static str,
     started: Instant,
+    code: Option<String>,
 }
 
 impl RpcTimer {
-    /// Records the outcome and latency.
-    pub fn finish<T>(self, result: &Result<T, tonic::Status>) {
-        let code = match result {
+    /// Sets the outcome; the count and latency are recorded as the timer drops.
+    pub fn finish<T>(mut self, result: &Result<T, tonic::Status>) {
+        self.code = Some(match result {
             Ok(_) => "OK".to_string(),
             Err(status) => format!("{:?}", status.code()),
-        };
+        });
+    }
+}
+
+impl Drop for RpcTimer {
+    fn drop(&mut self) {
+        let code = self.code.take().unwrap_or_else(|| "Cancelled".to_string());
         self.metrics
             .requests
             .get_or_create(&RpcLabels {
@@ -102,5 +111,39 @@ impl RpcTimer {
                 method: self.method,
             })
             .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap_or_default();
+        out
+    }
+
+    #[test]
+    fn a_dropped_call_counts_as_cancelled_and_a_finished_one_by_its_code() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        drop(metrics.start("Create"));
+        metrics
+            .start("Get")
+            .finish::<()>(&Err(tonic::Status::not_found("x")));
+        metrics.start("Get").finish(&Ok(()));
+        let out = text(&registry);
+        for series in [
+            r#"method="Create",code="Cancelled"} 1"#,
+            r#"method="Get",code="NotFound"} 1"#,
+            r#"method="Get",code="OK"} 1"#,
+        ] {
+            assert!(out.contains(series), "{series} missing:\n{out}");
+        }
+        assert!(
+            out.contains(r#"latency_seconds_count{method="Create"} 1"#),
+            "{out}"
+        );
     }
 }
