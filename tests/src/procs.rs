@@ -68,18 +68,9 @@ impl Service {
         let log = self
             .log_dir
             .join(format!("{}-{}.log", self.name, self.starts));
-        // The supervisor inherits our environment; pass the service's own through `env`.
-        let mut args = vec![program.display().to_string()];
-        args.extend(self.args.iter().cloned());
-        let env_args: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let mut full = env_args;
-        full.extend(args);
-        self.process = Some(Supervised::spawn(
-            &self.name,
-            Path::new("env"),
-            &full,
-            &log,
-            None,
+        let env: Vec<(&String, &String)> = self.env.iter().collect();
+        self.process = Some(Supervised::spawn_with_env(
+            &self.name, &program, &env, &self.args, &log,
         )?);
         Ok(())
     }

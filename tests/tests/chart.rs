@@ -8,15 +8,9 @@ use std::{
 
 use stagetime_testenv::{TestEnv, process::tool};
 
-#[tokio::test]
-async fn helmfile_template_renders_manifests_the_api_server_accepts() -> anyhow::Result<()> {
-    let env = TestEnv::shared().await?;
-    env.kube.create_namespace("stagetime").await?;
-    // The creator's Role lives where its PipelineRuns go (env/defaults.yaml).
-    env.kube.create_namespace("tekton-pipelines").await?;
-    let helmfile = tool("helmfile", "helmfile")?;
+/// helmfile from the repository root, finding the installed helm first on `PATH`.
+fn helmfile() -> anyhow::Result<Command> {
     let helm = tool("helm", "helm")?;
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let path = format!(
         "{}:{}",
         helm.parent()
@@ -24,14 +18,24 @@ async fn helmfile_template_renders_manifests_the_api_server_accepts() -> anyhow:
             .unwrap_or_default(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let rendered = Command::new(&helmfile)
-        .args(["--file", "helmfile.yaml", "template", "--skip-deps"])
-        .current_dir(root)
-        .env("PATH", &path)
+    let mut cmd = Command::new(tool("helmfile", "helmfile")?);
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .env("PATH", path)
         .env(
             "HELM_CACHE_HOME",
             std::env::temp_dir().join("stagetime-helm-cache"),
-        )
+        );
+    Ok(cmd)
+}
+
+#[tokio::test]
+async fn helmfile_template_renders_manifests_the_api_server_accepts() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    env.kube.create_namespace("stagetime").await?;
+    // The creator's Role lives where its PipelineRuns go (env/defaults.yaml).
+    env.kube.create_namespace("tekton-pipelines").await?;
+    let rendered = helmfile()?
+        .args(["--file", "helmfile.yaml", "template", "--skip-deps"])
         .output()?;
     anyhow::ensure!(
         rendered.status.success(),
@@ -583,23 +587,9 @@ async fn helm_install_wait_sees_every_deployment_available() -> anyhow::Result<(
     // helmfile, as the README tells a user to deploy (the local environment, with its Redis),
     // on a cluster where Tekton's namespace exists.
     env.kube.create_namespace("tekton-pipelines").await?;
-    let helmfile = tool("helmfile", "helmfile")?;
-    let path = format!(
-        "{}:{}",
-        helm.parent()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let synced = Command::new(&helmfile)
+    let synced = helmfile()?
         .args(["--file", "helmfile.yaml", "-e", "local", "sync", "--wait"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .env("PATH", &path)
         .env("KUBECONFIG", kubeconfig)
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("stagetime-helm-cache"),
-        )
         .output()?;
     anyhow::ensure!(
         synced.status.success(),

@@ -149,7 +149,7 @@ async fn labelled_pipelineruns(
         .collect())
 }
 
-async fn redis_ids(store: &Store, key: &str) -> anyhow::Result<BTreeSet<String>> {
+async fn redis_ids(key: &str) -> anyhow::Result<BTreeSet<String>> {
     let mut conn = store_conn().await?;
     let ids: Vec<String> = redis::cmd("ZRANGE")
         .arg(key)
@@ -157,7 +157,6 @@ async fn redis_ids(store: &Store, key: &str) -> anyhow::Result<BTreeSet<String>>
         .arg(-1)
         .query_async(&mut conn)
         .await?;
-    let _ = store;
     Ok(ids.into_iter().collect())
 }
 
@@ -265,23 +264,17 @@ async fn housekeeping_cuts_300_finished_runs_to_the_policy() -> anyhow::Result<(
     println!("housekeeping: {pass:?}");
 
     // Redis: exactly the kept documents, in every index; nothing of the removed ones.
-    assert_eq!(
-        redis_ids(&store, &store.keys().idx_created()).await?,
-        expected
-    );
+    assert_eq!(redis_ids(&store.keys().idx_created()).await?, expected);
     for repo in repos {
         let in_repo: BTreeSet<String> = expected
             .iter()
             .filter(|id| id.starts_with(repo))
             .cloned()
             .collect();
-        assert_eq!(
-            redis_ids(&store, &store.keys().idx_repo(repo)).await?,
-            in_repo
-        );
+        assert_eq!(redis_ids(&store.keys().idx_repo(repo)).await?, in_repo);
     }
     let live: BTreeSet<String> = repos.iter().map(|r| format!("{r}-live")).collect();
-    assert_eq!(redis_ids(&store, &store.keys().idx_active()).await?, live);
+    assert_eq!(redis_ids(&store.keys().idx_active()).await?, live);
     let mut conn = env.redis_conn().await?;
     for (_, id, ..) in &seeds {
         let keys = [
@@ -413,7 +406,7 @@ async fn kill_9_mid_pass_hands_housekeeping_to_the_other_informer() -> anyhow::R
     let total = FINISHED as usize + 2;
     let target = 12;
     let remaining = |store: Store| async move {
-        redis_ids(&store, &store.keys().idx_created())
+        redis_ids(&store.keys().idx_created())
             .await
             .map(|s| s.len())
             .unwrap_or(total)
@@ -473,10 +466,7 @@ async fn kill_9_mid_pass_hands_housekeeping_to_the_other_informer() -> anyhow::R
         .collect();
     expected.insert("k-live-1".into());
     expected.insert("k-live-2".into());
-    assert_eq!(
-        redis_ids(&store, &store.keys().idx_created()).await?,
-        expected
-    );
+    assert_eq!(redis_ids(&store.keys().idx_created()).await?, expected);
     let expected_prs: BTreeSet<String> =
         expected.iter().map(|id| format!("{id}-0-build")).collect();
     assert_eq!(labelled_pipelineruns(&client, &ns).await?, expected_prs);
@@ -551,6 +541,6 @@ async fn a_runs_own_retention_overrides_the_defaults() -> anyhow::Result<()> {
     let pass = housekeeper.pass().await?;
     assert_eq!(pass.removed, 3);
     let kept: BTreeSet<String> = ["own-0", "own-4"].map(String::from).into();
-    assert_eq!(redis_ids(&store, &store.keys().idx_created()).await?, kept);
+    assert_eq!(redis_ids(&store.keys().idx_created()).await?, kept);
     Ok(())
 }

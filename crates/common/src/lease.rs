@@ -30,6 +30,21 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// This process competing for Lease `name` in `namespace` (empty = the client's namespace:
+    /// the pod's in a cluster), valid `seconds` without renewal (at least 2).
+    pub fn new(client: &kube::Client, namespace: &str, name: &str, seconds: u64) -> Self {
+        Self {
+            namespace: if namespace.is_empty() {
+                client.default_namespace().to_string()
+            } else {
+                namespace.to_string()
+            },
+            name: name.to_string(),
+            identity: Self::identity(),
+            duration: Duration::from_secs(seconds.max(2)),
+        }
+    }
+
     /// A unique identity: `<host>-<random>`.
     pub fn identity() -> String {
         let host = std::env::var("POD_NAME")

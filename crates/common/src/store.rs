@@ -179,6 +179,40 @@ impl Store {
         Ok(store)
     }
 
+    /// Every unfinished (queued, pending or running) revision run, oldest first: the active
+    /// index read `chunk` documents per pipelined round trip, each document once. What the
+    /// informer's reconcile after a list reads — its cost follows the active runs, not history.
+    pub async fn unfinished(&self) -> Result<Vec<RevisionRun>> {
+        let mut conn = self.conn.clone();
+        let chunk: isize = 500;
+        let mut start = 0;
+        let mut out = Vec::new();
+        loop {
+            let ids: Vec<String> = conn
+                .zrange(self.keys.idx_active(), start, start + chunk - 1)
+                .await
+                .map_err(redis_err("active index"))?;
+            if ids.is_empty() {
+                return Ok(out);
+            }
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.cmd("JSON.GET").arg(self.keys.doc(id));
+            }
+            let docs: Vec<Option<String>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err("read unfinished revision runs"))?;
+            for (id, raw) in ids.iter().zip(docs) {
+                // Gone meanwhile (purged): nothing to reconcile.
+                if let Some(raw) = raw {
+                    out.push(decode(&self.keys.doc(id), &raw)?);
+                }
+            }
+            start += chunk;
+        }
+    }
+
     /// Summaries of every revision run (oldest first) for housekeeping: a scan of the creation
     /// index, a pipelined read of three fields per document, `chunk` documents at a time.
     pub async fn summaries(&self) -> Result<Vec<crate::retention::Summary>> {

@@ -592,6 +592,14 @@ async fn the_active_index_holds_exactly_the_unfinished_runs() -> anyhow::Result<
     let mut listed: Vec<&str> = pending.items.iter().map(|r| r.id.as_str()).collect();
     listed.sort_unstable();
     assert_eq!(listed, ["act-c", "act-d"]);
+    // What the informer's reconcile reads: the unfinished documents, each once.
+    let unfinished: Vec<String> = store
+        .unfinished()
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(unfinished, ["act-c", "act-d"]);
     // A retry makes a finished run active again.
     store.retry("act-a", &[]).await?;
     assert_eq!(

@@ -39,16 +39,21 @@ impl Diagnoser {
         }
     }
 
-    fn remember(&self, uid: &str, remember: bool) -> bool {
+    /// Marks `uid` diagnosed; `false` if it was already.
+    fn first_time(&self, uid: &str) -> bool {
         let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
-        if !remember {
-            done.remove(uid);
-            return false;
-        }
         if done.len() >= REMEMBERED {
             done.clear();
         }
         done.insert(uid.to_string())
+    }
+
+    /// Forgets `uid`, so the next event diagnoses it again.
+    fn forget(&self, uid: &str) {
+        self.done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(uid);
     }
 
     /// Records the diagnosis of `obj` if it is a failed PipelineRun of a revision run and was
@@ -59,7 +64,7 @@ impl Diagnoser {
             return;
         };
         let identity = tekton::identity(obj);
-        if identity.uid.is_empty() || !self.remember(identity.uid, true) {
+        if identity.uid.is_empty() || !self.first_time(identity.uid) {
             return;
         }
         let status = PipelineRunStatus::of(obj);
@@ -88,7 +93,7 @@ impl Diagnoser {
                 Ok(None) => {}
                 Err(error) => {
                     tracing::warn!(%error, taskrun = %child.name, "cannot read TaskRun; diagnosing later");
-                    self.remember(identity.uid, false);
+                    self.forget(identity.uid);
                     return;
                 }
             }
@@ -100,7 +105,7 @@ impl Diagnoser {
         };
         if let Err(error) = self.store.record_diagnosis(rr, &identity, &diagnosis).await {
             tracing::warn!(%error, rr, pipeline_run = identity.name, "cannot record the diagnosis");
-            self.remember(identity.uid, false);
+            self.forget(identity.uid);
         }
     }
 }

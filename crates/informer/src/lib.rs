@@ -192,17 +192,12 @@ pub async fn run(
         policy: args.policy(),
         metrics: housekeeping_metrics,
     };
-    let lease_namespace = if args.housekeeping_lease_namespace.is_empty() {
-        client.default_namespace().to_string()
-    } else {
-        args.housekeeping_lease_namespace.clone()
-    };
-    let candidate = stagetime_common::lease::Candidate {
-        namespace: lease_namespace,
-        name: args.housekeeping_lease_name.clone(),
-        identity: stagetime_common::lease::Candidate::identity(),
-        duration: std::time::Duration::from_secs(args.housekeeping_lease_seconds.max(2)),
-    };
+    let candidate = stagetime_common::lease::Candidate::new(
+        &client,
+        &args.housekeeping_lease_namespace,
+        &args.housekeeping_lease_name,
+        args.housekeeping_lease_seconds,
+    );
     let informer = Informer::new(
         client,
         &args.tekton_api_version,

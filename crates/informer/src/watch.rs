@@ -15,7 +15,6 @@ use kube::{
 use stagetime_common::{
     machine::{ObjectIdentity, Observed},
     model::{Phase, RevisionRun, Run, RunState, StageState},
-    store::ListFilter,
     tekton::{self, LABEL_REVISION_RUN},
 };
 
@@ -211,40 +210,28 @@ impl Informer {
     /// Records as `Deleted` the created runs of unfinished revision runs that the initial list
     /// lacked and the API server confirms are gone.
     async fn reconcile_missing(&self, listed: &HashSet<(String, String)>) {
-        for phase in [Phase::Pending, Phase::Running] {
-            let mut filter = ListFilter {
-                phase: Some(phase),
-                page_size: 200,
-                ..ListFilter::default()
-            };
-            loop {
-                let page = match self.recorder.store.list(&filter).await {
-                    Ok(page) => page,
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot list unfinished revision runs to reconcile");
-                        return;
-                    }
-                };
-                for rr in &page.items {
-                    self.republish_stale(rr).await;
-                    let candidates = rr
-                        .stages
-                        .iter()
-                        .filter(|s| s.state == StageState::Open)
-                        .flat_map(|s| &s.runs)
-                        .filter(|r| matches!(r.state, RunState::Created | RunState::Running))
-                        .filter(|r| self.namespace.is_empty() || r.namespace == self.namespace)
-                        .filter(|r| {
-                            !listed.contains(&(r.namespace.clone(), r.pipeline_run.clone()))
-                        });
-                    for run in candidates {
-                        self.reconcile_run(&rr.id, run).await;
-                    }
-                }
-                match page.next_page_token {
-                    Some(token) => filter.page_token = Some(token),
-                    None => break,
-                }
+        let unfinished = match self.recorder.store.unfinished().await {
+            Ok(runs) => runs,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read unfinished revision runs to reconcile");
+                return;
+            }
+        };
+        let started = unfinished
+            .iter()
+            .filter(|rr| matches!(rr.phase, Phase::Pending | Phase::Running));
+        for rr in started {
+            self.republish_stale(rr).await;
+            let candidates = rr
+                .stages
+                .iter()
+                .filter(|s| s.state == StageState::Open)
+                .flat_map(|s| &s.runs)
+                .filter(|r| matches!(r.state, RunState::Created | RunState::Running))
+                .filter(|r| self.namespace.is_empty() || r.namespace == self.namespace)
+                .filter(|r| !listed.contains(&(r.namespace.clone(), r.pipeline_run.clone())));
+            for run in candidates {
+                self.reconcile_run(&rr.id, run).await;
             }
         }
     }

@@ -209,17 +209,12 @@ pub async fn run(
         })?;
     readiness.set(true);
     let lost = if args.leader_election {
-        let namespace = if args.lease_namespace.is_empty() {
-            client.default_namespace().to_string()
-        } else {
-            args.lease_namespace.clone()
-        };
-        let candidate = Candidate {
-            namespace,
-            name: args.lease_name.clone(),
-            identity: Candidate::identity(),
-            duration: Duration::from_secs(args.lease_seconds.max(2)),
-        };
+        let candidate = Candidate::new(
+            &client,
+            &args.lease_namespace,
+            &args.lease_name,
+            args.lease_seconds,
+        );
         let leader = tokio::select! {
             leader = candidate.acquire(client.clone()) => leader,
             () = shutdown.clone().wait() => {

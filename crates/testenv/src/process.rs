@@ -90,6 +90,21 @@ impl Supervised {
         })
     }
 
+    /// [`Self::spawn`] with `env` set for the program alone (through `env(1)`: the supervising
+    /// shell keeps our environment).
+    pub fn spawn_with_env<K: std::fmt::Display, V: std::fmt::Display>(
+        name: &str,
+        program: &Path,
+        env: &[(K, V)],
+        args: &[String],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut full: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        full.push(program.display().to_string());
+        full.extend(args.iter().cloned());
+        Self::spawn(name, Path::new("env"), &full, log, None)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

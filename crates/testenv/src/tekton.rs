@@ -39,8 +39,8 @@ pub const RESOLVERS_NAMESPACE: &str = "tekton-pipelines-resolvers";
 
 /// The running Tekton controller and resolvers (stopped on drop).
 pub struct Tekton {
-    _controller: Supervised,
-    _resolvers: Supervised,
+    controller: Supervised,
+    resolvers: Supervised,
 }
 
 fn config_dir() -> PathBuf {
@@ -157,21 +157,18 @@ impl Tekton {
             ("CONFIG_SPIRE", "config-spire"),
             ("METRICS_DOMAIN", "tekton.dev/pipeline"),
         ];
-        let mut full: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        full.push(tool("tekton-controller", "tekton")?.display().to_string());
-        full.extend(args);
-        let controller = Supervised::spawn(
+        let controller = Supervised::spawn_with_env(
             "tekton-controller",
-            std::path::Path::new("env"),
-            &full,
+            &tool("tekton-controller", "tekton")?,
+            &env,
+            &args,
             &dir.join("tekton-controller.log"),
-            None,
         )?;
         // The resolvers: another knative binary, so its metrics and profiling ports move to free
         // ones (knative reads them from the environment; they bind every interface).
         let metrics_port = free_port()?.to_string();
         let profiling_port = free_port()?.to_string();
-        let mut full: Vec<String> = [
+        let env = [
             ("SYSTEM_NAMESPACE", RESOLVERS_NAMESPACE),
             ("KUBERNETES_MIN_VERSION", "v1.28.0"),
             ("CONFIG_LOGGING_NAME", "config-logging"),
@@ -184,28 +181,23 @@ impl Tekton {
             ("METRICS_DOMAIN", "tekton.dev/resolution"),
             ("METRICS_PROMETHEUS_PORT", metrics_port.as_str()),
             ("PROFILING_PORT", profiling_port.as_str()),
-        ]
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-        full.push(tool("tekton-resolvers", "tekton")?.display().to_string());
-        full.push(format!("-kubeconfig={}", kube.kubeconfig().display()));
-        let resolvers = Supervised::spawn(
+        ];
+        let resolvers = Supervised::spawn_with_env(
             "tekton-resolvers",
-            std::path::Path::new("env"),
-            &full,
+            &tool("tekton-resolvers", "tekton")?,
+            &env,
+            &[format!("-kubeconfig={}", kube.kubeconfig().display())],
             &dir.join("tekton-resolvers.log"),
-            None,
         )?;
         let tekton = Self {
-            _controller: controller,
-            _resolvers: resolvers,
+            controller,
+            resolvers,
         };
         probe(kube).await.map_err(|e| {
             e.context(format!(
                 "{}\n{}",
-                tekton._controller.log_tail(),
-                tekton._resolvers.log_tail()
+                tekton.controller.log_tail(),
+                tekton.resolvers.log_tail()
             ))
         })?;
         Ok(tekton)

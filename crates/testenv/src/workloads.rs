@@ -32,7 +32,7 @@ persistentvolumeclaim-protection-controller,persistentvolume-protection-controll
 
 /// kube-controller-manager, kube-scheduler and kwok, stopped on drop.
 pub struct Workloads {
-    _processes: Vec<Supervised>,
+    processes: Vec<Supervised>,
 }
 
 impl Workloads {
@@ -96,11 +96,9 @@ impl Workloads {
             None,
         )?;
         let processes = vec![kcm, scheduler, kwok];
-        let workloads = Self {
-            _processes: processes,
-        };
+        let workloads = Self { processes };
         let logs = |w: &Self| {
-            w._processes
+            w.processes
                 .iter()
                 .map(Supervised::log_tail)
                 .collect::<Vec<_>>()

@@ -389,26 +389,15 @@ async fn bench_admission() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every unfinished revision run, paged as the informer's reconcile reads them after a list.
+/// Every started unfinished revision run, read as the informer's reconcile reads them.
 async fn read_unfinished(store: &stagetime_common::store::Store) -> anyhow::Result<usize> {
-    use stagetime_common::{model::Phase, store::ListFilter};
-    let mut n = 0;
-    for phase in [Phase::Pending, Phase::Running] {
-        let mut filter = ListFilter {
-            phase: Some(phase),
-            page_size: 200,
-            ..ListFilter::default()
-        };
-        loop {
-            let page = store.list(&filter).await?;
-            n += page.items.len();
-            match page.next_page_token {
-                Some(token) => filter.page_token = Some(token),
-                None => break,
-            }
-        }
-    }
-    Ok(n)
+    use stagetime_common::model::Phase;
+    Ok(store
+        .unfinished()
+        .await?
+        .iter()
+        .filter(|rr| matches!(rr.phase, Phase::Pending | Phase::Running))
+        .count())
 }
 
 /// The reconcile's reads (every unfinished run) with 50 active runs behind 1,000 and 100,000

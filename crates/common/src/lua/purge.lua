@@ -3,16 +3,13 @@
 -- again meanwhile) is left alone.
 -- KEYS: doc, manifests, idx:created, idx:repo, idx:commit, deadlines, idx:active
 -- ARGV: id
--- Returns 1 removed, 0 not finished, -1 no document (removed before: nothing to do).
+-- Returns 1 removed, 0 not finished, -1 no document (only stale index entries were removed).
 local raw = redis.call('JSON.GET', KEYS[1], '$.phase')
-if not raw then
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  redis.call('ZREM', KEYS[4], ARGV[1])
-  redis.call('ZREM', KEYS[5], ARGV[1])
-  return -1
+if raw then
+  local phase = cjson.decode(raw)[1]
+  if phase == 'Queued' or phase == 'Pending' or phase == 'Running' then return 0 end
 end
-local phase = cjson.decode(raw)[1]
-if phase == 'Queued' or phase == 'Pending' or phase == 'Running' then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
 for i = 3, 7 do redis.call('ZREM', KEYS[i], ARGV[1]) end
-return 1
+if raw then return 1 end
+return -1
