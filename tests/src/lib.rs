@@ -4,10 +4,12 @@
 //! be stopped and started again to exercise restarts.
 #![forbid(unsafe_code)]
 
+pub mod e2e_bench;
 pub mod operator_bench;
 pub mod procs;
 pub mod rbac;
 pub mod rss;
+pub mod spans;
 pub mod uids;
 
 use std::{net::SocketAddr, time::Duration};

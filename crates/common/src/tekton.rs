@@ -15,6 +15,18 @@ use crate::machine::{ObjectIdentity, Observed};
 pub const API_VERSION: &str = "tekton.dev/v1";
 /// Label every stageTime PipelineRun carries: the revision run id.
 pub const LABEL_REVISION_RUN: &str = "stagetime/revision-run";
+/// Label with the run's stage number.
+pub const LABEL_STAGE: &str = "stagetime/stage";
+/// Label with the commit (sanitised to a label value).
+pub const LABEL_COMMIT: &str = "stagetime/commit";
+/// Label with the repository name (sanitised).
+pub const LABEL_REPO: &str = "stagetime/repo";
+/// Label with the commit's author (sanitised).
+pub const LABEL_AUTHOR: &str = "stagetime/author";
+/// Label with the day the revision run was created (`YYYY-MM-DD`).
+pub const LABEL_DATE: &str = "stagetime/date";
+/// Label with the attempt (retry) that created the PipelineRun.
+pub const LABEL_ATTEMPT: &str = "stagetime/attempt";
 /// Annotation with the revision run's random token (see `RevisionRun::token`): an object
 /// without the right token was not created by stageTime for that revision run.
 pub const ANNOTATION_TOKEN: &str = "stagetime/token";

@@ -204,7 +204,6 @@ impl Creator {
                     }
                 },
             }
-            self.refresh_pending().await;
             for delivery in deliveries {
                 // A reclaimed message this creator is still working on is not started twice.
                 if !lock(&self.in_flight).insert(delivery.id.clone()) {
@@ -222,6 +221,8 @@ impl Creator {
                     this.handle(delivery).await
                 });
             }
+            // After the messages are started: the gauge is not worth delaying a stage for.
+            self.refresh_pending().await;
         }
         tracing::info!(in_flight = tasks.len(), "draining in-flight stage messages");
         let drain = async { while tasks.join_next().await.is_some() {} };
@@ -520,7 +521,11 @@ impl Creator {
         let results: Vec<(String, Result<(String, String)>)> =
             stream::iter(pending.into_iter().zip(manifests))
                 .map(|(name, manifest): (String, Option<String>)| async move {
-                    let result = self.create(&name, manifest.as_deref()).await;
+                    let span = tracing::info_span!("create_pipelinerun", pipeline_run = %name);
+                    let result = self
+                        .create(&name, manifest.as_deref())
+                        .instrument(span)
+                        .await;
                     (name, result)
                 })
                 .buffer_unordered(APPLY_CONCURRENCY)

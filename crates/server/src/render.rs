@@ -10,7 +10,10 @@ use stagetime_common::{
     request::{
         ConcurrencyPolicy, ParamValue, PipelineRef, RevisionRequest, RunSpec, WorkspaceKind,
     },
-    tekton::{ANNOTATION_TOKEN, LABEL_REVISION_RUN},
+    tekton::{
+        ANNOTATION_TOKEN, LABEL_AUTHOR, LABEL_COMMIT, LABEL_DATE, LABEL_REPO, LABEL_REVISION_RUN,
+        LABEL_STAGE,
+    },
     validate::{self, Limits},
 };
 
@@ -143,8 +146,6 @@ impl Default for RenderSettings {
 
 /// Annotation carrying a run's canfail flag, as the original wrote it.
 pub const CANFAIL_ANNOTATION: &str = "canfail";
-/// Label with the stage number.
-pub const LABEL_STAGE: &str = "stagetime/stage";
 /// pod `fsGroup` of every run, as the original set it.
 pub const FS_GROUP: i64 = 65532;
 
@@ -311,11 +312,11 @@ fn manifest(
 ) -> Value {
     let labels = json!({
         LABEL_REVISION_RUN: id,
-        "stagetime/commit": sanitize_label(&req.commit_id, 63),
-        "stagetime/repo": sanitize_label(&req.repo_name, 63),
-        "stagetime/author": sanitize_label(&req.author, 63),
+        LABEL_COMMIT: sanitize_label(&req.commit_id, 63),
+        LABEL_REPO: sanitize_label(&req.repo_name, 63),
+        LABEL_AUTHOR: sanitize_label(&req.author, 63),
         LABEL_STAGE: run.stage.to_string(),
-        "stagetime/date": sanitize_label(now.get(..10).unwrap_or(now), 63),
+        LABEL_DATE: sanitize_label(now.get(..10).unwrap_or(now), 63),
     });
     let pipeline_ref = match &run.pipeline_ref {
         PipelineRef::Name(n) => json!({"name": n}),

@@ -3,7 +3,7 @@
 //!
 //! For every PipelineRun without an outcome it sets `Succeeded=Unknown` (reason `Running`) at
 //! once, then after a delay `Succeeded=True` or `False` through the status subresource, as
-//! Tekton does. The outcome comes from, in order: the annotation `stagetime.dev/simulate` or a
+//! Tekton does (with a zero delay, the outcome is the only status write). The outcome comes from, in order: the annotation `stagetime.dev/simulate` or a
 //! param named `simulate` (`fail`, `succeed`, `timeout`), Tekton's cancel request
 //! (`spec.status: CancelledRunFinally|Cancelled`), or the configured failure rate.
 
@@ -218,6 +218,15 @@ pub async fn run(
         tokio::spawn(async move {
             let name = obj.name_any();
             let params = PatchParams::default();
+            if config.delay.is_zero() {
+                // A run decided at once has no observable running phase: one status write, as
+                // a Tekton that finished the run before its first status update would make.
+                let result = outcome(&obj, config.failure_rate);
+                let _ = api
+                    .patch_status(&name, &params, &Patch::Merge(&terminal_status(result)))
+                    .await;
+                return;
+            }
             let running = condition(
                 "Unknown",
                 "Running",

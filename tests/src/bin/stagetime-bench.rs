@@ -5,11 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt as _, stream};
-use kube::{
-    ResourceExt as _,
-    api::PostParams,
-    runtime::{WatchStreamExt as _, watcher},
-};
+use kube::api::PostParams;
 use prometheus_client::registry::Registry;
 use stagetime_common::{fixture::RevisionRunBuilder, machine::Observed, stream::StageMessage};
 use stagetime_proto::revisionrun::{
@@ -17,19 +13,12 @@ use stagetime_proto::revisionrun::{
     stage_time_application_service_client::StageTimeApplicationServiceClient,
 };
 use stagetime_testenv::{TestEnv, wait_for};
-use stagetime_tests::{Stack, example, submit};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn rate(n: usize, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64().max(1e-9)
-}
+use stagetime_tests::{
+    Stack,
+    e2e_bench::{percentile, rate},
+    spans::SpanTimes,
+    submit,
+};
 
 /// *record and advance* vs plain `JSON.SET` round trips of the same document.
 async fn bench_store() -> anyhow::Result<()> {
@@ -222,99 +211,6 @@ async fn bench_creator() -> anyhow::Result<()> {
         rate(100, ours),
         rate(100, plain),
         rate(100, ours) / rate(100, plain)
-    );
-    Ok(())
-}
-
-/// Stage hand-off latency and end-to-end throughput with the simulator at zero delay.
-async fn bench_e2e() -> anyhow::Result<()> {
-    const STAGES: usize = 30;
-    let stack = Stack::start("bench-e2e", Duration::ZERO).await?;
-    let api =
-        stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let watch = tokio::spawn(async move {
-        let mut s = watcher(api, watcher::Config::default())
-            .applied_objects()
-            .boxed();
-        while let Some(Ok(obj)) = s.next().await {
-            let stage: usize = obj
-                .labels()
-                .get("stagetime/stage")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(usize::MAX);
-            let terminal = stagetime_common::tekton::observed_state(&obj) != Observed::Running;
-            if tx.send((Instant::now(), stage, terminal)).is_err() {
-                break;
-            }
-        }
-    });
-    let mut req = ten_run_request(2);
-    req.pipelineruns = (0..STAGES)
-        .map(|s| Pipelinerun {
-            name: format!("s{s}"),
-            stage: s as f64,
-            ..Default::default()
-        })
-        .collect();
-    let id = submit(&stack.url(), req).await?;
-    stack.wait_terminal(&id, Duration::from_secs(300)).await?;
-    let mut terminal_at = vec![None; STAGES];
-    let mut added_at = vec![None; STAGES];
-    while let Ok((t, stage, terminal)) = rx.try_recv() {
-        if stage >= STAGES {
-            continue;
-        }
-        if terminal && terminal_at[stage].is_none() {
-            terminal_at[stage] = Some(t);
-        }
-        if added_at[stage].is_none() {
-            added_at[stage] = Some(t);
-        }
-    }
-    watch.abort();
-    let mut handoffs: Vec<Duration> = (0..STAGES - 1)
-        .filter_map(|s| Some(added_at[s + 1]?.saturating_duration_since(terminal_at[s]?)))
-        .collect();
-    handoffs.sort();
-    println!(
-        "e2e: stage hand-off (last run of stage N terminal -> first PipelineRun of N+1 seen) over {} stages: p50 {:.1} ms, p99 {:.1} ms",
-        handoffs.len(),
-        percentile(&handoffs, 0.5).as_secs_f64() * 1e3,
-        percentile(&handoffs, 0.99).as_secs_f64() * 1e3
-    );
-
-    const RUNS: usize = 50;
-    let start = Instant::now();
-    let mut ids = Vec::new();
-    for i in 0..RUNS {
-        let mut req = example("three-stages.json")?;
-        req.commit_id = format!("{i:040x}");
-        ids.push(submit(&stack.url(), req).await?);
-    }
-    let store = stack.store.clone();
-    wait_for(
-        "50 revision runs to finish",
-        Duration::from_secs(600),
-        || {
-            let store = store.clone();
-            let ids = ids.clone();
-            async move {
-                for id in &ids {
-                    if !store.get(id).await.ok()?.phase.is_terminal() {
-                        return None;
-                    }
-                }
-                Some(())
-            }
-        },
-    )
-    .await?;
-    let took = start.elapsed();
-    println!(
-        "e2e: {RUNS} concurrent revision runs (5 PipelineRuns each, 3 stages) in {:.1} s: {:.1} PipelineRuns/s end to end",
-        took.as_secs_f64(),
-        rate(RUNS * 5, took)
     );
     Ok(())
 }
@@ -551,6 +447,7 @@ async fn redis_used_memory(conn: &mut redis::aio::MultiplexedConnection) -> anyh
 async fn main() -> anyhow::Result<()> {
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     let all = which == "all";
+    let spans = SpanTimes::install()?;
     if all || which == "store" {
         bench_store().await?;
     }
@@ -561,7 +458,7 @@ async fn main() -> anyhow::Result<()> {
         bench_creator().await?;
     }
     if all || which == "e2e" {
-        bench_e2e().await?;
+        stagetime_tests::e2e_bench::bench_e2e(&spans).await?;
     }
     if all || which == "admission" {
         bench_admission().await?;

@@ -305,7 +305,7 @@ impl Api {
             let mut value: serde_json::Value = serde_json::from_str(&manifest)
                 .map_err(|e| Error::FailedPrecondition(format!("manifest of {old}: {e}")))?;
             value["metadata"]["name"] = serde_json::Value::String(new.clone());
-            value["metadata"]["labels"]["stagetime/attempt"] =
+            value["metadata"]["labels"][stagetime_common::tekton::LABEL_ATTEMPT] =
                 serde_json::Value::String(next.attempt.to_string());
             out.push((new, value.to_string()));
         }

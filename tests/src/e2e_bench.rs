@@ -1,0 +1,472 @@
+//! The end-to-end benchmark: stage hand-off latency (idle and under load), end-to-end
+//! PipelineRuns/s of 50 concurrent revision runs next to the API server's raw create rate in the
+//! same run, and where the time goes, from stageTime's own spans (see [`crate::spans`]).
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt as _, stream};
+use kube::{
+    ResourceExt as _,
+    api::{DynamicObject, Patch, PatchParams, PostParams},
+    runtime::watcher,
+};
+use stagetime_common::{machine::Observed, tekton};
+use stagetime_proto::revisionrun::{
+    CreateRevisionRunRequest, Pipelinerun,
+    stage_time_application_service_client::StageTimeApplicationServiceClient,
+};
+use stagetime_testenv::wait_for;
+
+use crate::{
+    Stack, example,
+    spans::{SpanRecord, SpanTimes, summary},
+};
+
+/// Revision runs in flight at once in the throughput part.
+const RUNS: usize = 50;
+/// Stages of the single revision run whose hand-offs are measured idle.
+const IDLE_STAGES: usize = 30;
+
+/// The value at quantile `p` of sorted durations.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Events per second.
+pub fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// One PipelineRun event as the benchmark's own watch saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    at: Instant,
+    rr: String,
+    stage: u32,
+    name: String,
+    terminal: bool,
+}
+
+/// A watch of the stack's PipelineRuns that keeps every event with the time it arrived.
+struct Watch {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    /// Starts watching and returns once the initial list is done (nothing is missed after).
+    async fn start(stack: &Stack) -> anyhow::Result<Self> {
+        let api = tekton::pipelinerun_api(stack.client.clone(), tekton::API_VERSION, &stack.ns);
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (ready, listed) = tokio::sync::oneshot::channel();
+        let sink = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready);
+            let mut events = watcher(api, watcher::Config::default()).boxed();
+            while let Some(Ok(event)) = events.next().await {
+                let obj = match event {
+                    watcher::Event::InitDone => {
+                        if let Some(ready) = ready.take() {
+                            let _ = ready.send(());
+                        }
+                        continue;
+                    }
+                    watcher::Event::Apply(obj) => obj,
+                    _ => continue,
+                };
+                let at = Instant::now();
+                let stage = obj
+                    .labels()
+                    .get(tekton::LABEL_STAGE)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(u32::MAX);
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Seen {
+                        at,
+                        rr: tekton::revision_run_of(&obj)
+                            .unwrap_or_default()
+                            .to_string(),
+                        stage,
+                        name: obj.name_any(),
+                        terminal: tekton::observed_state(&obj) != Observed::Running,
+                    });
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), listed).await??;
+        Ok(Self { seen, task })
+    }
+
+    fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One stage hand-off of one revision run, with the steps it is made of (from the spans).
+struct Handoff {
+    total: Duration,
+    steps: Option<[f64; STEPS.len()]>,
+}
+
+/// The steps of a hand-off, in order; their sum is the hand-off (a step measured between two
+/// watchers of the same event can be slightly negative).
+const STEPS: [&str; 6] = [
+    "Tekton status -> informer",
+    "record and advance",
+    "stage stream -> creator",
+    "creator reads doc+manifests",
+    "create call",
+    "created -> seen by a watch",
+];
+
+fn signed_ms(from: Instant, to: Instant) -> f64 {
+    if to >= from {
+        ms(to - from)
+    } else {
+        -ms(from - to)
+    }
+}
+
+/// Per (revision run, stage): when its last run was first seen terminal (and which run that
+/// was), and when any run of it was first seen.
+type StageSeen<'a> = (Option<(Instant, &'a str)>, Instant);
+
+/// Hand-offs (last run of stage N terminal → first PipelineRun of the next stage seen), each
+/// broken into [`STEPS`] where the spans of both sides were found.
+fn handoffs(seen: &[Seen], spans: &[SpanRecord]) -> Vec<Handoff> {
+    let mut stages: BTreeMap<(&str, u32), StageSeen<'_>> = BTreeMap::new();
+    let mut terminal_seen = std::collections::HashSet::new();
+    for s in seen {
+        let entry = stages
+            .entry((s.rr.as_str(), s.stage))
+            .or_insert((None, s.at));
+        entry.1 = entry.1.min(s.at);
+        if s.terminal && terminal_seen.insert(s.name.as_str()) {
+            entry.0 = Some(match entry.0 {
+                Some((t, n)) if t >= s.at => (t, n),
+                _ => (s.at, s.name.as_str()),
+            });
+        }
+    }
+    let find = |name: &'static str, pred: &dyn Fn(&SpanRecord) -> bool| -> Vec<SpanRecord> {
+        spans
+            .iter()
+            .filter(|s| s.name == name && pred(s))
+            .cloned()
+            .collect()
+    };
+    let mut out = Vec::new();
+    let keys: Vec<(&str, u32)> = stages.keys().copied().collect();
+    for pair in keys.windows(2) {
+        let ((rr, stage), (next_rr, next_stage)) = (pair[0], pair[1]);
+        if rr != next_rr {
+            continue;
+        }
+        let (Some((ended, last)), _) = stages[&(rr, stage)] else {
+            continue;
+        };
+        let opened = stages[&(next_rr, next_stage)].1;
+        let next = next_stage.to_string();
+        let record = find("record", &|s| {
+            s.field("rr") == Some(rr) && s.field("pipeline_run") == Some(last)
+        })
+        .into_iter()
+        .max_by_key(|s| s.start);
+        let message = find("stage_message", &|s| {
+            s.field("rr") == Some(rr) && s.field("stage") == Some(next.as_str())
+        })
+        .into_iter()
+        .min_by_key(|s| s.start);
+        let create = find("create_pipelinerun", &|s| {
+            s.field("rr") == Some(rr) && s.field("stage") == Some(next.as_str())
+        })
+        .into_iter()
+        .min_by_key(|s| s.start);
+        let steps = match (record, message, create) {
+            (Some(r), Some(m), Some(c)) => Some([
+                signed_ms(ended, r.start),
+                ms(r.duration()),
+                signed_ms(r.end, m.start),
+                signed_ms(m.start, c.start),
+                ms(c.duration()),
+                signed_ms(c.end, opened),
+            ]),
+            _ => None,
+        };
+        out.push(Handoff {
+            total: opened.saturating_duration_since(ended),
+            steps,
+        });
+    }
+    out
+}
+
+fn print_handoffs(label: &str, handoffs: &[Handoff]) {
+    let mut totals: Vec<Duration> = handoffs.iter().map(|h| h.total).collect();
+    totals.sort();
+    println!(
+        "e2e: stage hand-off {label} (last run of stage N terminal -> first PipelineRun of N+1 seen), {} hand-offs: p50 {:.1} ms, p99 {:.1} ms",
+        totals.len(),
+        ms(percentile(&totals, 0.5)),
+        ms(percentile(&totals, 0.99)),
+    );
+    let broken: Vec<&[f64; STEPS.len()]> =
+        handoffs.iter().filter_map(|h| h.steps.as_ref()).collect();
+    if broken.is_empty() {
+        return;
+    }
+    let medians: Vec<String> = (0..STEPS.len())
+        .map(|i| {
+            let mut v: Vec<f64> = broken.iter().map(|s| s[i]).collect();
+            v.sort_by(f64::total_cmp);
+            format!("{} {:.2} ms", STEPS[i], v[v.len() / 2])
+        })
+        .collect();
+    println!(
+        "e2e:   medians of its steps ({} hand-offs with spans): {}",
+        broken.len(),
+        medians.join(", ")
+    );
+}
+
+/// A revision run of `stages` stages with one run each.
+fn chain(stages: usize, commit: usize) -> CreateRevisionRunRequest {
+    CreateRevisionRunRequest {
+        repo_name: "bench".into(),
+        commit_id: format!("{commit:040x}"),
+        author: "bench".into(),
+        pipelineruns: (0..stages)
+            .map(|s| Pipelinerun {
+                name: format!("s{s}"),
+                stage: s as f64,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Creates `manifests` into `namespace`, `concurrency` at a time (with `outcome`, each followed
+/// by the one status write the simulator makes): the API server's raw rate for the same objects.
+async fn raw_creates(
+    stack: &Stack,
+    namespace: &str,
+    manifests: &[String],
+    concurrency: usize,
+    outcome: bool,
+) -> anyhow::Result<Duration> {
+    let api = tekton::pipelinerun_api(stack.client.clone(), tekton::API_VERSION, namespace);
+    let objects: Vec<DynamicObject> = manifests
+        .iter()
+        .map(|m| {
+            let mut obj: DynamicObject = serde_json::from_str(m)?;
+            obj.metadata.namespace = Some(namespace.to_string());
+            Ok(obj)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let start = Instant::now();
+    let failed = stream::iter(objects)
+        .map(|obj| {
+            let api = api.clone();
+            async move {
+                let created = api.create(&PostParams::default(), &obj).await;
+                match created {
+                    Ok(obj) if outcome => api
+                        .patch_status(&obj.name_any(), &PatchParams::default(), &succeeded())
+                        .await
+                        .is_err(),
+                    Ok(_) => false,
+                    Err(_) => true,
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    anyhow::ensure!(failed == 0, "{failed} raw creates failed");
+    Ok(start.elapsed())
+}
+
+/// The status the simulator writes for a run that succeeded.
+fn succeeded() -> Patch<serde_json::Value> {
+    Patch::Merge(serde_json::json!({"status": {"conditions": [{
+        "type": "Succeeded", "status": "True", "reason": "Succeeded",
+    }]}}))
+}
+
+/// Stage hand-off latency idle and under load, and end-to-end throughput against raw creates,
+/// with the simulator deciding every run at once.
+pub async fn bench_e2e(spans: &SpanTimes) -> anyhow::Result<()> {
+    let stack = Stack::start("bench-e2e", Duration::ZERO).await?;
+    let channel = tonic::transport::Channel::from_shared(stack.url())?
+        .connect()
+        .await?;
+    let client = StageTimeApplicationServiceClient::new(channel);
+    let watch = Watch::start(&stack).await?;
+
+    // Idle: one revision run of 30 single-run stages.
+    spans.take();
+    let reply = client
+        .clone()
+        .create_revision_run(chain(IDLE_STAGES, 1))
+        .await?
+        .into_inner();
+    let id = String::from_utf8(reply.success.map(|s| s.data).unwrap_or_default())?;
+    stack.wait_terminal(&id, Duration::from_secs(300)).await?;
+    let idle = handoffs(&watch.take(), &spans.take());
+    anyhow::ensure!(
+        idle.len() == IDLE_STAGES - 1,
+        "saw {} idle hand-offs",
+        idle.len()
+    );
+
+    // Load: 50 concurrent three-stage revision runs (5 PipelineRuns each).
+    let requests: Vec<CreateRevisionRunRequest> = (0..RUNS)
+        .map(|i| {
+            let mut req = example("three-stages.json")?;
+            req.commit_id = format!("{:040x}", 1000 + i);
+            Ok(req)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let start = Instant::now();
+    let ids: Vec<String> = stream::iter(requests)
+        .map(|req| {
+            let mut client = client.clone();
+            async move {
+                let reply = client.create_revision_run(req).await?.into_inner();
+                anyhow::Ok(String::from_utf8(
+                    reply.success.map(|s| s.data).unwrap_or_default(),
+                )?)
+            }
+        })
+        .buffer_unordered(RUNS)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let store = stack.store.clone();
+    let waiting = ids.clone();
+    wait_for(
+        "50 revision runs to finish",
+        Duration::from_secs(600),
+        || {
+            let store = store.clone();
+            let ids = waiting.clone();
+            async move {
+                for id in &ids {
+                    if !store.get(id).await.ok()?.phase.is_terminal() {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        },
+    )
+    .await?;
+    let took = start.elapsed();
+    let seen = watch.take();
+    let recorded = spans.take();
+    let loaded = handoffs(&seen, &recorded);
+
+    // Baseline in the same run: the same PipelineRuns created directly, as concurrently.
+    let mut manifests = Vec::new();
+    for id in &ids {
+        let rr = stack.store.get(id).await?;
+        let names: Vec<String> = rr
+            .stages
+            .iter()
+            .flat_map(|s| &s.runs)
+            .map(|r| r.pipeline_run.clone())
+            .collect();
+        manifests.extend(
+            stack
+                .store
+                .manifests(id, &names)
+                .await?
+                .into_iter()
+                .flatten(),
+        );
+    }
+    let runs = manifests.len();
+    let mut baselines = Vec::new();
+    for (what, concurrency, outcome) in [
+        ("raw creates one at a time", 1, false),
+        ("raw creates 50 at a time", RUNS, false),
+        (
+            "raw create + outcome status write, 50 at a time",
+            RUNS,
+            true,
+        ),
+    ] {
+        let ns = stack
+            .env
+            .namespace(&format!("bench-raw-{concurrency}-{outcome}"))
+            .await?;
+        let took = raw_creates(&stack, &ns, &manifests, concurrency, outcome).await?;
+        baselines.push((what, rate(runs, took)));
+    }
+
+    print_handoffs("idle", &idle);
+    print_handoffs(&format!("with {RUNS} revision runs in flight"), &loaded);
+    let e2e = rate(runs, took);
+    println!(
+        "e2e: {RUNS} concurrent revision runs ({runs} PipelineRuns in 3 stages) in {:.2} s: {e2e:.1} PipelineRuns/s end to end",
+        took.as_secs_f64(),
+    );
+    for (what, raw) in baselines {
+        println!(
+            "e2e:   vs {what} of the same {runs} PipelineRuns: {raw:.1}/s; ratio {:.2}",
+            e2e / raw
+        );
+    }
+    print_breakdown(&seen, &recorded);
+    Ok(())
+}
+
+/// Where a PipelineRun's time goes under load: mean span times of each component, and the
+/// simulated Tekton time between a run being created and its outcome.
+fn print_breakdown(seen: &[Seen], spans: &[SpanRecord]) {
+    let mut created: BTreeMap<&str, Instant> = BTreeMap::new();
+    let mut ended: BTreeMap<&str, Instant> = BTreeMap::new();
+    for s in seen {
+        created.entry(s.name.as_str()).or_insert(s.at);
+        if s.terminal {
+            ended.entry(s.name.as_str()).or_insert(s.at);
+        }
+    }
+    let mut tekton: Vec<Duration> = ended
+        .iter()
+        .filter_map(|(name, end)| Some(end.saturating_duration_since(*created.get(name)?)))
+        .collect();
+    tekton.sort();
+    let part = |name: &str, what: &str| {
+        let (n, mean, total) = summary(spans, name);
+        format!("{what} {n} x {:.2} ms = {:.0} ms", ms(mean), ms(total))
+    };
+    println!(
+        "e2e:   per step under load: {}; {}; {}; {}; simulated Tekton (created -> outcome seen) p50 {:.1} ms",
+        part("grpc", "gRPC create"),
+        part("stage_message", "creator stage message"),
+        part("create_pipelinerun", "of which create call"),
+        part("record", "informer record"),
+        ms(percentile(&tekton, 0.5)),
+    );
+}
