@@ -55,6 +55,10 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end }}
 - name: LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+{{- with .Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
 - name: ADMIN_ADDR
   value: "0.0.0.0:{{ .Values.adminPort }}"
 - name: TEKTON_API_VERSION

@@ -237,6 +237,10 @@ pub struct LogArgs {
     /// Log output format.
     #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub format: LogFormat,
+    /// OTLP/gRPC endpoint to export spans to (`http://otel-collector:4317`; `https://` verifies
+    /// with the system's roots); unset = no export.
+    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The admin endpoint: `/healthz`, `/readyz`, `/metrics`, on its own port apart from the API.

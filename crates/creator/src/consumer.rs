@@ -278,6 +278,9 @@ impl Creator {
             ),
             Err(_) => tracing::info_span!("stage_message", id = %delivery.id),
         };
+        if let Ok(m) = &delivery.message {
+            stagetime_common::telemetry::join_revision_run(&span, &m.rr);
+        }
         self.handle_in_span(delivery).instrument(span).await
     }
 

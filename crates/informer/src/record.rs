@@ -84,6 +84,7 @@ impl Recorder {
         observed: Observed,
     ) -> Recorded {
         let span = tracing::info_span!("record", rr, pipeline_run = obj.name);
+        stagetime_common::telemetry::join_revision_run(&span, rr);
         self.record_in_span(rr, obj, observed)
             .instrument(span)
             .await

@@ -8,6 +8,6 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", stagetime_operator::crd::crds_yaml()?);
         return Ok(());
     }
-    stagetime_common::telemetry::init(&args.log);
+    let _telemetry = stagetime_common::telemetry::init(&args.log, "stagetime-operator");
     stagetime_operator::run(args, stagetime_common::shutdown::signal()).await
 }

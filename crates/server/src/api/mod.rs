@@ -15,13 +15,15 @@ use stagetime_common::{
     model::{Phase, RevisionRun},
     request::{ConcurrencyPolicy, RevisionRequest},
     store::{Store, now_rfc3339},
+    telemetry,
 };
+use tracing::Instrument as _;
 
 use crate::{
     auth::{Auth, Caller},
     error::Error,
     metrics::Metrics,
-    render::{RenderSettings, render},
+    render::{RenderSettings, Rendered, render},
     watch::EventHub,
 };
 
@@ -143,7 +145,20 @@ impl Api {
         runs_field: &str,
     ) -> Result<(String, bool), Error> {
         let rendered = render(req, &self.settings, runs_field, &now_rfc3339())?;
-        tracing::Span::current().record("rr", rendered.rr.id.as_str());
+        let id = rendered.rr.id.clone();
+        tracing::Span::current().record("rr", id.as_str());
+        let span = tracing::info_span!("submit", rr = %id);
+        telemetry::join_revision_run(&span, &id);
+        self.submit(caller, req, rendered).instrument(span).await
+    }
+
+    /// Stores a rendered revision run and admits it (see [`Self::create`]).
+    async fn submit(
+        &self,
+        caller: &Caller,
+        req: &RevisionRequest,
+        rendered: Rendered,
+    ) -> Result<(String, bool), Error> {
         // Nothing is stored before the caller is known to be allowed in every namespace.
         self.allow(caller, "create", &rendered.rr).await?;
         let policy = req
@@ -162,6 +177,10 @@ impl Api {
             return Ok((created.id, false));
         }
         self.metrics.created();
+        telemetry::revision_run_started(
+            &created.id,
+            &[("repo", &req.repo_name), ("commit", &req.commit_id)],
+        );
         tracing::info!(rr = %created.id, runs = rendered.manifests.len(), queued = created.queued, "revision run created");
         if let Some(concurrency) = &rendered.rr.concurrency {
             if policy == ConcurrencyPolicy::Supersede {
@@ -232,6 +251,12 @@ impl Api {
             });
         }
         tracing::Span::current().record("rr", id);
+        let span = tracing::info_span!("cancel", rr = %id);
+        telemetry::join_revision_run(&span, id);
+        self.cancel_in_span(caller, id).instrument(span).await
+    }
+
+    async fn cancel_in_span(&self, caller: &Caller, id: &str) -> Result<RevisionRun, Error> {
         // An unrestricted caller needs no extra read of the run.
         if !caller.is_unrestricted() {
             self.allow(caller, "create", &self.store.get(id).await?)
@@ -264,6 +289,12 @@ impl Api {
             });
         }
         tracing::Span::current().record("rr", id);
+        let span = tracing::info_span!("retry", rr = %id);
+        telemetry::join_revision_run(&span, id);
+        self.retry_in_span(caller, id).instrument(span).await
+    }
+
+    async fn retry_in_span(&self, caller: &Caller, id: &str) -> Result<RevisionRun, Error> {
         let rr = self.store.get(id).await?;
         self.allow(caller, "create", &rr).await?;
         let manifests = self.next_attempt_manifests(&rr).await?;

@@ -27,7 +27,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    stagetime_common::telemetry::init(&args.log);
+    let _telemetry = stagetime_common::telemetry::init(&args.log, "stagetime-tekton-sim");
     let client = args.kube.client().await?;
     let config = SimConfig {
         delay: Duration::from_millis(args.delay_ms),
