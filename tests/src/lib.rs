@@ -116,7 +116,7 @@ impl Stack {
             Keys::new(&prefix, &format!("{prefix}:stages")),
         )
         .await?;
-        store.ensure_group().await?;
+        store.queue().ensure_group().await?;
         let ns = env.namespace(test).await?;
         let client = env.kube_client().await?;
         let api = Api::new(

@@ -280,7 +280,7 @@ async fn sigterm_stops_busy_services_within_two_seconds() -> anyhow::Result<()> 
         Duration::from_secs(30),
         || {
             let store = store.clone();
-            async move { (store.pending_count().await.ok()? == 1).then_some(()) }
+            async move { (store.queue().pending_count().await.ok()? == 1).then_some(()) }
         },
     )
     .await?;
@@ -291,7 +291,7 @@ async fn sigterm_stops_busy_services_within_two_seconds() -> anyhow::Result<()> 
         "creator took {took:?} mid-create"
     );
     assert_eq!(
-        store.pending_count().await?,
+        store.queue().pending_count().await?,
         1,
         "the unfinished message stays pending"
     );

@@ -149,7 +149,7 @@ async fn cancel_racing_a_stage_hand_off_never_creates_a_later_stage() -> anyhow:
         let store = stack.store.clone();
         wait_for("the creator idle", FINISH, || {
             let store = store.clone();
-            async move { (store.pending_count().await.ok()? == 0).then_some(()) }
+            async move { (store.queue().pending_count().await.ok()? == 0).then_some(()) }
         })
         .await?;
         let created = stack.pipelineruns().await?;

@@ -6,8 +6,11 @@
 //! - [`request`]: the typed request both APIs parse into, and the deterministic id.
 //! - [`validate`]: the one validation of a request, with size limits.
 //! - [`machine`]: the stage state machine as pure functions.
-//! - [`store`]: the Redis store with the atomic *record and advance* step.
-//! - [`stream`]: stage stream consumer-group helpers, dead letters, change events.
+//! - [`store`]: the Redis store's revision-run documents, with the atomic *record and advance*
+//!   step; its two other roles have types of their own:
+//! - [`stream`]: the stage queue ([`stream::StageQueue`]): the creators' consumer group, dead
+//!   letters.
+//! - [`events`]: the event log ([`events::EventLog`]) gRPC `Watch` follows.
 //! - [`admission`]: concurrency groups: who is admitted next.
 //! - [`keys`]: every Redis key name.
 //! - [`lease`]: leader election with a `coordination.k8s.io` Lease.
@@ -22,6 +25,7 @@ pub mod admin;
 pub mod admission;
 pub mod config;
 pub mod error;
+pub mod events;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixture;
 pub mod keys;

@@ -1,5 +1,7 @@
-//! The Redis store: one RedisJSON document per revision run, indexes, and the atomic
-//! *record and advance* step.
+//! The Redis store's revision-run documents: one RedisJSON document per revision run, indexes,
+//! and the atomic *record and advance* step. The store's two other roles have their own types,
+//! handed out by the same [`Store`] (one connection): the stage queue ([`Store::queue`]) and the
+//! event log ([`Store::events`]).
 //!
 //! Every state change is a compare-and-set: the new document is computed in Rust by the
 //! [`crate::machine`] (the only place the stage rules live) and written by one Lua script that

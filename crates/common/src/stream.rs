@@ -1,7 +1,8 @@
-//! The stage stream (consumer group of the creators), its dead-letter stream, and the event stream
-//! Watch follows.
+//! The stage queue: the stage stream the creators consume as one group, and its dead-letter
+//! stream (one of the store's three roles, beside the documents in [`crate::store`] and the
+//! event log in [`crate::events`]).
 //!
-//! Blocking reads get a connection of their own ([`Store::blocking_reader`]): a `BLOCK` on the
+//! Blocking reads get a connection of their own ([`StageQueue::reader`]): a `BLOCK` on the
 //! shared multiplexed connection would stall every other command queued behind it.
 
 use std::{collections::HashMap, time::Duration};
@@ -14,7 +15,7 @@ use redis::{
 
 use crate::{
     error::{Error, Result, redis_err},
-    keys::CREATOR_GROUP,
+    keys::{CREATOR_GROUP, Keys},
     store::{Store, connection},
 };
 
@@ -125,18 +126,42 @@ fn parse_message(id: &str, map: &HashMap<&str, &str>) -> Result<StageMessage> {
     })
 }
 
-/// A dedicated connection for blocking stream reads.
+/// The stage queue: the creators' consumer group on the stage stream, and its dead-letter
+/// stream. Cheap to clone; shares the store's connection ([`Store::queue`]).
 #[derive(Clone)]
-pub struct BlockingReader {
+pub struct StageQueue {
+    client: redis::Client,
+    conn: ConnectionManager,
+    keys: Keys,
+}
+
+/// A dedicated connection for blocking reads of the stage queue ([`StageQueue::reader`]).
+pub struct StageReader {
     conn: ConnectionManager,
     block: Duration,
+    keys: Keys,
 }
 
 impl Store {
-    /// A connection for blocking reads that wait at most `block` each.
-    pub async fn blocking_reader(&self, block: Duration) -> Result<BlockingReader> {
+    /// The stage queue of this store's keys.
+    pub fn queue(&self) -> StageQueue {
+        StageQueue {
+            client: self.client.clone(),
+            conn: self.conn.clone(),
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+impl StageQueue {
+    /// A connection of its own for reads that block at most `block` each.
+    pub async fn reader(&self, block: Duration) -> Result<StageReader> {
         let conn = connection(&self.client, block + Duration::from_secs(10)).await?;
-        Ok(BlockingReader { conn, block })
+        Ok(StageReader {
+            conn,
+            block,
+            keys: self.keys.clone(),
+        })
     }
 
     /// Creates the creators' consumer group (and the stream) if missing. Starts at the beginning
@@ -361,65 +386,11 @@ impl Store {
             .await
             .map_err(redis_err("trim stage stream"))
     }
-
-    /// Up to `count` change events after `after` (exclusive), oldest first.
-    pub async fn events_after(&self, after: &str, count: usize) -> Result<Vec<ChangeEvent>> {
-        let mut conn = self.conn.clone();
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.keys.events())
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("read events"))?;
-        Ok(reply
-            .ids
-            .into_iter()
-            .map(|e| ChangeEvent {
-                rr: e.get::<String>("rr").unwrap_or_default(),
-                id: e.id,
-            })
-            .collect())
-    }
-
-    /// Id of the newest event (`0-0` when there is none), to follow events from now on.
-    pub async fn last_event_id(&self) -> Result<String> {
-        let mut conn = self.conn.clone();
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(self.keys.events())
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("last event id"))?;
-        Ok(reply
-            .ids
-            .first()
-            .map_or_else(|| "0-0".to_string(), |e| e.id.clone()))
-    }
 }
 
-/// A change event: the revision run `rr` was stored at `version`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChangeEvent {
-    /// Event stream id.
-    pub id: String,
-    /// Revision run id.
-    pub rr: String,
-}
-
-impl BlockingReader {
+impl StageReader {
     /// Reads new stage messages for `consumer`, waiting up to the reader's block time.
-    pub async fn read_stage(
-        &mut self,
-        store: &Store,
-        consumer: &str,
-        count: usize,
-    ) -> Result<Vec<Delivery>> {
+    pub async fn read(&mut self, consumer: &str, count: usize) -> Result<Vec<Delivery>> {
         let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(CREATOR_GROUP)
@@ -429,7 +400,7 @@ impl BlockingReader {
             .arg("BLOCK")
             .arg(self.block.as_millis() as u64)
             .arg("STREAMS")
-            .arg(store.keys.stage_stream())
+            .arg(self.keys.stage_stream())
             .arg(">")
             .query_async(&mut self.conn)
             .await
@@ -439,30 +410,6 @@ impl BlockingReader {
             .flat_map(|r| r.keys)
             .flat_map(|k| k.ids)
             .map(Delivery::from_entry)
-            .collect())
-    }
-
-    /// Reads change events after `after`, waiting up to the reader's block time.
-    pub async fn read_events(&mut self, store: &Store, after: &str) -> Result<Vec<ChangeEvent>> {
-        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(500)
-            .arg("BLOCK")
-            .arg(self.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(store.keys.events())
-            .arg(after)
-            .query_async(&mut self.conn)
-            .await
-            .map_err(redis_err("read events"))?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(|e| ChangeEvent {
-                rr: e.get::<String>("rr").unwrap_or_default(),
-                id: e.id,
-            })
             .collect())
     }
 }

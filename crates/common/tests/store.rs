@@ -147,14 +147,14 @@ async fn finishing_records_the_phase_and_emits_events() -> anyhow::Result<()> {
             &[],
         )
         .await?;
-    let before = store.last_event_id().await?;
+    let before = store.events().last_event_id().await?;
     let updated = store.record("rr3", "rr3-0-a", &Observed::Deleted).await?;
     assert_eq!(updated.rr.phase, Phase::Failed);
     assert_eq!(updated.rr.stages[0].runs[0].state, RunState::Failed);
-    let after = store.last_event_id().await?;
+    let after = store.events().last_event_id().await?;
     assert_ne!(before, after, "no watch event for the change");
-    let mut reader = store.blocking_reader(Duration::from_millis(100)).await?;
-    let events = reader.read_events(&store, &before).await?;
+    let mut reader = store.events().follower(Duration::from_millis(100)).await?;
+    let events = reader.read(&before).await?;
     assert_eq!(
         events.iter().map(|e| e.rr.as_str()).collect::<Vec<_>>(),
         vec!["rr3"]
@@ -251,7 +251,7 @@ async fn list_filters_and_paginates_newest_first() -> anyhow::Result<()> {
 #[tokio::test]
 async fn reclaim_finds_idle_messages_behind_a_long_busy_pending_list() -> anyhow::Result<()> {
     let (store, mut conn) = store("reclaim").await?;
-    store.ensure_group().await?;
+    store.queue().ensure_group().await?;
     let stream = store.keys().stage_stream().to_string();
     for i in 0..1100 {
         let _: String = redis::cmd("XADD")
@@ -266,8 +266,8 @@ async fn reclaim_finds_idle_messages_behind_a_long_busy_pending_list() -> anyhow
             .query_async(&mut conn)
             .await?;
     }
-    let mut reader = store.blocking_reader(Duration::from_millis(200)).await?;
-    let delivered = reader.read_stage(&store, "busy", 2000).await?;
+    let mut reader = store.queue().reader(Duration::from_millis(200)).await?;
+    let delivered = reader.read("busy", 2000).await?;
     assert_eq!(delivered.len(), 1100);
     // Only the last 50 have been idle long (their consumer died); the first 1050 are in flight.
     // XAUTOCLAIM scans at most ten times COUNT entries per call, so only following its cursor
@@ -283,6 +283,7 @@ async fn reclaim_finds_idle_messages_behind_a_long_busy_pending_list() -> anyhow
     idle.arg("IDLE").arg(600_000);
     let _: redis::Value = idle.query_async(&mut conn).await?;
     let claimed = store
+        .queue()
         .claim_idle("alive", Duration::from_secs(300), 100)
         .await?;
     let ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
@@ -313,8 +314,8 @@ async fn malformed_documents_and_messages_are_errors() -> anyhow::Result<()> {
         Err(Error::NotFound { .. })
     ));
 
-    store.ensure_group().await?;
-    store.ensure_group().await?; // idempotent
+    store.queue().ensure_group().await?;
+    store.queue().ensure_group().await?; // idempotent
     let _: String = redis::cmd("XADD")
         .arg(store.keys().stage_stream())
         .arg("*")
@@ -324,19 +325,20 @@ async fn malformed_documents_and_messages_are_errors() -> anyhow::Result<()> {
         .arg("one")
         .query_async(&mut conn)
         .await?;
-    let mut reader = store.blocking_reader(Duration::from_millis(200)).await?;
-    let got = reader.read_stage(&store, "c1", 10).await?;
+    let mut reader = store.queue().reader(Duration::from_millis(200)).await?;
+    let got = reader.read("c1", 10).await?;
     assert_eq!(got.len(), 1);
     assert!(got[0].message.is_err());
-    assert_eq!(store.pending_count().await?, 1);
+    assert_eq!(store.queue().pending_count().await?, 1);
     // Another consumer reclaims it once idle; dead-lettering acks it.
-    let claimed = store.claim_idle("c2", Duration::ZERO, 10).await?;
+    let claimed = store.queue().claim_idle("c2", Duration::ZERO, 10).await?;
     assert_eq!(claimed.len(), 1);
-    assert_eq!(store.delivery_count(&claimed[0].id).await?, 2);
+    assert_eq!(store.queue().delivery_count(&claimed[0].id).await?, 2);
     store
+        .queue()
         .dead_letter(&claimed[0], "stage is not a number")
         .await?;
-    assert_eq!(store.pending_count().await?, 0);
+    assert_eq!(store.queue().pending_count().await?, 0);
     let dlq: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(store.keys().dead_letter())
         .arg("-")
@@ -641,7 +643,7 @@ async fn stream_ids(
 #[tokio::test]
 async fn trimming_removes_only_processed_stage_messages() -> anyhow::Result<()> {
     let (store, mut conn) = store("trim").await?;
-    store.ensure_group().await?;
+    store.queue().ensure_group().await?;
     for id in ["trim-1", "trim-2", "trim-3"] {
         store
             .create(
@@ -652,8 +654,8 @@ async fn trimming_removes_only_processed_stage_messages() -> anyhow::Result<()> 
             )
             .await?;
     }
-    let mut reader = store.blocking_reader(Duration::from_millis(100)).await?;
-    let delivered = reader.read_stage(&store, "c1", 10).await?;
+    let mut reader = store.queue().reader(Duration::from_millis(100)).await?;
+    let delivered = reader.read("c1", 10).await?;
     let ids: Vec<String> = delivered.iter().map(|d| d.id.clone()).collect();
     assert_eq!(ids.len(), 3);
     // One more message that no creator has read yet.
@@ -668,22 +670,22 @@ async fn trimming_removes_only_processed_stage_messages() -> anyhow::Result<()> 
     let undelivered = stream_ids(&store, &mut conn).await?[3].clone();
 
     // The first and third are done, the second is still pending: only the first may go.
-    store.ack(&ids[0]).await?;
-    store.ack(&ids[2]).await?;
-    assert_eq!(store.trim_stage_stream().await?, 1);
+    store.queue().ack(&ids[0]).await?;
+    store.queue().ack(&ids[2]).await?;
+    assert_eq!(store.queue().trim_stage_stream().await?, 1);
     assert_eq!(
         stream_ids(&store, &mut conn).await?,
         [ids[1].clone(), ids[2].clone(), undelivered.clone()]
     );
     // Nothing pending: everything delivered goes, the unread message stays and is still read.
-    store.ack(&ids[1]).await?;
-    assert_eq!(store.trim_stage_stream().await?, 2);
+    store.queue().ack(&ids[1]).await?;
+    assert_eq!(store.queue().trim_stage_stream().await?, 2);
     assert_eq!(
         stream_ids(&store, &mut conn).await?,
         std::slice::from_ref(&undelivered)
     );
-    assert_eq!(store.trim_stage_stream().await?, 0);
-    let later = reader.read_stage(&store, "c1", 10).await?;
+    assert_eq!(store.queue().trim_stage_stream().await?, 0);
+    let later = reader.read("c1", 10).await?;
     assert_eq!(
         later.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
         [undelivered]

@@ -22,7 +22,7 @@ use stagetime_common::{
     machine::Observed,
     model::{RevisionRun, Run, RunState, StageState},
     store::Store,
-    stream::{Delivery, StageMessage, StageOp},
+    stream::{Delivery, StageMessage, StageOp, StageQueue},
     tekton,
 };
 use tokio::{sync::Semaphore, task::JoinSet};
@@ -106,6 +106,7 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct Creator {
     store: Store,
+    queue: StageQueue,
     client: kube::Client,
     settings: Arc<Settings>,
     metrics: Metrics,
@@ -134,6 +135,7 @@ impl Creator {
     /// A creator over a store and a cluster.
     pub fn new(store: Store, client: kube::Client, settings: Settings, metrics: Metrics) -> Self {
         Self {
+            queue: store.queue(),
             store,
             client,
             settings: Arc::new(settings),
@@ -150,8 +152,8 @@ impl Creator {
 
     /// Consumes until `shutdown`, then finishes (and acks) the messages in flight.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-        self.store.ensure_group().await?;
-        let mut reader = self.store.blocking_reader(self.settings.block).await?;
+        self.queue.ensure_group().await?;
+        let mut reader = self.queue.reader(self.settings.block).await?;
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut tasks = JoinSet::new();
         let mut next_reclaim = tokio::time::Instant::now();
@@ -164,7 +166,7 @@ impl Creator {
                 next_reclaim = tokio::time::Instant::now() + self.settings.visibility_timeout / 4;
                 let ours: Vec<String> = lock(&self.in_flight).iter().cloned().collect();
                 if let Err(error) = self
-                    .store
+                    .queue
                     .keep_claimed(&self.settings.consumer, &ours)
                     .await
                 {
@@ -177,7 +179,7 @@ impl Creator {
             }
             if tokio::time::Instant::now() >= next_trim {
                 next_trim = tokio::time::Instant::now() + TRIM_INTERVAL;
-                match self.store.trim_stage_stream().await {
+                match self.queue.trim_stage_stream().await {
                     Ok(removed) => {
                         self.metrics.trimmed.inc_by(removed);
                     }
@@ -187,13 +189,13 @@ impl Creator {
             let free = permits.available_permits().max(1);
             tokio::select! {
                 () = &mut shutdown => break,
-                read = reader.read_stage(&self.store, &self.settings.consumer, free) => match read {
+                read = reader.read(&self.settings.consumer, free) => match read {
                     Ok(read) => deliveries.extend(read),
                     Err(error) => {
                         tracing::warn!(%error, "cannot read the stage stream; retrying");
                         if error.is_missing_group() {
                             // The stream or its group vanished (e.g. Redis lost its data): recreate it.
-                            if let Err(error) = self.store.ensure_group().await {
+                            if let Err(error) = self.queue.ensure_group().await {
                                 tracing::warn!(%error, "cannot recreate the consumer group");
                             }
                         }
@@ -241,7 +243,7 @@ impl Creator {
     }
 
     async fn refresh_pending(&self) {
-        if let Ok(n) = self.store.pending_count().await {
+        if let Ok(n) = self.queue.pending_count().await {
             self.metrics
                 .pending
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -251,7 +253,7 @@ impl Creator {
     /// Claims messages idle past the visibility timeout.
     pub async fn reclaim(&self) -> Result<Vec<Delivery>> {
         let claimed = self
-            .store
+            .queue
             .claim_idle(
                 &self.settings.consumer,
                 self.settings.visibility_timeout,
@@ -328,7 +330,7 @@ impl Creator {
                 }
             }
         }
-        match self.store.ack(&delivery.id).await {
+        match self.queue.ack(&delivery.id).await {
             Ok(()) => Outcome::Acked,
             Err(error) => Outcome::Retry(format!("ack failed: {error}")),
         }
@@ -340,7 +342,7 @@ impl Creator {
         message: &StageMessage,
         error: &Error,
     ) -> Outcome {
-        let deliveries = self.store.delivery_count(&delivery.id).await.unwrap_or(0);
+        let deliveries = self.queue.delivery_count(&delivery.id).await.unwrap_or(0);
         if deliveries >= self.settings.max_deliveries {
             let reason = format!("gave up after {deliveries} deliveries: {error}");
             return self
@@ -378,7 +380,7 @@ impl Creator {
             }
             tracing::error!(%error, rr = %message.rr, "cannot mark runs failed");
         }
-        match self.store.dead_letter(delivery, reason).await {
+        match self.queue.dead_letter(delivery, reason).await {
             Ok(()) => {
                 self.metrics.dead_lettered(label);
                 Outcome::DeadLettered(reason.to_string())

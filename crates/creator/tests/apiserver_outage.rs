@@ -31,7 +31,7 @@ async fn messages_wait_for_the_api_server_and_are_applied_after_it_returns() -> 
     wait_for(
         "the message to be delivered and left pending",
         Duration::from_secs(30),
-        || async { (f.store.pending_count().await.ok()? == 1).then_some(()) },
+        || async { (f.store.queue().pending_count().await.ok()? == 1).then_some(()) },
     )
     .await?;
     let rr = f.store.get(&id).await?;
@@ -59,6 +59,6 @@ async fn messages_wait_for_the_api_server_and_are_applied_after_it_returns() -> 
     stop.send(true)?;
     runner.await??;
     assert_eq!(f.pipelineruns().await?.len(), 2);
-    assert_eq!(f.store.pending_count().await?, 0);
+    assert_eq!(f.store.queue().pending_count().await?, 0);
     Ok(())
 }

@@ -19,8 +19,8 @@ async fn read_one(
     f: &Fixture,
     consumer: &str,
 ) -> anyhow::Result<stagetime_common::stream::Delivery> {
-    let mut reader = f.store.blocking_reader(Duration::from_millis(500)).await?;
-    let mut got = reader.read_stage(&f.store, consumer, 1).await?;
+    let mut reader = f.store.queue().reader(Duration::from_millis(500)).await?;
+    let mut got = reader.read(consumer, 1).await?;
     got.pop().ok_or_else(|| anyhow::anyhow!("no stage message"))
 }
 
@@ -36,7 +36,7 @@ async fn an_open_stage_becomes_its_pipelineruns_and_is_acked() -> anyhow::Result
     let creator = f.creator("c1", fast());
     let delivery = read_one(&f, "c1").await?;
     assert_eq!(creator.handle(delivery).await, Outcome::Acked);
-    assert_eq!(f.store.pending_count().await?, 0);
+    assert_eq!(f.store.queue().pending_count().await?, 0);
 
     let prs = f.pipelineruns().await?;
     let suffix = stagetime_server::render::name_suffix(&id);
@@ -137,7 +137,7 @@ async fn redelivery_and_a_crash_before_ack_create_nothing_twice() -> anyhow::Res
         before,
         "a PipelineRun was recreated"
     );
-    assert_eq!(f.store.pending_count().await?, 0);
+    assert_eq!(f.store.queue().pending_count().await?, 0);
     let rr = f.store.get(&id).await?;
     assert!(
         rr.stages[0]
@@ -227,7 +227,7 @@ async fn two_creators_at_once_create_each_pipelinerun_once() -> anyhow::Result<(
         prs.iter().all(|p| p.metadata.generation == Some(1)),
         "an object was re-applied with changes"
     );
-    assert_eq!(f.store.pending_count().await?, 0);
+    assert_eq!(f.store.queue().pending_count().await?, 0);
     Ok(())
 }
 
@@ -356,7 +356,7 @@ async fn poison_messages_are_dead_lettered_and_runs_fail_instead_of_hanging() ->
         .query_async(&mut conn)
         .await?;
     assert_eq!(dlq.ids.len(), 3);
-    assert_eq!(f.store.pending_count().await?, 0);
+    assert_eq!(f.store.queue().pending_count().await?, 0);
     // The creator keeps serving: the good run was created after the poison messages.
     assert_eq!(
         rr.stages[0]

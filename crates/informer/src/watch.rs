@@ -251,6 +251,7 @@ impl Informer {
             match self
                 .recorder
                 .store
+                .queue()
                 .republish_stage(&rr.id, stage.number, rr.attempt)
                 .await
             {

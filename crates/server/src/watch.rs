@@ -10,7 +10,11 @@
 use std::time::Duration;
 
 use futures::Stream;
-use stagetime_common::{model::RevisionRun, store::Store, stream::ChangeEvent};
+use stagetime_common::{
+    events::{ChangeEvent, EventLog},
+    model::RevisionRun,
+    store::Store,
+};
 use stagetime_proto::stagetime::v1 as pb;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -41,10 +45,11 @@ impl EventHub {
         block: Duration,
         closing: watch::Receiver<bool>,
     ) -> Result<Self, Error> {
-        let cursor = store.last_event_id().await?;
+        let events = store.events();
+        let cursor = events.last_event_id().await?;
         let (tx, _) = broadcast::channel(FAN_OUT_CAPACITY);
         tokio::spawn(read_events(
-            store,
+            events,
             block,
             closing.clone(),
             cursor,
@@ -59,7 +64,7 @@ impl EventHub {
 }
 
 async fn read_events(
-    store: Store,
+    events: EventLog,
     block: Duration,
     mut closing: watch::Receiver<bool>,
     mut cursor: String,
@@ -70,9 +75,9 @@ async fn read_events(
         let step = async {
             let reader = match &mut reader {
                 Some(r) => r,
-                None => reader.insert(store.blocking_reader(block).await?),
+                None => reader.insert(events.follower(block).await?),
             };
-            reader.read_events(&store, &cursor).await
+            reader.read(&cursor).await
         };
         let events = tokio::select! {
             () = async { drop(closing.wait_for(|c| *c).await) } => return,
@@ -120,7 +125,7 @@ pub async fn start(
     let events = hub.subscribe();
     let closing = hub.closing.clone();
     let cursor = if resume.is_empty() {
-        store.last_event_id().await?
+        store.events().last_event_id().await?
     } else {
         resume.clone()
     };
@@ -210,7 +215,12 @@ impl Watch {
     /// Reads the event stream itself from the cursor to its end.
     async fn catch_up(&mut self) -> Next {
         loop {
-            let page = match self.store.events_after(&self.cursor, CATCH_UP_PAGE).await {
+            let page = match self
+                .store
+                .events()
+                .events_after(&self.cursor, CATCH_UP_PAGE)
+                .await
+            {
                 Ok(page) => page,
                 Err(error) => return self.fail(Error::from(error)).await,
             };

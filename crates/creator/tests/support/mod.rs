@@ -26,7 +26,7 @@ impl Fixture {
     pub async fn new(test: &str) -> anyhow::Result<Self> {
         let env = TestEnv::shared().await?;
         let store = env.store(test).await?;
-        store.ensure_group().await?;
+        store.queue().ensure_group().await?;
         Ok(Self {
             env,
             store,
