@@ -57,13 +57,31 @@ impl Drop for Proc {
     }
 }
 
-/// Prints the idle RSS of every service and the informer's RSS at 10,000 watched PipelineRuns.
+/// The static binaries `./taskw image` puts into the image, if they were built.
+fn image_binaries() -> Option<PathBuf> {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/x86_64-unknown-linux-musl/image");
+    dir.join("stagetime-informer").exists().then_some(dir)
+}
+
+/// Prints the idle RSS of every service and the informer's RSS at 10,000 watched PipelineRuns,
+/// for the release build (glibc) and, when `./taskw image` built them, the image's static
+/// binaries (musl, as deployed).
 pub async fn bench_rss() -> anyhow::Result<()> {
+    let release = release_binaries()?;
+    rss_of(&release, "release").await?;
+    match image_binaries() {
+        Some(image) => rss_of(&image, "image").await?,
+        None => println!("rss: image binaries not built (./taskw image builds them)"),
+    }
+    Ok(())
+}
+
+async fn rss_of(bins: &std::path::Path, build: &str) -> anyhow::Result<()> {
     const OBJECTS: usize = 10_000;
-    let bins = release_binaries()?;
     let env = TestEnv::shared().await?;
-    let ns = env.namespace("bench-rss").await?;
-    let prefix = env.redis_prefix("bench-rss");
+    let ns = env.namespace(&format!("bench-rss-{build}")).await?;
+    let prefix = env.redis_prefix(&format!("bench-rss-{build}"));
     let mut informer = None;
     for bin in [
         "stagetime-server",
@@ -96,7 +114,7 @@ pub async fn bench_rss() -> anyhow::Result<()> {
             },
         )
         .await?;
-        println!("rss: {bin} idle: {:.1} MiB", rss_mib(proc.0.id())?);
+        println!("rss: {build} {bin} idle: {:.1} MiB", rss_mib(proc.0.id())?);
         if bin == "stagetime-informer" {
             informer = Some((proc, admin));
         }
@@ -143,7 +161,7 @@ pub async fn bench_rss() -> anyhow::Result<()> {
     )
     .await?;
     println!(
-        "rss: stagetime-informer watching {OBJECTS} PipelineRuns: {:.1} MiB",
+        "rss: {build} stagetime-informer watching {OBJECTS} PipelineRuns: {:.1} MiB",
         rss_mib(proc.0.id())?
     );
     Ok(())

@@ -99,7 +99,19 @@ fn ten_run_request(i: usize) -> CreateRevisionRunRequest {
 
 /// CreateRevisionRun throughput and latency next to raw Redis round trips.
 async fn bench_server() -> anyhow::Result<()> {
-    let stack = Stack::start("bench-server", Duration::from_secs(3600)).await?;
+    let mut stack = Stack::start("bench-server", Duration::from_secs(3600)).await?;
+    // The server alone: in a deployment the creator, informer and API server run elsewhere;
+    // here they would share the two cores and create thousands of PipelineRuns meanwhile.
+    for component in [
+        stack.creator.take(),
+        stack.informer.take(),
+        stack.simulator.take(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        component.stop().await;
+    }
     let env = TestEnv::shared().await?;
     let mut next = 0;
     for clients in [1usize, 8, 32] {
