@@ -199,8 +199,13 @@ async fn sigterm_stops_busy_services_within_two_seconds() -> anyhow::Result<()> 
     let bins = binaries()?;
     let prefix = env.redis_prefix("sigterm-busy");
     let ns = env.namespace("sigterm-busy").await?;
+    // Spans are exported to a collector that accepts connections and never answers: the last
+    // flush must not hold up the shutdown either.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let otlp = format!("http://{}", black_hole.local_addr()?);
     let spawn = |bin: &str, args: &[&str], kubeconfig: &std::path::Path, admin: u16| {
         Command::new(bins.join(bin))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(args)
             .env("REDIS_URL", env.redis.url())

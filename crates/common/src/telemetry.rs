@@ -12,7 +12,7 @@
 //! the informer's record — joins it with [`join_revision_run`], in whatever process and
 //! however late (a retry a day later, a creator that reclaimed a message after a crash).
 
-use std::{cell::Cell, sync::OnceLock};
+use std::{cell::Cell, sync::OnceLock, time::Duration};
 
 use opentelemetry::{
     Context, KeyValue,
@@ -56,7 +56,11 @@ impl IdGenerator for RunIds {
     }
 }
 
-/// Flushes exported spans when dropped (at the end of `main`).
+/// Longest wait for the last spans at exit: a collector that is down or hangs must not hold a
+/// stopping service past its shutdown budget (every service stops within 2 s of SIGTERM).
+const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Flushes exported spans when dropped (at the end of `main`), for at most [`FLUSH_TIMEOUT`].
 #[must_use = "dropping it ends the OTLP export"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
@@ -65,7 +69,7 @@ pub struct Telemetry {
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take()
-            && let Err(error) = provider.shutdown()
+            && let Err(error) = provider.shutdown_with_timeout(FLUSH_TIMEOUT)
         {
             eprintln!("cannot flush the OTLP export: {error}");
         }
