@@ -18,6 +18,7 @@ use stagetime_proto::revisionrun::{
     CreateRevisionRunRequest, Pipelinerun,
     stage_time_application_service_client::StageTimeApplicationServiceClient,
 };
+use tonic::transport::Channel;
 
 use crate::{
     Stack, example,
@@ -362,12 +363,7 @@ fn cpu_seconds() -> BTreeMap<String, f64> {
 /// Stage hand-off latency idle and under load, and end-to-end throughput against raw creates,
 /// with the simulator deciding every run at once.
 pub async fn bench_e2e(spans: &SpanTimes) -> anyhow::Result<()> {
-    let stack = Stack::start("bench-e2e", Duration::ZERO).await?;
-    let channel = tonic::transport::Channel::from_shared(stack.url())?
-        .connect()
-        .await?;
-    let client = StageTimeApplicationServiceClient::new(channel);
-    let watch = Watch::start(&stack).await?;
+    let (stack, client, watch) = watched_stack("bench-e2e", Duration::ZERO).await?;
 
     // Idle: one revision run of 30 single-run stages.
     spans.take();
@@ -431,12 +427,7 @@ pub async fn bench_e2e(spans: &SpanTimes) -> anyhow::Result<()> {
 /// zero-delay load below measures a saturated API server instead).
 async fn busy_handoffs(spans: &SpanTimes) -> anyhow::Result<()> {
     const PIPELINE: Duration = Duration::from_secs(1);
-    let stack = Stack::start("bench-e2e-busy", PIPELINE).await?;
-    let channel = tonic::transport::Channel::from_shared(stack.url())?
-        .connect()
-        .await?;
-    let client = StageTimeApplicationServiceClient::new(channel);
-    let watch = Watch::start(&stack).await?;
+    let (stack, client, watch) = watched_stack("bench-e2e-busy", PIPELINE).await?;
     spans.take();
     let mut pace = tokio::time::interval(PIPELINE / RUNS as u32);
     let mut ids = Vec::new();
@@ -458,12 +449,28 @@ async fn busy_handoffs(spans: &SpanTimes) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A stack whose simulated pipelines take `delay`, a client of its server, and the benchmark's
+/// watch of its PipelineRuns.
+async fn watched_stack(
+    name: &str,
+    delay: Duration,
+) -> anyhow::Result<(Stack, StageTimeApplicationServiceClient<Channel>, Watch)> {
+    let stack = Stack::start(name, delay).await?;
+    let channel = Channel::from_shared(stack.url())?.connect().await?;
+    let watch = Watch::start(&stack).await?;
+    Ok((
+        stack,
+        StageTimeApplicationServiceClient::new(channel),
+        watch,
+    ))
+}
+
 /// Rounds of the throughput measurement.
 const ROUNDS: usize = 3;
 
 /// Submits one compat request and returns the revision run id.
 async fn create(
-    client: &StageTimeApplicationServiceClient<tonic::transport::Channel>,
+    client: &StageTimeApplicationServiceClient<Channel>,
     req: CreateRevisionRunRequest,
 ) -> anyhow::Result<String> {
     let reply = client.clone().create_revision_run(req).await?.into_inner();
@@ -485,7 +492,7 @@ struct Load {
 /// 50 concurrent three-stage revision runs, from submission until all are terminal.
 async fn load_round(
     stack: &Stack,
-    client: &StageTimeApplicationServiceClient<tonic::transport::Channel>,
+    client: &StageTimeApplicationServiceClient<Channel>,
     watch: &Watch,
     spans: &SpanTimes,
     round: usize,
