@@ -217,17 +217,29 @@ impl Stack {
         resync: Duration,
         stale: Duration,
     ) -> Component {
-        let informer = Informer::new(
+        self.run_informer(
+            self.informer_via(client, namespace)
+                .with_resync(resync)
+                .with_stale_stage(stale),
+        )
+    }
+
+    /// An informer of this stack's store talking to the API server through `client`, with the
+    /// defaults; [`Self::run_informer`] starts it.
+    pub fn informer_via(&self, client: kube::Client, namespace: &str) -> Informer {
+        Informer::new(
             client,
-            "tekton.dev/v1",
+            stagetime_common::tekton::API_VERSION,
             namespace,
             Recorder {
                 store: self.store.clone(),
                 metrics: stagetime_informer::metrics::Metrics::register(&mut Registry::default()),
             },
         )
-        .with_resync(resync)
-        .with_stale_stage(stale);
+    }
+
+    /// Runs `informer` until the component is stopped.
+    pub fn run_informer(&self, informer: Informer) -> Component {
         Component::spawn(|stop| async move { informer.run(stop).await })
     }
 

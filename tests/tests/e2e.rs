@@ -269,6 +269,68 @@ async fn a_list_slower_than_the_resync_interval_still_records() -> anyhow::Resul
     Ok(())
 }
 
+/// A list that hangs on an established connection (the client has no read timeout) is started
+/// over once it delivered nothing for the stall interval, instead of holding the informer
+/// forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_list_is_started_over() -> anyhow::Result<()> {
+    let mut stack = Stack::start("hung-list", Duration::from_secs(3600)).await?;
+    if let Some(informer) = stack.informer.take() {
+        informer.stop().await;
+    }
+    let proxy =
+        stagetime_testenv::proxy::SlowProxy::start(stack.env.kube.apiserver_addr()?).await?;
+    let slow = stack.env.kube.client_via(proxy.addr()).await?;
+    // Two connections through the proxy, idle in the client's pool: the informer's first list
+    // takes one of them, so no connect (and no connect timeout) comes first.
+    let api = stagetime_common::tekton::pipelinerun_api(slow.clone(), "tekton.dev/v1", &stack.ns);
+    let all = kube::api::ListParams::default();
+    let (a, b) = tokio::join!(api.list(&all), api.list(&all));
+    a?;
+    b?;
+    anyhow::ensure!(proxy.accepted() == 2, "{} connections", proxy.accepted());
+    // What the informer sends now is held for an hour: its list hangs.
+    proxy.set_delay(Duration::from_secs(3600));
+    stack.informer = Some(
+        stack.run_informer(
+            stack
+                .informer_via(slow, &stack.ns)
+                .with_list_stall(Duration::from_secs(2)),
+        ),
+    );
+    stagetime_testenv::wait_for(
+        "the informer's list to be held",
+        Duration::from_secs(30),
+        || async { (proxy.held() >= 1).then_some(()) },
+    )
+    .await?;
+    // Later requests pass at once; the held one stays held.
+    proxy.set_delay(Duration::ZERO);
+    let id = submit(&stack.url(), example("gaps.json")?).await?;
+    let created = wait_rr(&stack.store, &id, "stage 0 created", FINISH, |rr| {
+        rr.stages[0].runs[0].uid.is_some()
+    })
+    .await?;
+    let done = serde_json::json!({"status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded"}]}});
+    stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns)
+        .patch_status(
+            &created.stages[0].runs[0].pipeline_run,
+            &Default::default(),
+            &kube::api::Patch::Merge(&done),
+        )
+        .await?;
+    // Well within the 30 s a connect would time out in: only the stall check can do this.
+    wait_rr(
+        &stack.store,
+        &id,
+        "the next stage open after the hung list was started over",
+        Duration::from_secs(20),
+        |rr| rr.stages[1].state == StageState::Open,
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn deleting_a_running_pipelinerun_fails_it_with_reason_deleted() -> anyhow::Result<()> {
     // The simulator would take a minute: the run is still Running when it is deleted.

@@ -30,6 +30,7 @@ pub struct Informer {
     namespace: String,
     resync: std::time::Duration,
     stale_stage: std::time::Duration,
+    list_stall: std::time::Duration,
 }
 
 /// How often due deadlines are looked for.
@@ -40,6 +41,10 @@ pub const DEFAULT_STALE_STAGE: std::time::Duration = std::time::Duration::from_s
 
 /// Default interval of full re-lists (see [`Informer::with_resync`]).
 pub const DEFAULT_RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Default time a list may go without delivering anything before it is started over (see
+/// [`Informer::with_list_stall`]).
+pub const DEFAULT_LIST_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Informer {
     /// An informer of `api_version` PipelineRuns in `namespace` (empty = all).
@@ -58,7 +63,17 @@ impl Informer {
             namespace: namespace.to_string(),
             resync: DEFAULT_RESYNC,
             stale_stage: DEFAULT_STALE_STAGE,
+            list_stall: DEFAULT_LIST_STALL,
         }
+    }
+
+    /// Starts a list over when it delivered nothing for `stall`. The client has no read timeout
+    /// (a watch may be quiet for minutes), so a list whose connection hangs — a half-open
+    /// connection, an API server that stopped answering — would otherwise wait forever, and
+    /// no stage would open. A slow list that makes progress is never cut off.
+    pub fn with_list_stall(mut self, stall: std::time::Duration) -> Self {
+        self.list_stall = stall;
+        self
     }
 
     /// Publishes "open stage" again, at a resync, for a stage open longer than `after` whose runs
@@ -159,17 +174,22 @@ impl Informer {
         let metrics = &self.recorder.metrics;
         let mut listed: Option<HashSet<(String, String)>> = None;
         let mut resync_at: Option<tokio::time::Instant> = None;
+        // While listing: when the list must have delivered something.
+        let stall = self.list_stall;
+        let mut stalled_at = Some(tokio::time::Instant::now() + stall);
         loop {
-            let resync_due = async {
-                match resync_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             let event = tokio::select! {
                 event = stream.next() => event,
-                () = resync_due => return true,
+                () = sleep_until(resync_at) => return true,
+                () = sleep_until(stalled_at) => {
+                    metrics.watch_restarts.inc();
+                    tracing::warn!(?stall, "PipelineRun list delivered nothing; listing again");
+                    return true;
+                }
             };
+            if listed.is_some() || matches!(event, Some(Ok(watcher::Event::Init))) {
+                stalled_at = Some(tokio::time::Instant::now() + stall);
+            }
             match event {
                 None => return false,
                 Some(Err(error)) => {
@@ -189,6 +209,7 @@ impl Informer {
                     self.diagnoser.failed(&obj).await;
                 }
                 Some(Ok(watcher::Event::InitDone)) => {
+                    stalled_at = None;
                     if let Some(set) = listed.take() {
                         self.reconcile_missing(&set).await;
                     }
@@ -292,5 +313,13 @@ impl Informer {
                 .record_object(rr, &identity, Observed::Deleted)
                 .await;
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -20,6 +20,8 @@ use tokio::{
 pub struct SlowProxy {
     addr: SocketAddr,
     delay_ms: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
+    held: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -30,13 +32,19 @@ impl SlowProxy {
         let addr = listener.local_addr()?;
         let delay_ms = Arc::new(AtomicU64::new(0));
         let delay = Arc::clone(&delay_ms);
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&accepted);
+        let held = Arc::new(AtomicU64::new(0));
+        let holding = Arc::clone(&held);
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
                 let delay = Arc::clone(&delay);
+                let holding = Arc::clone(&holding);
                 connections.spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        forward(client, server, delay).await;
+                        forward(client, server, delay, holding).await;
                     }
                 });
             }
@@ -44,8 +52,20 @@ impl SlowProxy {
         Ok(Self {
             addr,
             delay_ms,
+            accepted,
+            held,
             task,
         })
+    }
+
+    /// How many chunks clients sent are being held right now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// How many client connections it accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// The address clients connect to.
@@ -53,7 +73,8 @@ impl SlowProxy {
         self.addr
     }
 
-    /// Holds every chunk a client sends for `delay` before passing it on (0 = pass at once).
+    /// Holds every chunk a client sends for `delay` before passing it on (0 = pass at once); a
+    /// chunk already held keeps the delay it was given.
     pub fn set_delay(&self, delay: Duration) {
         self.delay_ms.store(
             u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
@@ -68,7 +89,12 @@ impl Drop for SlowProxy {
     }
 }
 
-async fn forward(client: TcpStream, server: TcpStream, delay: Arc<AtomicU64>) {
+async fn forward(
+    client: TcpStream,
+    server: TcpStream,
+    delay: Arc<AtomicU64>,
+    held: Arc<AtomicU64>,
+) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (mut client_read, mut client_write) = client.into_split();
@@ -82,7 +108,9 @@ async fn forward(client: TcpStream, server: TcpStream, delay: Arc<AtomicU64>) {
             };
             let ms = delay.load(Ordering::SeqCst);
             if ms > 0 {
+                held.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
+                held.fetch_sub(1, Ordering::SeqCst);
             }
             if server_write.write_all(&buf[..n]).await.is_err() {
                 break;
