@@ -243,28 +243,38 @@ async fn a_list_slower_than_the_resync_interval_still_records() -> anyhow::Resul
         Duration::from_secs(1),
         stagetime_informer::watch::DEFAULT_STALE_STAGE,
     ));
+    // Each cycle of the slow informer takes seconds (TLS handshake and list through the proxy).
+    first_stage_succeeds_then_the_next_opens(
+        &stack,
+        "stage 2 open through the slow informer",
+        Duration::from_secs(180),
+    )
+    .await
+}
+
+/// Submits `gaps.json`, marks its first PipelineRun succeeded once created, and waits (at most
+/// `within`) for the next stage to open — which only the informer under test can make happen.
+async fn first_stage_succeeds_then_the_next_opens(
+    stack: &Stack,
+    what: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
     let id = submit(&stack.url(), example("gaps.json")?).await?;
     let created = wait_rr(&stack.store, &id, "stage 0 created", FINISH, |rr| {
         rr.stages[0].runs[0].uid.is_some()
     })
     .await?;
-    let api =
-        stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns);
     let done = serde_json::json!({"status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded"}]}});
-    api.patch_status(
-        &created.stages[0].runs[0].pipeline_run,
-        &Default::default(),
-        &kube::api::Patch::Merge(&done),
-    )
-    .await?;
-    wait_rr(
-        &stack.store,
-        &id,
-        "stage 2 open through the slow informer",
-        // Each cycle of the slow informer takes seconds (TLS handshake and list through the proxy).
-        Duration::from_secs(180),
-        |rr| rr.stages[1].state == StageState::Open,
-    )
+    stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns)
+        .patch_status(
+            &created.stages[0].runs[0].pipeline_run,
+            &Default::default(),
+            &kube::api::Patch::Merge(&done),
+        )
+        .await?;
+    wait_rr(&stack.store, &id, what, within, |rr| {
+        rr.stages[1].state == StageState::Open
+    })
     .await?;
     Ok(())
 }
@@ -306,29 +316,13 @@ async fn a_hung_list_is_started_over() -> anyhow::Result<()> {
     .await?;
     // Later requests pass at once; the held one stays held.
     proxy.set_delay(Duration::ZERO);
-    let id = submit(&stack.url(), example("gaps.json")?).await?;
-    let created = wait_rr(&stack.store, &id, "stage 0 created", FINISH, |rr| {
-        rr.stages[0].runs[0].uid.is_some()
-    })
-    .await?;
-    let done = serde_json::json!({"status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded"}]}});
-    stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns)
-        .patch_status(
-            &created.stages[0].runs[0].pipeline_run,
-            &Default::default(),
-            &kube::api::Patch::Merge(&done),
-        )
-        .await?;
     // Well within the 30 s a connect would time out in: only the stall check can do this.
-    wait_rr(
-        &stack.store,
-        &id,
+    first_stage_succeeds_then_the_next_opens(
+        &stack,
         "the next stage open after the hung list was started over",
         Duration::from_secs(20),
-        |rr| rr.stages[1].state == StageState::Open,
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 #[tokio::test]
