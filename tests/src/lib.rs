@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod e2e_bench;
+mod handoff;
 pub mod operator_bench;
 pub mod procs;
 pub mod rbac;
