@@ -59,13 +59,21 @@ async fn cancel_mid_run_cancels_running_pipelineruns_and_skips_later_stages() ->
     assert_eq!(rr.phase, pb::Phase::Cancelled as i32);
     let states: Vec<&str> = rr.stages.iter().map(|s| s.state.as_str()).collect();
     assert_eq!(states, ["Cancelled", "Skipped", "Skipped"]);
-    // The running PipelineRuns get Tekton's graceful cancel; the simulator then ends them.
-    let done = wait_rr(&stack.store, &id, "runs cancelled", FINISH, |rr| {
-        rr.stages[0]
-            .runs
-            .iter()
-            .all(|r| r.state == RunState::Failed)
-    })
+    // The running PipelineRuns get Tekton's graceful cancel; the simulator then ends them. The
+    // informer also keeps Tekton's account of each failed run (its diagnosis, written once):
+    // the document is final only after that.
+    let done = wait_rr(
+        &stack.store,
+        &id,
+        "runs cancelled and diagnosed",
+        FINISH,
+        |rr| {
+            rr.stages[0]
+                .runs
+                .iter()
+                .all(|r| r.state == RunState::Failed && r.diagnosis.is_some())
+        },
+    )
     .await?;
     assert!(
         done.stages[0]
