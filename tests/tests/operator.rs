@@ -423,8 +423,20 @@ async fn deletion_and_edits_cancel_the_running_revision_run() -> anyhow::Result<
     assert_eq!(cancelled.phase, Phase::Cancelled);
     let api =
         stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns);
-    let pr = api.get(&first.stages[0].runs[0].pipeline_run).await?;
-    assert_eq!(pr.data["spec"]["status"], "CancelledRunFinally");
+    // The creator cancels the running PipelineRuns from the cancelled document: soon after.
+    let name = first.stages[0].runs[0].pipeline_run.clone();
+    wait_for(
+        "Tekton's graceful cancel on the running PipelineRun",
+        WAIT,
+        || {
+            let (api, name) = (api.clone(), name.clone());
+            async move {
+                let pr = api.get(&name).await.ok()?;
+                (pr.data["spec"]["status"] == "CancelledRunFinally").then_some(())
+            }
+        },
+    )
+    .await?;
     let stage1 = &cancelled.stages[1].runs[0].pipeline_run;
     assert!(
         api.get_opt(stage1).await?.is_none(),
