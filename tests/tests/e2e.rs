@@ -488,3 +488,58 @@ async fn a_lost_stage_message_is_published_again_and_the_run_finishes() -> anyho
     assert_eq!(stack.pipelineruns().await?.len(), 4);
     Ok(())
 }
+
+/// The simulator plays Tekton, which never changes a finished run: a status it decided on a run
+/// it read before someone else wrote an outcome is not written (a conflict, read again, finished),
+/// and one decided on a run that merely changed is written after reading it again.
+#[tokio::test]
+async fn the_simulator_never_overwrites_an_outcome_written_after_it_read_the_run()
+-> anyhow::Result<()> {
+    use stagetime_testenv::simulator::write_unless_finished;
+    let env = stagetime_testenv::TestEnv::shared().await?;
+    // No simulator watches this namespace: the test plays it, step by step.
+    let ns = env.namespace("sim-outcome").await?;
+    let api = tekton::pipelinerun_api(env.kube_client().await?, tekton::API_VERSION, &ns);
+    let manifest = |name: &str| -> anyhow::Result<DynamicObject> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": tekton::API_VERSION, "kind": "PipelineRun",
+            "metadata": {"name": name}, "spec": {"pipelineRef": {"name": "x"}},
+        }))?)
+    };
+    let running = serde_json::json!({"status": {"conditions": [
+        {"type": "Succeeded", "status": "Unknown", "reason": "Running"}]}});
+    let reason = |obj: &DynamicObject| {
+        obj.data
+            .pointer("/status/conditions/0/reason")
+            .and_then(|r| r.as_str())
+            .map(str::to_string)
+    };
+
+    let seen = api
+        .create(&PostParams::default(), &manifest("finished")?)
+        .await?;
+    let failed = serde_json::json!({"status": {"conditions": [
+        {"type": "Succeeded", "status": "False", "reason": "Failed"}]}});
+    api.patch_status("finished", &PatchParams::default(), &Patch::Merge(&failed))
+        .await?;
+    let written = write_unless_finished(&api, seen, |_| running.clone()).await;
+    assert!(!written, "a Running status was written over an outcome");
+    assert_eq!(
+        reason(&api.get("finished").await?).as_deref(),
+        Some("Failed")
+    );
+
+    let seen = api
+        .create(&PostParams::default(), &manifest("relabelled")?)
+        .await?;
+    let label = serde_json::json!({"metadata": {"labels": {"touched": "yes"}}});
+    api.patch("relabelled", &PatchParams::default(), &Patch::Merge(&label))
+        .await?;
+    let written = write_unless_finished(&api, seen, |_| running.clone()).await;
+    assert!(written, "a run without an outcome got no status");
+    assert_eq!(
+        reason(&api.get("relabelled").await?).as_deref(),
+        Some("Running")
+    );
+    Ok(())
+}

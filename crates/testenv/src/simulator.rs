@@ -3,9 +3,11 @@
 //!
 //! For every PipelineRun without an outcome it sets `Succeeded=Unknown` (reason `Running`) at
 //! once, then after a delay `Succeeded=True` or `False` through the status subresource, as
-//! Tekton does (with a zero delay, the outcome is the only status write). The outcome comes from, in order: the annotation `stagetime.dev/simulate` or a
-//! param named `simulate` (`fail`, `succeed`, `timeout`), Tekton's cancel request
-//! (`spec.status: CancelledRunFinally|Cancelled`), or the configured failure rate.
+//! Tekton does (with a zero delay, the outcome is the only status write). The outcome comes
+//! from, in order: the annotation `stagetime.dev/simulate` or a param named `simulate` (`fail`,
+//! `succeed`, `timeout`), Tekton's cancel request (`spec.status: CancelledRunFinally|Cancelled`),
+//! or the configured failure rate. Like Tekton it never changes a finished run: an outcome a test
+//! wrote first stays (see [`write_unless_finished`]).
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -159,6 +161,40 @@ fn has_outcome(obj: &DynamicObject) -> bool {
         })
 }
 
+/// Writes the status `status` builds for the run as last seen, unless the run has an outcome
+/// already: Tekton never changes a finished run, so an outcome someone else wrote (a test, a
+/// cancel) stays. The write carries the resourceVersion it was decided on; on a conflict the run
+/// is read again and decided again. Returns whether the status was written.
+pub async fn write_unless_finished(
+    api: &Api<DynamicObject>,
+    mut seen: DynamicObject,
+    mut status: impl FnMut(&DynamicObject) -> serde_json::Value,
+) -> bool {
+    let name = seen.name_any();
+    for _ in 0..5 {
+        if has_outcome(&seen) {
+            return false;
+        }
+        let mut patch = status(&seen);
+        patch["metadata"] = serde_json::json!({"resourceVersion": seen.resource_version()});
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return true,
+            Err(kube::Error::Api(e)) if e.code == 409 => match api.get_opt(&name).await {
+                Ok(Some(latest)) => seen = latest,
+                _ => return false,
+            },
+            Err(error) => {
+                tracing::info!(pipeline_run = %name, %error, "cannot write a simulated status");
+                return false;
+            }
+        }
+    }
+    false
+}
+
 /// Runs the simulator until `shutdown`.
 pub async fn run(
     client: kube::Client,
@@ -198,14 +234,7 @@ pub async fn run(
         if cancel_requested(&obj) {
             let ns = obj.namespace().unwrap_or_default();
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
-            let status = terminal_status(Outcome::Cancelled);
-            let _ = api
-                .patch_status(
-                    &obj.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&status),
-                )
-                .await;
+            write_unless_finished(&api, obj, |_| terminal_status(Outcome::Cancelled)).await;
             continue;
         }
         let uid = obj.uid().unwrap_or_else(|| obj.name_any());
@@ -217,14 +246,13 @@ pub async fn run(
         let config = config.clone();
         tokio::spawn(async move {
             let name = obj.name_any();
-            let params = PatchParams::default();
             if config.delay.is_zero() {
                 // A run decided at once has no observable running phase: one status write, as
                 // a Tekton that finished the run before its first status update would make.
-                let result = outcome(&obj, config.failure_rate);
-                let _ = api
-                    .patch_status(&name, &params, &Patch::Merge(&terminal_status(result)))
-                    .await;
+                write_unless_finished(&api, obj, |o| {
+                    terminal_status(outcome(o, config.failure_rate))
+                })
+                .await;
                 return;
             }
             let running = condition(
@@ -232,23 +260,22 @@ pub async fn run(
                 "Running",
                 "Tasks Completed: 0 (Failed: 0, Cancelled 0), Incomplete: 1, Skipped: 0",
             );
-            let _ = api
-                .patch_status(&name, &params, &Patch::Merge(&running))
-                .await;
+            write_unless_finished(&api, obj, |_| running.clone()).await;
             // The simulated pipeline's run time: this delay is the simulation, not synchronisation.
             tokio::time::sleep(config.delay).await;
-            let latest = api.get_opt(&name).await.ok().flatten().unwrap_or(obj);
-            let result = outcome(&latest, config.failure_rate);
-            match api
-                .patch_status(&name, &params, &Patch::Merge(&terminal_status(result)))
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(pipeline_run = %name, namespace = %ns, ?result, "simulated outcome")
-                }
-                Err(error) => {
-                    tracing::info!(pipeline_run = %name, %error, "run vanished before its outcome")
-                }
+            let Ok(Some(latest)) = api.get_opt(&name).await else {
+                tracing::info!(pipeline_run = %name, "run vanished before its outcome");
+                return;
+            };
+            let mut result = None;
+            let written = write_unless_finished(&api, latest, |o| {
+                let decided = outcome(o, config.failure_rate);
+                result = Some(decided);
+                terminal_status(decided)
+            })
+            .await;
+            if written {
+                tracing::info!(pipeline_run = %name, namespace = %ns, ?result, "simulated outcome");
             }
         });
     }
