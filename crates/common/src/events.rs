@@ -106,10 +106,7 @@ impl EventFollower {
             .query_async(&mut self.conn)
             .await
             .map_err(redis_err("read events"))?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
+        Ok(crate::stream::read_entries(reply)
             .map(change_event)
             .collect())
     }

@@ -405,13 +405,13 @@ impl StageReader {
             .query_async(&mut self.conn)
             .await
             .map_err(redis_err("read stage stream"))?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(Delivery::from_entry)
-            .collect())
+        Ok(read_entries(reply).map(Delivery::from_entry).collect())
     }
+}
+
+/// The entries of a blocking stream read's reply (none when the read timed out), oldest first.
+pub(crate) fn read_entries(reply: Option<StreamReadReply>) -> impl Iterator<Item = StreamId> {
+    reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids)
 }
 
 /// The `last-delivered-id` of `group` in an `XINFO GROUPS` reply (RESP2 field/value arrays or
