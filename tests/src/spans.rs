@@ -4,7 +4,10 @@
 //! using the same spans a user sees in a trace.
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -43,9 +46,12 @@ impl SpanRecord {
     }
 }
 
-/// The closed spans seen since the last [`SpanTimes::take`].
+/// The closed spans seen since the last [`SpanTimes::take`], while recording is on.
 #[derive(Clone, Default)]
-pub struct SpanTimes(Arc<Mutex<Vec<SpanRecord>>>);
+pub struct SpanTimes {
+    spans: Arc<Mutex<Vec<SpanRecord>>>,
+    recording: Arc<AtomicBool>,
+}
 
 /// What a span carries while open.
 struct Open {
@@ -70,6 +76,9 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        if !self.recording.load(Ordering::Relaxed) {
+            return;
+        }
         let Some(span) = ctx.span(id) else { return };
         let mut fields = span
             .parent()
@@ -95,7 +104,7 @@ where
         let Some(open) = span.extensions_mut().remove::<Open>() else {
             return;
         };
-        let mut spans = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
         if spans.len() < MAX_SPANS {
             spans.push(SpanRecord {
                 name: span.name(),
@@ -109,7 +118,8 @@ where
 
 impl SpanTimes {
     /// Installs the layer as the global subscriber, for stageTime's own spans only (the
-    /// libraries' trace-level spans would cost more than what is measured).
+    /// libraries' trace-level spans would cost more than what is measured); it records nothing
+    /// until [`Self::record`] turns it on, so other benchmark sections pay nothing for it.
     pub fn install() -> anyhow::Result<Self> {
         let times = Self::default();
         let ours = tracing_subscriber::filter::filter_fn(|meta| {
@@ -121,9 +131,14 @@ impl SpanTimes {
         Ok(times)
     }
 
+    /// Turns recording of spans opened from now on on or off.
+    pub fn record(&self, on: bool) {
+        self.recording.store(on, Ordering::Relaxed);
+    }
+
     /// The spans closed since the last call (and forgets them).
     pub fn take(&self) -> Vec<SpanRecord> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut *self.spans.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 

@@ -2,7 +2,7 @@
 //! processes export their spans to an OTLP/gRPC receiver on loopback, and one revision run is
 //! one trace: the server's root span, its submit, every stage message of the creator (with a
 //! span per PipelineRun create under it) and every record of the informer, in that trace and no
-//! other run's.
+//! other run's. Without the endpoint (the default) nothing is exported.
 
 use std::{
     collections::BTreeSet,
@@ -108,17 +108,57 @@ async fn trace_of(receiver: &Receiver, trace: &[u8]) -> anyhow::Result<Vec<Recei
     .await
 }
 
+impl Receiver {
+    /// Serves this receiver on a free loopback port; returns its endpoint URL.
+    async fn serve(&self) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let server = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(self.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        let serving = tokio::spawn(async move {
+            let _ = server.await;
+        });
+        Ok((endpoint, serving))
+    }
+}
+
 #[tokio::test]
 async fn one_revision_run_is_one_trace_across_the_services() -> anyhow::Result<()> {
     let env = TestEnv::shared().await?;
+    // Export batches every 200 ms instead of every 5 s.
+    let batch_delay = ("OTEL_BSP_SCHEDULE_DELAY", "200");
+
+    // Off by default: services given no endpoint export nothing, even with the SDK's
+    // per-signal variable pointing at a receiver (an exporter built regardless would use it).
+    let unasked = Receiver::default();
+    let (unasked_endpoint, unasked_serving) = unasked.serve().await?;
+    let off_prefix = env.redis_prefix("otlp-off");
+    let off_ns = env.namespace("otlp-off").await?;
+    let off_store = stagetime_testenv::store_at(&env.redis.url(), &off_prefix).await?;
+    let off = ProcStack::start_with(
+        &env.redis.url(),
+        &off_prefix,
+        env.kube.kubeconfig(),
+        &off_ns,
+        &[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &unasked_endpoint),
+            batch_delay,
+        ],
+    )?;
+    let unexported = off.submit_example("three-stages.json").await?;
+    wait_rr(
+        &off_store,
+        &unexported,
+        "to finish",
+        Duration::from_secs(120),
+        |rr| rr.phase.is_terminal(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", off.logs()))?;
+
     let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = format!("http://{}", listener.local_addr()?);
-    let serving = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (endpoint, serving) = receiver.serve().await?;
     let prefix = env.redis_prefix("otlp");
     let ns = env.namespace("otlp").await?;
     let store = stagetime_testenv::store_at(&env.redis.url(), &prefix).await?;
@@ -127,11 +167,7 @@ async fn one_revision_run_is_one_trace_across_the_services() -> anyhow::Result<(
         &prefix,
         env.kube.kubeconfig(),
         &ns,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            // Export batches every 200 ms instead of every 5 s.
-            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-        ],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), batch_delay],
     )?;
     let first = stack.submit_example("three-stages.json").await?;
     let mut req = stagetime_tests::example("three-stages.json")?;
@@ -188,6 +224,15 @@ async fn one_revision_run_is_one_trace_across_the_services() -> anyhow::Result<(
         }
     }
     assert_eq!(roots.len(), 2, "two revision runs share a root span");
+    // The run without an endpoint finished before these two began, with the same batch delay:
+    // had its services exported, the spans would have arrived before the two runs' spans did.
+    assert_eq!(
+        unasked.spans().len(),
+        0,
+        "spans exported without an endpoint"
+    );
+    drop(off);
     serving.abort();
+    unasked_serving.abort();
     Ok(())
 }

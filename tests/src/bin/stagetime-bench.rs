@@ -470,7 +470,10 @@ async fn main() -> anyhow::Result<()> {
         bench_creator().await?;
     }
     if all || which == "e2e" {
+        spans.record(true);
         stagetime_tests::e2e_bench::bench_e2e(&spans).await?;
+        spans.record(false);
+        spans.take();
     }
     if all || which == "admission" {
         bench_admission().await?;
