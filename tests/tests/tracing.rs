@@ -123,6 +123,21 @@ impl Receiver {
     }
 }
 
+/// The four service processes in a fresh namespace and key prefix, with `extra` environment,
+/// and a store on their prefix.
+async fn service_stack(
+    env: &TestEnv,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(ProcStack, stagetime_common::store::Store)> {
+    let prefix = env.redis_prefix(name);
+    let ns = env.namespace(name).await?;
+    let store = stagetime_testenv::store_at(&env.redis.url(), &prefix).await?;
+    let stack =
+        ProcStack::start_with(&env.redis.url(), &prefix, env.kube.kubeconfig(), &ns, extra)?;
+    Ok((stack, store))
+}
+
 #[tokio::test]
 async fn one_revision_run_is_one_trace_across_the_services() -> anyhow::Result<()> {
     let env = TestEnv::shared().await?;
@@ -133,19 +148,15 @@ async fn one_revision_run_is_one_trace_across_the_services() -> anyhow::Result<(
     // per-signal variable pointing at a receiver (an exporter built regardless would use it).
     let unasked = Receiver::default();
     let (unasked_endpoint, unasked_serving) = unasked.serve().await?;
-    let off_prefix = env.redis_prefix("otlp-off");
-    let off_ns = env.namespace("otlp-off").await?;
-    let off_store = stagetime_testenv::store_at(&env.redis.url(), &off_prefix).await?;
-    let off = ProcStack::start_with(
-        &env.redis.url(),
-        &off_prefix,
-        env.kube.kubeconfig(),
-        &off_ns,
+    let (off, off_store) = service_stack(
+        env,
+        "otlp-off",
         &[
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &unasked_endpoint),
             batch_delay,
         ],
-    )?;
+    )
+    .await?;
     let unexported = off.submit_example("three-stages.json").await?;
     wait_rr(
         &off_store,
@@ -159,16 +170,12 @@ async fn one_revision_run_is_one_trace_across_the_services() -> anyhow::Result<(
 
     let receiver = Receiver::default();
     let (endpoint, serving) = receiver.serve().await?;
-    let prefix = env.redis_prefix("otlp");
-    let ns = env.namespace("otlp").await?;
-    let store = stagetime_testenv::store_at(&env.redis.url(), &prefix).await?;
-    let stack = ProcStack::start_with(
-        &env.redis.url(),
-        &prefix,
-        env.kube.kubeconfig(),
-        &ns,
+    let (stack, store) = service_stack(
+        env,
+        "otlp",
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), batch_delay],
-    )?;
+    )
+    .await?;
     let first = stack.submit_example("three-stages.json").await?;
     let mut req = stagetime_tests::example("three-stages.json")?;
     req.commit_id = "4d5ac44c6fec00989c7e27b36630a82cdfd26e3b".into();
