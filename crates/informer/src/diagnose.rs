@@ -59,7 +59,8 @@ impl Diagnoser {
     /// Records the diagnosis of `obj` if it is a failed PipelineRun of a revision run and was
     /// not diagnosed before by this process. Failures are logged and retried at the next event.
     pub async fn failed(&self, obj: &DynamicObject) {
-        let failed = tekton::succeeded_condition(obj).is_some_and(|c| c.status == "False");
+        let status = PipelineRunStatus::of(obj);
+        let failed = status.succeeded().is_some_and(|c| c.status == "False");
         let Some(rr) = tekton::revision_run_of(obj).filter(|_| failed) else {
             return;
         };
@@ -67,7 +68,6 @@ impl Diagnoser {
         if identity.uid.is_empty() || !self.first_time(identity.uid) {
             return;
         }
-        let status = PipelineRunStatus::of(obj);
         let taskruns = tekton::taskrun_api(self.client.clone(), identity.namespace);
         let mut failed_task_runs = Vec::new();
         let children = status

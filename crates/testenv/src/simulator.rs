@@ -146,21 +146,6 @@ fn terminal_status(outcome: Outcome) -> serde_json::Value {
     value
 }
 
-fn has_outcome(obj: &DynamicObject) -> bool {
-    obj.data
-        .pointer("/status/conditions")
-        .and_then(|c| c.as_array())
-        .is_some_and(|conds| {
-            conds.iter().any(|c| {
-                c.get("type").and_then(|t| t.as_str()) == Some("Succeeded")
-                    && matches!(
-                        c.get("status").and_then(|s| s.as_str()),
-                        Some("True" | "False")
-                    )
-            })
-        })
-}
-
 /// Writes the status `status` builds for the run as last seen, unless the run has an outcome
 /// already: Tekton never changes a finished run, so an outcome someone else wrote (a test, a
 /// cancel) stays. The write carries the resourceVersion it was decided on; on a conflict the run
@@ -172,7 +157,7 @@ pub async fn write_unless_finished(
 ) -> bool {
     let name = seen.name_any();
     for _ in 0..5 {
-        if has_outcome(&seen) {
+        if stagetime_common::tekton::is_finished(&seen) {
             return false;
         }
         let mut patch = status(&seen);
@@ -226,7 +211,7 @@ pub async fn run(
                 Some(Ok(obj)) => obj,
             },
         };
-        if has_outcome(&obj) {
+        if stagetime_common::tekton::is_finished(&obj) {
             continue;
         }
         // Tekton acts on a cancel at once (no finally tasks here): the run ends Cancelled now,
