@@ -20,19 +20,27 @@ async fn store(test: &str) -> anyhow::Result<(Store, redis::aio::MultiplexedConn
     Ok((env.store(test).await?, env.redis_conn().await?))
 }
 
+/// Every entry of stream `key`, oldest first.
+async fn entries(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> anyhow::Result<Vec<redis::streams::StreamId>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await?;
+    Ok(reply.ids)
+}
+
 /// Stage numbers of all messages on the stage stream.
 async fn stage_messages(
     store: &Store,
     conn: &mut redis::aio::MultiplexedConnection,
 ) -> anyhow::Result<Vec<(String, u32)>> {
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(store.keys().stage_stream())
-        .arg("-")
-        .arg("+")
-        .query_async(conn)
-        .await?;
-    Ok(reply
-        .ids
+    Ok(entries(conn, store.keys().stage_stream())
+        .await?
         .iter()
         .map(|e| {
             (
@@ -339,21 +347,13 @@ async fn malformed_documents_and_messages_are_errors() -> anyhow::Result<()> {
         .dead_letter(&claimed[0], "stage is not a number")
         .await?;
     assert_eq!(store.queue().pending_count().await?, 0);
-    let dlq: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(store.keys().dead_letter())
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await?;
-    assert_eq!(dlq.ids.len(), 1);
+    let dlq = entries(&mut conn, &store.keys().dead_letter()).await?;
+    assert_eq!(dlq.len(), 1);
     assert_eq!(
-        dlq.ids[0].get::<String>("reason").as_deref(),
+        dlq[0].get::<String>("reason").as_deref(),
         Some("stage is not a number")
     );
-    assert_eq!(
-        dlq.ids[0].get::<String>("field.stage").as_deref(),
-        Some("one")
-    );
+    assert_eq!(dlq[0].get::<String>("field.stage").as_deref(), Some("one"));
     Ok(())
 }
 
@@ -631,13 +631,11 @@ async fn stream_ids(
     store: &Store,
     conn: &mut redis::aio::MultiplexedConnection,
 ) -> anyhow::Result<Vec<String>> {
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(store.keys().stage_stream())
-        .arg("-")
-        .arg("+")
-        .query_async(conn)
-        .await?;
-    Ok(reply.ids.into_iter().map(|e| e.id).collect())
+    Ok(entries(conn, store.keys().stage_stream())
+        .await?
+        .into_iter()
+        .map(|e| e.id)
+        .collect())
 }
 
 #[tokio::test]
