@@ -10,7 +10,11 @@ use stagetime_common::{
     tekton,
 };
 use stagetime_informer::watch::DEFAULT_RESYNC;
-use stagetime_testenv::wait_for;
+use stagetime_testenv::{
+    proxy::SlowProxy,
+    simulator::{Outcome, terminal_status},
+    wait_for,
+};
 use stagetime_tests::{Stack, example, submit, wait_rr};
 
 const FINISH: Duration = Duration::from_secs(90);
@@ -182,7 +186,7 @@ async fn a_lost_store_write_is_recovered_by_the_periodic_resync() -> anyhow::Res
     let name = before.stages[0].runs[0].pipeline_run.clone();
     let api =
         stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns);
-    let done = serde_json::json!({"status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded"}]}});
+    let done = terminal_status(Outcome::Succeed);
     api.patch_status(&name, &Default::default(), &kube::api::Patch::Merge(&done))
         .await?;
     let after = wait_rr(&stack.store, &id, "stage 2 open", FINISH, |rr| {
@@ -228,13 +232,7 @@ async fn a_lost_store_write_is_recovered_by_the_periodic_resync() -> anyhow::Res
 /// starts over forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_slower_than_the_resync_interval_still_records() -> anyhow::Result<()> {
-    let mut stack = Stack::start("slow-list", Duration::from_secs(3600)).await?;
-    if let Some(informer) = stack.informer.take() {
-        informer.stop().await;
-    }
-    let proxy =
-        stagetime_testenv::proxy::SlowProxy::start(stack.env.kube.apiserver_addr()?).await?;
-    let slow = stack.env.kube.client_via(proxy.addr()).await?;
+    let (mut stack, proxy, slow) = stack_behind_proxy("slow-list").await?;
     // Every request takes longer than the 1 s resync interval.
     proxy.set_delay(Duration::from_millis(1200));
     stack.informer = Some(stack.spawn_informer_via(
@@ -252,6 +250,18 @@ async fn a_list_slower_than_the_resync_interval_still_records() -> anyhow::Resul
     .await
 }
 
+/// A stack whose simulated pipelines never end on their own, without its informer, and a client
+/// of the API server through a [`SlowProxy`] for the informer the test starts.
+async fn stack_behind_proxy(test: &str) -> anyhow::Result<(Stack, SlowProxy, kube::Client)> {
+    let mut stack = Stack::start(test, Duration::from_secs(3600)).await?;
+    if let Some(informer) = stack.informer.take() {
+        informer.stop().await;
+    }
+    let proxy = SlowProxy::start(stack.env.kube.apiserver_addr()?).await?;
+    let slow = stack.env.kube.client_via(proxy.addr()).await?;
+    Ok((stack, proxy, slow))
+}
+
 /// Submits `gaps.json`, marks its first PipelineRun succeeded once created, and waits (at most
 /// `within`) for the next stage to open — which only the informer under test can make happen.
 async fn first_stage_succeeds_then_the_next_opens(
@@ -264,12 +274,11 @@ async fn first_stage_succeeds_then_the_next_opens(
         rr.stages[0].runs[0].uid.is_some()
     })
     .await?;
-    let done = serde_json::json!({"status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded"}]}});
-    stagetime_common::tekton::pipelinerun_api(stack.client.clone(), "tekton.dev/v1", &stack.ns)
+    tekton::pipelinerun_api(stack.client.clone(), tekton::API_VERSION, &stack.ns)
         .patch_status(
             &created.stages[0].runs[0].pipeline_run,
             &Default::default(),
-            &kube::api::Patch::Merge(&done),
+            &Patch::Merge(&terminal_status(Outcome::Succeed)),
         )
         .await?;
     wait_rr(&stack.store, &id, what, within, |rr| {
@@ -284,16 +293,10 @@ async fn first_stage_succeeds_then_the_next_opens(
 /// forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_list_is_started_over() -> anyhow::Result<()> {
-    let mut stack = Stack::start("hung-list", Duration::from_secs(3600)).await?;
-    if let Some(informer) = stack.informer.take() {
-        informer.stop().await;
-    }
-    let proxy =
-        stagetime_testenv::proxy::SlowProxy::start(stack.env.kube.apiserver_addr()?).await?;
-    let slow = stack.env.kube.client_via(proxy.addr()).await?;
+    let (mut stack, proxy, slow) = stack_behind_proxy("hung-list").await?;
     // Two connections through the proxy, idle in the client's pool: the informer's first list
     // takes one of them, so no connect (and no connect timeout) comes first.
-    let api = stagetime_common::tekton::pipelinerun_api(slow.clone(), "tekton.dev/v1", &stack.ns);
+    let api = tekton::pipelinerun_api(slow.clone(), tekton::API_VERSION, &stack.ns);
     let all = kube::api::ListParams::default();
     let (a, b) = tokio::join!(api.list(&all), api.list(&all));
     a?;
@@ -436,8 +439,7 @@ async fn a_foreign_pipelinerun_with_a_runs_name_decides_nothing() -> anyhow::Res
     theirs.create(&PostParams::default(), &copy).await?;
     theirs.delete(&name, &Default::default()).await?;
     // Then the real one succeeds: events come in order, so the copies were seen before it.
-    let done = serde_json::json!({"status": {"conditions": [
-        {"type": "Succeeded", "status": "True", "reason": "Succeeded"}]}});
+    let done = terminal_status(Outcome::Succeed);
     ours.patch_status(&name, &PatchParams::default(), &Patch::Merge(&done))
         .await?;
     let rr = wait_rr(&stack.store, &id, "stage 0 decided", FINISH, |rr| {

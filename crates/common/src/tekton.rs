@@ -128,12 +128,6 @@ pub fn succeeded_condition(obj: &DynamicObject) -> Option<Condition> {
         .find(|c| c.type_ == "Succeeded")
 }
 
-/// Whether a Tekton object has an outcome (`Succeeded` is `True` or `False`): Tekton never
-/// changes it after that.
-pub fn is_finished(obj: &DynamicObject) -> bool {
-    PipelineRunStatus::of(obj).is_finished()
-}
-
 /// One status condition.
 #[derive(serde::Deserialize, Debug, Default)]
 pub struct Condition {
@@ -164,12 +158,6 @@ impl PipelineRunStatus {
     pub fn succeeded(&self) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == "Succeeded")
     }
-
-    /// Whether `Succeeded` is `True` or `False` (the run has an outcome).
-    pub fn is_finished(&self) -> bool {
-        self.succeeded()
-            .is_some_and(|c| matches!(c.status.as_str(), "True" | "False"))
-    }
 }
 
 /// Maps the `Succeeded` condition of a PipelineRun object: `True` → Succeeded, `False` → Failed
@@ -198,24 +186,6 @@ mod tests {
         let mut o = DynamicObject::new("x", &pipelinerun_resource("tekton.dev/v1"));
         o.data = serde_json::json!({ "status": status });
         o
-    }
-
-    #[test]
-    fn only_true_or_false_is_an_outcome() {
-        let finished = |status| is_finished(&obj(status));
-        assert!(!finished(serde_json::json!({})));
-        assert!(!finished(
-            serde_json::json!({"conditions": [{"type": "Succeeded", "status": "Unknown"}]})
-        ));
-        assert!(!finished(
-            serde_json::json!({"conditions": [{"type": "Ready", "status": "True"}]})
-        ));
-        assert!(finished(
-            serde_json::json!({"conditions": [{"type": "Succeeded", "status": "True"}]})
-        ));
-        assert!(finished(
-            serde_json::json!({"conditions": [{"type": "Succeeded", "status": "False"}]})
-        ));
     }
 
     #[test]

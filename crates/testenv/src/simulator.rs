@@ -122,7 +122,8 @@ fn jiff_now() -> String {
         .unwrap_or_default()
 }
 
-fn terminal_status(outcome: Outcome) -> serde_json::Value {
+/// The status (a merge patch body) Tekton writes when a run ends with `outcome`.
+pub fn terminal_status(outcome: Outcome) -> serde_json::Value {
     let (status, reason, message) = match outcome {
         Outcome::Succeed => (
             "True",
@@ -146,6 +147,11 @@ fn terminal_status(outcome: Outcome) -> serde_json::Value {
     value
 }
 
+/// Whether the run has an outcome (Tekton never changes it after that).
+fn finished(obj: &DynamicObject) -> bool {
+    stagetime_common::tekton::observed_state(obj) != stagetime_common::machine::Observed::Running
+}
+
 /// Writes the status `status` builds for the run as last seen, unless the run has an outcome
 /// already: Tekton never changes a finished run, so an outcome someone else wrote (a test, a
 /// cancel) stays. The write carries the resourceVersion it was decided on; on a conflict the run
@@ -157,7 +163,7 @@ pub async fn write_unless_finished(
 ) -> bool {
     let name = seen.name_any();
     for _ in 0..5 {
-        if stagetime_common::tekton::is_finished(&seen) {
+        if finished(&seen) {
             return false;
         }
         let mut patch = status(&seen);
@@ -211,7 +217,7 @@ pub async fn run(
                 Some(Ok(obj)) => obj,
             },
         };
-        if stagetime_common::tekton::is_finished(&obj) {
+        if finished(&obj) {
             continue;
         }
         // Tekton acts on a cancel at once (no finally tasks here): the run ends Cancelled now,
