@@ -320,3 +320,39 @@ async fn sigterm_stops_busy_services_within_two_seconds() -> anyhow::Result<()> 
     assert!(took < Duration::from_secs(2), "informer took {took:?}");
     Ok(())
 }
+
+/// The informer derives its watch from the same settings as the server and creator: with one
+/// further namespace listed (`STAGETIME_NAMESPACES`), runs that name none still go to the
+/// default namespace (`PIPELINE_WORKSPACE`), and the informer must see them finish. (It once
+/// watched only the listed namespace, and such runs never left `Running`.)
+#[tokio::test]
+async fn runs_in_the_default_namespace_finish_when_another_is_listed() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let prefix = env.redis_prefix("default-ns-watched");
+    let ns = env.namespace("default-ns-watched").await?;
+    let other = env.namespace("default-ns-other").await?;
+    let store = stagetime_testenv::store_at(&env.redis.url(), &prefix).await?;
+    let p = stagetime_tests::procs::ProcStack::start_with(
+        &env.redis.url(),
+        &prefix,
+        env.kube.kubeconfig(),
+        &ns,
+        &[
+            ("STAGETIME_NAMESPACES", &other),
+            ("INFORMING_NAMESPACE", ""),
+        ],
+    )?;
+    let id = p.submit_example("three-stages.json").await?;
+    let rr = stagetime_tests::wait_rr(&store, &id, "to finish", Duration::from_secs(90), |rr| {
+        rr.phase.is_terminal()
+    })
+    .await
+    .map_err(|e| e.context(p.logs()))?;
+    assert_eq!(
+        rr.phase,
+        stagetime_common::model::Phase::SucceededWithAllowedFailures,
+        "{}",
+        p.logs()
+    );
+    Ok(())
+}

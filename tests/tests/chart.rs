@@ -147,6 +147,25 @@ fn the_chart_refuses_insecure_values_unless_asked_for() -> anyhow::Result<()> {
             &["redis.existingSecret=r", "sever.auth=none"][..],
             "Additional property sever is not allowed",
         ),
+        // An informer watch narrower than the namespaces runs may use would never see some
+        // runs finish: the default namespace, a listed one, the creator's override.
+        (
+            &[
+                "redis.existingSecret=r",
+                "tekton.namespaces={team-a}",
+                "tekton.informingNamespace=team-a",
+            ][..],
+            "tekton.informingNamespace=team-a is narrower",
+        ),
+        (
+            &[
+                "redis.existingSecret=r",
+                "tekton.pipelineNamespace=team-a",
+                "tekton.namespaceOverride=team-b",
+                "tekton.informingNamespace=team-a",
+            ][..],
+            "team-b is one",
+        ),
     ] {
         let out = helm_template(sets)?;
         assert!(!out.status.success(), "{sets:?} rendered");

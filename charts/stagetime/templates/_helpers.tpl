@@ -16,6 +16,15 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- if and (eq .Values.server.auth "none") (not .Values.server.allowUnauthenticated) }}
 {{- fail "server.auth=none lets anyone run any pipeline; set server.allowUnauthenticated=true to confirm (local development only)" }}
 {{- end }}
+{{- with .Values.tekton.informingNamespace }}
+{{- $targets := concat (list $.Values.tekton.pipelineNamespace) $.Values.tekton.namespaces }}
+{{- if $.Values.tekton.namespaceOverride }}{{ $targets = append $targets $.Values.tekton.namespaceOverride }}{{ end }}
+{{- range $targets }}
+{{- if ne . $.Values.tekton.informingNamespace }}
+{{- fail (printf "tekton.informingNamespace=%s is narrower than the namespaces runs may use (%s is one); leave it empty to watch them all" $.Values.tekton.informingNamespace .) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and (eq .Values.server.auth "token") (not .Values.server.tokenSecret) }}
 {{- fail "server.auth=token needs server.tokenSecret (a secret with key `tokens`)" }}
 {{- end }}
@@ -66,7 +75,9 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 - name: PIPELINE_WORKSPACE
   value: {{ .Values.tekton.pipelineNamespace | quote }}
 - name: STAGETIME_NAMESPACES
-  value: {{ join "," .Values.tekton.namespaces | quote }}
+  {{- $listed := .Values.tekton.namespaces }}
+  {{- if and $listed .Values.tekton.namespaceOverride }}{{ $listed = append $listed .Values.tekton.namespaceOverride }}{{ end }}
+  value: {{ join "," $listed | quote }}
 {{- end }}
 
 {{/* Probes on the admin port. */}}

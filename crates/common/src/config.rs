@@ -219,6 +219,53 @@ impl NamespaceArgs {
             .filter(|n| !n.is_empty())
             .collect()
     }
+
+    /// Every namespace a PipelineRun may end up in: the server's default namespace
+    /// (`PIPELINE_WORKSPACE`), `--namespaces` and the creator's override (`TEKTON_NAMESPACE`),
+    /// sorted and without repeats. The one derivation server, creator and informer share.
+    pub fn run_namespaces(&self, default: &str, override_ns: Option<&str>) -> Vec<String> {
+        let mut all: Vec<String> = self.list();
+        all.extend(
+            [Some(default), override_ns]
+                .into_iter()
+                .flatten()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string),
+        );
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The namespace the informer must watch (empty = all): with `--namespaces` unset any
+    /// namespace may be used (the creator's override included), so all are watched; else the
+    /// one namespace of [`Self::run_namespaces`] if there is exactly one, else all.
+    /// `informing` (`--informing-namespace`) is accepted only when it covers every namespace
+    /// runs may go to, since runs outside the watch would never be observed.
+    pub fn watch_scope(
+        &self,
+        informing: &str,
+        default: &str,
+        override_ns: Option<&str>,
+    ) -> Result<String, String> {
+        let all = self.run_namespaces(default, override_ns);
+        let informing = informing.trim();
+        if !informing.is_empty() {
+            return if all.iter().all(|n| n == informing) {
+                Ok(informing.to_string())
+            } else {
+                Err(format!(
+                    "INFORMING_NAMESPACE {informing:?} does not cover the namespaces runs may use: {}",
+                    all.join(",")
+                ))
+            };
+        }
+        Ok(match all.as_slice() {
+            [only] if !self.list().is_empty() => only.clone(),
+            _ => String::new(),
+        })
+    }
 }
 
 /// Log output format.

@@ -37,14 +37,24 @@ pub use watch::Informer;
     about = "Records PipelineRun results and advances stages"
 )]
 pub struct Args {
-    /// Namespace to watch; empty watches the one namespace of `--namespaces` if it names
-    /// exactly one, else all namespaces.
+    /// Namespace to watch; empty derives it from the namespaces runs may use (the one of them if
+    /// there is exactly one, else all). A namespace that does not cover them is refused.
     #[arg(
         long = "informing-namespace",
         env = "INFORMING_NAMESPACE",
         default_value = ""
     )]
     pub informing_namespace: String,
+    /// The server's default namespace (runs that name none go there).
+    #[arg(
+        long = "pipeline-namespace",
+        env = "PIPELINE_WORKSPACE",
+        default_value = "default"
+    )]
+    pub pipeline_namespace: String,
+    /// The creator's override namespace, if it has one (every PipelineRun goes there).
+    #[arg(long = "tekton-namespace", env = "TEKTON_NAMESPACE")]
+    pub tekton_namespace: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub namespaces: NamespaceArgs,
@@ -158,16 +168,16 @@ impl Args {
         }
     }
 
-    /// The namespace to watch (empty = all): `--informing-namespace`, else the only namespace
-    /// of `--namespaces`.
-    pub fn scope(&self) -> String {
-        if !self.informing_namespace.is_empty() {
-            return self.informing_namespace.clone();
-        }
-        match self.namespaces.list().as_slice() {
-            [only] => only.clone(),
-            _ => String::new(),
-        }
+    /// The namespace to watch (empty = all), derived by [`NamespaceArgs::watch_scope`] from
+    /// the same settings the server and creator use; an error names a watch too narrow.
+    pub fn scope(&self) -> anyhow::Result<String> {
+        self.namespaces
+            .watch_scope(
+                &self.informing_namespace,
+                &self.pipeline_namespace,
+                self.tekton_namespace.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)
     }
 }
 
@@ -183,7 +193,7 @@ pub async fn run(
     let housekeeping_metrics = housekeeping::Metrics::register(&mut registry);
     let ready = Readiness::default();
     let admin = AdminServer::bind(args.admin.addr, registry, ready.clone()).await?;
-    let scope = args.scope();
+    let scope = args.scope()?;
     tracing::info!(admin = %admin.local_addr()?, namespace = %scope, "stagetime-informer starting");
     let housekeeper = housekeeping::Housekeeper {
         store: store.clone(),
@@ -228,20 +238,76 @@ pub async fn run(
 mod args_tests {
     use clap::{CommandFactory as _, Parser as _};
 
+    fn scope(args: &[&str]) -> String {
+        super::Args::try_parse_from(std::iter::once("informer").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
+            .and_then(|a| a.scope().map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| format!("error: {e}"))
+    }
+
     #[test]
-    fn scope_follows_the_one_namespace_setting() {
-        let scope = |args: &[&str]| {
-            super::Args::try_parse_from(std::iter::once("informer").chain(args.iter().copied()))
-                .map(|a| a.scope())
-                .unwrap_or_else(|e| format!("error: {e}"))
-        };
+    fn scope_covers_every_namespace_runs_may_use() {
+        // No namespace list: any namespace may be used, so all are watched.
         assert_eq!(scope(&[]), "");
-        assert_eq!(scope(&["--namespaces", "ci"]), "ci");
-        assert_eq!(scope(&["--namespaces", "ci,builds"]), "");
+        // One listed namespace besides the server's default one: both must be watched (the
+        // default one holds every run that names no namespace).
+        assert_eq!(scope(&["--namespaces", "ci"]), "");
         assert_eq!(
-            scope(&["--namespaces", "ci", "--informing-namespace", "x"]),
-            "x"
+            scope(&["--namespaces", "ci", "--pipeline-namespace", "ci"]),
+            "ci"
         );
+        assert_eq!(
+            scope(&[
+                "--namespaces",
+                "ci",
+                "--pipeline-namespace",
+                "ci",
+                "--tekton-namespace",
+                "x"
+            ]),
+            ""
+        );
+        assert_eq!(scope(&["--namespaces", "ci,builds"]), "");
+    }
+
+    #[test]
+    fn a_narrower_informing_namespace_is_refused() {
+        assert_eq!(
+            scope(&[
+                "--namespaces",
+                "ci",
+                "--pipeline-namespace",
+                "ci",
+                "--informing-namespace",
+                "ci"
+            ]),
+            "ci"
+        );
+        for narrower in [
+            &["--namespaces", "ci", "--informing-namespace", "ci"][..],
+            &[
+                "--namespaces",
+                "ci",
+                "--pipeline-namespace",
+                "ci",
+                "--informing-namespace",
+                "x",
+            ],
+            &[
+                "--pipeline-namespace",
+                "ci",
+                "--tekton-namespace",
+                "y",
+                "--informing-namespace",
+                "ci",
+            ],
+        ] {
+            let got = scope(narrower);
+            assert!(
+                got.starts_with("error: INFORMING_NAMESPACE"),
+                "{narrower:?}: {got}"
+            );
+        }
     }
 
     #[test]
