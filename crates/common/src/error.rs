@@ -62,6 +62,14 @@ pub enum Error {
         /// The id.
         id: String,
     },
+    /// A run joined a concurrency group between the supersede authorization and the create.
+    #[error("revision run {member} joined concurrency group {group} meanwhile")]
+    GroupChanged {
+        /// The group.
+        group: String,
+        /// The member the caller was not authorized for.
+        member: String,
+    },
     /// Redis is not configured to keep acknowledged writes, and durability is required.
     #[error("Redis persistence does not keep acknowledged writes: {reason}")]
     NotDurable {
@@ -93,6 +101,7 @@ impl Error {
             Error::Machine(_) => "state_machine",
             Error::Contention { .. } => "contention",
             Error::IdCollision { .. } => "id_collision",
+            Error::GroupChanged { .. } => "group_changed",
             Error::NotDurable { .. } => "not_durable",
             Error::NoSlot { .. } => "no_slot",
             Error::Encode(_) => "encode",

@@ -83,6 +83,11 @@ impl Keys {
         format!("{}:group:{{{group}}}:queue", self.prefix)
     }
 
+    /// The concurrency limit of `group`, stored by its first member while it has members.
+    pub fn group_limit(&self, group: &str) -> String {
+        format!("{}:group:{{{group}}}:limit", self.prefix)
+    }
+
     /// Set of groups that have queued revision runs (what admission looks at).
     pub fn groups_waiting(&self) -> String {
         format!("{}:groups:waiting", self.prefix)

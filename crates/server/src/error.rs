@@ -85,6 +85,9 @@ impl From<Error> for tonic::Status {
             Error::Store(StoreError::IdCollision { id }) => tonic::Status::already_exists(format!(
                 "revision run id {id} belongs to a different request; change the request (e.g. its commit or runs)"
             )),
+            Error::Store(StoreError::GroupChanged { group, .. }) => tonic::Status::aborted(
+                format!("concurrency group {group:?} kept changing while superseding; retry"),
+            ),
             Error::Store(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "store unavailable");
                 tonic::Status::unavailable("the revision run store is unavailable; retry later")

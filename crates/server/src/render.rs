@@ -36,6 +36,8 @@ pub struct RenderSettings {
     pub default_revision_run_timeout_seconds: Option<u32>,
     /// Concurrency limit per group of requests that set none (0 = unlimited).
     pub default_max_concurrent: u32,
+    /// Whether a failing run cancels its running siblings, for requests that do not say.
+    pub default_fail_fast: bool,
     /// Concurrency policy of requests that set none.
     pub default_concurrency_policy: ConcurrencyPolicy,
     /// Namespaces runs may be created in besides the default one (`STAGETIME_NAMESPACES`); the
@@ -138,10 +140,27 @@ impl Default for RenderSettings {
             default_stage_timeout_seconds: Some(2 * 3600),
             default_revision_run_timeout_seconds: Some(24 * 3600),
             default_max_concurrent: 0,
+            default_fail_fast: true,
             default_concurrency_policy: ConcurrencyPolicy::Queue,
             sources: SourcePolicy::default(),
         }
     }
+}
+
+/// The key of a concurrency group: its name scoped by the namespaces the revision run's
+/// PipelineRuns go to (`team-a/main`, `a,b/main`), so groups of the same name in other
+/// namespaces never share slots, queues or supersede. Namespace names hold neither `/` nor
+/// `,`, so two different scopes never give the same key.
+pub fn scoped_group(name: &str, stages: &[Stage]) -> String {
+    let namespaces: std::collections::BTreeSet<&str> = stages
+        .iter()
+        .flat_map(|s| &s.runs)
+        .map(|r| r.namespace.as_str())
+        .collect();
+    format!(
+        "{}/{name}",
+        namespaces.into_iter().collect::<Vec<_>>().join(",")
+    )
 }
 
 /// Annotation carrying a run's canfail flag, as the original wrote it.
@@ -240,7 +259,20 @@ pub fn render(
             finished_at: None,
             deadline: None,
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let concurrency = match req
+        .max_concurrent
+        .unwrap_or(settings.default_max_concurrent)
+    {
+        0 => None,
+        max => Some(Concurrency {
+            group: scoped_group(
+                req.concurrency_group.as_deref().unwrap_or(&req.repo_name),
+                &stages,
+            ),
+            max_concurrent: max,
+        }),
+    };
     let rr = RevisionRun {
         id,
         version: 0,
@@ -259,19 +291,7 @@ pub fn render(
         token,
         request_hash,
         history: Vec::new(),
-        concurrency: match req
-            .max_concurrent
-            .unwrap_or(settings.default_max_concurrent)
-        {
-            0 => None,
-            max => Some(Concurrency {
-                group: req
-                    .concurrency_group
-                    .clone()
-                    .unwrap_or_else(|| req.repo_name.clone()),
-                max_concurrent: max,
-            }),
-        },
+        concurrency,
         reason: None,
         message: None,
         timeout_seconds: req
@@ -283,6 +303,7 @@ pub fn render(
             .or(settings.default_stage_timeout_seconds),
         rev: String::new(),
         retention: req.retention,
+        fail_fast: req.fail_fast.unwrap_or(settings.default_fail_fast),
     };
     Ok(Rendered { rr, manifests })
 }

@@ -782,3 +782,124 @@ async fn retention_is_stored_with_the_run_and_bounded() -> anyhow::Result<()> {
     assert!(err.message().contains("retention.ttl_seconds"), "{err:?}");
     Ok(())
 }
+
+/// A one-run request in `namespace` ("" = the server's default) of concurrency group `group`.
+fn grouped(
+    commit: &str,
+    namespace: &str,
+    group: &str,
+    max: u32,
+    policy: pb::ConcurrencyPolicy,
+) -> pb::CreateRequest {
+    let mut req = typed_request();
+    req.runs.truncate(1);
+    req.runs[0].namespace = namespace.into();
+    pb::CreateRequest {
+        repo_name: "shared-repo".into(),
+        commit_id: commit.into(),
+        concurrency_group: group.into(),
+        max_concurrent: max,
+        concurrency_policy: policy as i32,
+        ..req
+    }
+}
+
+/// Two supersede submissions into one group at the same moment, 50 times: in every round the
+/// newer run (the later of the two in the store's event log) runs and only the older one is
+/// cancelled. (Each once cancelled every other member, so both could end cancelled.)
+#[tokio::test]
+async fn of_two_concurrent_supersedes_the_newer_one_runs() -> anyhow::Result<()> {
+    let mut server = TestServer::start("supersede-pair").await?;
+    let client = RevisionRunsClient::new(server.channel().await?);
+    let supersede = pb::ConcurrencyPolicy::Supersede;
+    for round in 0..50 {
+        let group = format!("pair-{round}");
+        let (mut a, mut b) = (client.clone(), client.clone());
+        let (ra, rb) = tokio::join!(
+            a.create(grouped(
+                &format!("aaaa{round:04}"),
+                "",
+                &group,
+                1,
+                supersede
+            )),
+            b.create(grouped(
+                &format!("bbbb{round:04}"),
+                "",
+                &group,
+                1,
+                supersede
+            )),
+        );
+        let ids = [ra?.into_inner().id, rb?.into_inner().id];
+        // Creation order: each run's first event (version 1) in the event log.
+        let events: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(format!("{}:events", server.prefix))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut server.conn)
+            .await?;
+        let position = |id: &str| {
+            events.iter().position(|(_, fields)| {
+                fields.contains(&("rr".into(), id.into()))
+                    && fields.contains(&("version".into(), "1".into()))
+            })
+        };
+        let (older, newer) = match (position(&ids[0]), position(&ids[1])) {
+            (Some(x), Some(y)) if x < y => (&ids[0], &ids[1]),
+            (Some(_), Some(_)) => (&ids[1], &ids[0]),
+            other => anyhow::bail!("round {round}: creation events missing: {other:?}"),
+        };
+        let (older, newer) = (
+            server.store.get(older).await?,
+            server.store.get(newer).await?,
+        );
+        assert_eq!(
+            (older.phase, newer.phase),
+            (
+                stagetime_common::model::Phase::Cancelled,
+                stagetime_common::model::Phase::Pending
+            ),
+            "round {round}: older {} / newer {}",
+            older.id,
+            newer.id
+        );
+    }
+    Ok(())
+}
+
+/// A concurrency group belongs to the namespaces its runs go to, and its limit is the one its
+/// first member brought: the same group name in another namespace neither waits behind nor
+/// supersedes this one's runs, and a later arrival asking for a large limit still queues.
+#[tokio::test]
+async fn groups_are_per_namespace_and_keep_their_first_limit() -> anyhow::Result<()> {
+    use stagetime_common::model::Phase;
+    let server = TestServer::start("group-scope").await?;
+    let mut client = RevisionRunsClient::new(server.channel().await?);
+    let (queue, supersede) = (
+        pb::ConcurrencyPolicy::Queue,
+        pb::ConcurrencyPolicy::Supersede,
+    );
+    let mut create = async |req: pb::CreateRequest| -> anyhow::Result<RevisionRunState> {
+        let id = client.create(req).await?.into_inner().id;
+        Ok(RevisionRunState(server.store.get(&id).await?.phase, id))
+    };
+    // Same group name, one namespace each ("builds" is the default): both run.
+    let builds = create(grouped("cccc0001", "", "deploy", 1, queue)).await?;
+    let ci = create(grouped("cccc0002", "ci", "deploy", 1, queue)).await?;
+    // Admitted: their first stage is open (Pending until a PipelineRun runs).
+    assert_eq!((builds.0, ci.0), (Phase::Pending, Phase::Pending));
+    // A newcomer in "builds" asking for 1000 slots is held to the group's limit of 1.
+    let squatter = create(grouped("cccc0003", "", "deploy", 1000, queue)).await?;
+    assert_eq!(squatter.0, Phase::Queued, "the limit came from the request");
+    // Superseding in "ci" cancels the older "ci" run only.
+    let ci2 = create(grouped("cccc0004", "ci", "deploy", 1, supersede)).await?;
+    assert_eq!(ci2.0, Phase::Pending);
+    assert_eq!(server.store.get(&ci.1).await?.phase, Phase::Cancelled);
+    assert_eq!(server.store.get(&builds.1).await?.phase, Phase::Pending);
+    assert_eq!(server.store.get(&squatter.1).await?.phase, Phase::Queued);
+    Ok(())
+}
+
+/// A phase and the id of a created revision run.
+struct RevisionRunState(stagetime_common::model::Phase, String);

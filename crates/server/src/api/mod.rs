@@ -14,7 +14,7 @@ use stagetime_common::{
     Error as StoreError,
     model::{Phase, RevisionRun},
     request::{ConcurrencyPolicy, RevisionRequest},
-    store::{Store, now_rfc3339},
+    store::{Created, Store, Supersede, now_rfc3339},
     telemetry,
 };
 use tracing::Instrument as _;
@@ -164,14 +164,9 @@ impl Api {
         let policy = req
             .concurrency_policy
             .unwrap_or(self.settings.default_concurrency_policy);
-        if let Some(concurrency) = &rendered.rr.concurrency
-            && policy == ConcurrencyPolicy::Supersede
-        {
-            // Superseding cancels others' runs: the caller must be allowed where they run too.
-            self.allow_supersede(caller, &concurrency.group, &rendered.rr.id)
-                .await?;
-        }
-        let created = self.store.create(&rendered.rr, &rendered.manifests).await?;
+        let superseding =
+            rendered.rr.concurrency.is_some() && policy == ConcurrencyPolicy::Supersede;
+        let created = self.store_new(caller, &rendered, superseding).await?;
         if !created.created {
             tracing::info!(rr = %created.id, "identical revision run already exists");
             return Ok((created.id, false));
@@ -183,23 +178,77 @@ impl Api {
         );
         tracing::info!(rr = %created.id, runs = rendered.manifests.len(), queued = created.queued, "revision run created");
         if let Some(concurrency) = &rendered.rr.concurrency {
-            if policy == ConcurrencyPolicy::Supersede {
-                self.supersede(&concurrency.group, &created.id).await?;
+            // Exactly the members the store answered: all joined the group before this run,
+            // and the caller was authorized for each of them.
+            for older in &created.superseded {
+                match self.store.cancel(older).await {
+                    Ok(cancelled) => {
+                        tracing::info!(rr = %older, by = %created.id, phase = %cancelled.rr.phase, "superseded");
+                    }
+                    Err(StoreError::NotFound { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
             }
-            if created.queued || policy == ConcurrencyPolicy::Supersede {
+            if created.queued || superseding {
                 self.store.admit_next(&concurrency.group).await?;
             }
         }
         Ok((created.id, true))
     }
 
-    /// `PERMISSION_DENIED` unless `caller` may `create` in the namespaces of every queued or
-    /// running revision run of `group` that a new run `id` would supersede.
-    async fn allow_supersede(&self, caller: &Caller, group: &str, id: &str) -> Result<(), Error> {
-        if caller.is_unrestricted() {
-            return Ok(());
+    /// Stores the rendered revision run. Superseding cancels others' runs, so the caller must
+    /// be allowed where they run too: the members are authorized first, and the create
+    /// (which answers the members it supersedes, in the same atomic step) refuses when one
+    /// joined meanwhile; then the members are read and authorized again, a few times at most.
+    async fn store_new(
+        &self,
+        caller: &Caller,
+        rendered: &Rendered,
+        superseding: bool,
+    ) -> Result<Created, Error> {
+        const ATTEMPTS: usize = 5;
+        let Some(concurrency) = rendered.rr.concurrency.as_ref().filter(|_| superseding) else {
+            return Ok(self.store.create(&rendered.rr, &rendered.manifests).await?);
+        };
+        let mut last = None;
+        for _ in 0..ATTEMPTS {
+            let supersede = if caller.is_unrestricted() {
+                Supersede::Any
+            } else {
+                Supersede::Only(
+                    self.allow_supersede(caller, &concurrency.group, &rendered.rr.id)
+                        .await?,
+                )
+            };
+            match self
+                .store
+                .create_superseding(&rendered.rr, &rendered.manifests, &supersede)
+                .await
+            {
+                Err(StoreError::GroupChanged { group, member }) => {
+                    tracing::info!(%group, %member, "group changed while superseding; authorizing again");
+                    last = Some(StoreError::GroupChanged { group, member });
+                }
+                other => return Ok(other?),
+            }
         }
+        Err(last.map_or_else(
+            || Error::FailedPrecondition("group changed".into()),
+            Error::from,
+        ))
+    }
+
+    /// The queued or running revision runs of `group` (other than `id`), once `caller` is
+    /// known to be allowed to `create` in each one's namespaces; `PERMISSION_DENIED` naming
+    /// the first it may not supersede.
+    async fn allow_supersede(
+        &self,
+        caller: &Caller,
+        group: &str,
+        id: &str,
+    ) -> Result<Vec<String>, Error> {
         let members = self.store.group_members(group).await?;
+        let mut allowed = Vec::new();
         for older in members
             .active
             .iter()
@@ -208,7 +257,11 @@ impl Api {
         {
             let rr = match self.store.get(older).await {
                 Ok(rr) => rr,
-                Err(StoreError::NotFound { .. }) => continue,
+                // Gone (purged): nothing of it can run or be revealed any more.
+                Err(StoreError::NotFound { .. }) => {
+                    allowed.push(older.clone());
+                    continue;
+                }
                 Err(error) => return Err(error.into()),
             };
             self.allow(caller, "create", &rr)
@@ -222,23 +275,9 @@ impl Api {
                     }
                     other => other,
                 })?;
+            allowed.push(older.clone());
         }
-        Ok(())
-    }
-
-    /// Cancels every other queued or running revision run of `group` (all arrived before `id`).
-    async fn supersede(&self, group: &str, id: &str) -> Result<(), Error> {
-        let members = self.store.group_members(group).await?;
-        for older in members
-            .active
-            .iter()
-            .chain(&members.queued)
-            .filter(|m| *m != id)
-        {
-            let cancelled = self.store.cancel(older).await?;
-            tracing::info!(rr = %older, by = %id, phase = %cancelled.rr.phase, "superseded");
-        }
-        Ok(())
+        Ok(allowed)
     }
 
     /// Cancels a revision run; cancelling a cancelled one again answers the same, cancelling
