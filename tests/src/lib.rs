@@ -403,7 +403,7 @@ pub async fn submit(
 
 /// Checks runs of one concurrency group (in submission order): each started (its first stage
 /// opened) no earlier than the one submitted before it, and none started while `max` others
-/// were between their first stage opening and their last stage finishing.
+/// were between their first stage opening and their last stage or run ending.
 pub fn assert_admitted_in_order(runs: &[RevisionRun], max: usize) -> anyhow::Result<()> {
     let at = |t: Option<&String>| -> anyhow::Result<i64> {
         let t: jiff::Timestamp = t.map(String::as_str).unwrap_or_default().parse()?;
@@ -412,10 +412,20 @@ pub fn assert_admitted_in_order(runs: &[RevisionRun], max: usize) -> anyhow::Res
     let spans = runs
         .iter()
         .map(|rr| {
-            Ok((
-                at(rr.stages[0].opened_at.as_ref())?,
-                at(rr.stages.last().and_then(|s| s.finished_at.as_ref()))?,
-            ))
+            // It holds its slot until its last stage or run ended (a cancelled run's runs end
+            // after its stages).
+            let ends = rr.stages.iter().flat_map(|s| {
+                s.runs
+                    .iter()
+                    .map(|r| r.finished_at.as_ref())
+                    .chain([s.finished_at.as_ref()])
+            });
+            let mut end = None;
+            for t in ends.flatten() {
+                end = end.max(Some(at(Some(t))?));
+            }
+            let end = end.ok_or_else(|| anyhow::anyhow!("{} never ended", rr.id))?;
+            Ok((at(rr.stages[0].opened_at.as_ref())?, end))
         })
         .collect::<anyhow::Result<Vec<(i64, i64)>>>()?;
     anyhow::ensure!(

@@ -428,3 +428,115 @@ async fn supersede_cancels_the_older_run_of_the_group() -> anyhow::Result<()> {
     assert_eq!(rr.phase, Phase::Running);
     Ok(())
 }
+
+/// Two runs in stage 0 (`a`, `b`) and one in stage 1, in concurrency group `group` (limit 1).
+fn siblings(commit: &str, group: &str) -> pb::CreateRequest {
+    let run = |name: &str, stage: u32| pb::RunSpec {
+        name: name.into(),
+        stage,
+        pipeline_ref: Some(pb::PipelineRef {
+            r#ref: Some(pb::pipeline_ref::Ref::Name("build".into())),
+        }),
+        ..Default::default()
+    };
+    pb::CreateRequest {
+        repo_name: "siblings".into(),
+        commit_id: commit.into(),
+        runs: vec![run("a", 0), run("b", 0), run("c", 1)],
+        concurrency_group: group.into(),
+        max_concurrent: 1,
+        ..Default::default()
+    }
+}
+
+/// Fail-fast (the default): when `a` fails, its running sibling `b` gets Tekton's graceful
+/// cancel, and the revision run fails once `b` has ended — not before, and not never. (The
+/// stage once waited for `b` to finish on its own, for as long as it ran.)
+#[tokio::test]
+async fn a_failed_run_has_its_running_siblings_cancelled() -> anyhow::Result<()> {
+    let stack = Stack::start("fail-fast", Duration::from_secs(3600)).await?;
+    let mut api = client(&stack).await?;
+    let id = api.create(siblings("ffff0001", "ff")).await?.into_inner().id;
+    let rr = wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
+        rr.stages[0].runs.iter().all(|r| r.state == RunState::Running)
+    })
+    .await?;
+    let (a, b) = (&rr.stages[0].runs[0], &rr.stages[0].runs[1]);
+    finish(&stack, &a.pipeline_run, false).await?;
+    let failed = stack.wait_terminal(&id, FINISH).await?;
+    assert_eq!(failed.phase, Phase::Failed);
+    let sibling = &failed.stages[0].runs[1];
+    assert_eq!(
+        (sibling.state, sibling.reason.as_deref()),
+        (RunState::Failed, Some("Cancelled")),
+        "the sibling ended by its cancel"
+    );
+    let objs = objects(&stack).await?;
+    let b_obj = objs.iter().find(|o| o.metadata.name.as_deref() == Some(&b.pipeline_run));
+    assert_eq!(
+        b_obj.map(|o| o.data["spec"]["status"].clone()),
+        Some(serde_json::json!(tekton::CANCELLED_RUN_FINALLY))
+    );
+    assert_eq!(failed.stages[1].state, StageState::Skipped);
+    Ok(())
+}
+
+/// A cancel ends the revision run at once, but while its PipelineRuns have not stopped (here:
+/// no creator to deliver the cancel) the run keeps its concurrency slot — the next run of the
+/// group stays queued — and a retry is `FAILED_PRECONDITION` naming them. Once the creator is
+/// back, the cancel reaches them, they end, the slot passes on, and the retry is accepted.
+#[tokio::test]
+async fn a_cancelled_run_holds_its_slot_and_refuses_retry_until_its_pipelineruns_end()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start("slot-held", Duration::from_secs(3600)).await?;
+    let mut api = client(&stack).await?;
+    let id = api.create(siblings("eeee0001", "held")).await?.into_inner().id;
+    let rr = wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
+        rr.stages[0].runs.iter().all(|r| r.state == RunState::Running)
+    })
+    .await?;
+    if let Some(creator) = stack.creator.take() {
+        creator.stop().await;
+    }
+    let cancelled = api.cancel(pb::CancelRequest { id: id.clone() }).await?.into_inner();
+    assert_eq!(cancelled.phase, pb::Phase::Cancelled as i32);
+    let next = api.create(siblings("eeee0002", "held")).await?.into_inner().id;
+    assert_eq!(stack.store.get(&next).await?.phase, Phase::Queued);
+    let refused = api
+        .retry(pb::RetryRequest { id: id.clone() })
+        .await
+        .expect_err("retried beside running PipelineRuns");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    for run in &rr.stages[0].runs {
+        assert!(
+            refused.message().contains(&run.pipeline_run),
+            "{}",
+            refused.message()
+        );
+    }
+    assert_eq!(
+        stack.store.get(&next).await?.phase,
+        Phase::Queued,
+        "admitted while the cancelled run's PipelineRuns still ran"
+    );
+    stack.creator = Some(stack.spawn_creator("creator-2"));
+    wait_rr(&stack.store, &next, "the next run admitted", FINISH, |rr| {
+        rr.phase != Phase::Queued
+    })
+    .await?;
+    let ended = stack.store.get(&id).await?;
+    assert!(
+        ended.stages[0].runs.iter().all(|r| r.state == RunState::Failed),
+        "admitted before the cancelled runs ended: {:?}",
+        ended.stages[0].runs
+    );
+    // The slot is taken by the next run now: cancel it, then the retry is accepted.
+    api.cancel(pb::CancelRequest { id: next.clone() }).await?;
+    let retried = wait_for("the retry to be accepted", FINISH, || {
+        let (mut api, id) = (api.clone(), id.clone());
+        async move { api.retry(pb::RetryRequest { id }).await.ok() }
+    })
+    .await?;
+    assert_eq!(retried.into_inner().attempt, 2);
+    Ok(())
+}

@@ -36,6 +36,7 @@ impl RevisionRunBuilder {
                 request_hash: String::new(),
                 history: Vec::new(),
                 concurrency: None,
+                fail_fast: true,
                 reason: None,
                 message: None,
                 timeout_seconds: None,

@@ -99,6 +99,15 @@ pub enum MachineError {
         /// Its phase.
         phase: Phase,
     },
+    /// A retry while PipelineRuns of the attempt that ended may still run: the new attempt
+    /// would run a second copy beside them.
+    #[error("revision run {rr} still has running PipelineRuns ({}); retry once they have ended", .running.join(", "))]
+    StillRunning {
+        /// Revision run id.
+        rr: String,
+        /// The PipelineRuns that are not terminal yet.
+        running: Vec<String>,
+    },
     /// An object with a run's name that was not created for it (another namespace, another UID,
     /// or without the revision run's token): it must never decide the run.
     #[error("PipelineRun {namespace}/{pipeline_run} is foreign to revision run {rr}: {why}")]
@@ -334,6 +343,7 @@ pub fn observe(
     if !apply_to_run(&mut rr.stages[si].runs[ri], observed, now) {
         return Ok(Decision::default());
     }
+    let fail_fast = fails_fast(rr, si, ri);
     rr.updated_at = now.to_string();
     if rr.phase == Phase::Pending {
         rr.phase = Phase::Running;
@@ -347,8 +357,25 @@ pub fn observe(
     }
     if let Some(outcome) = stage_outcome(&rr.stages[si].runs) {
         close_and_advance(rr, si, outcome, now, &mut decision.effects);
+    } else if fail_fast {
+        // The stage has failed already: its runs still going are cancelled, and it closes
+        // (and the slot frees) once they are terminal.
+        decision.effects.push(Effect::CancelRuns {
+            stage: rr.stages[si].number,
+        });
     }
     Ok(decision)
+}
+
+/// Whether run `ri` of stage `si`, just recorded, is the stage's first failure that may not
+/// fail, in a revision run that fails fast: then its siblings still going are cancelled.
+fn fails_fast(rr: &RevisionRun, si: usize, ri: usize) -> bool {
+    let runs = &rr.stages[si].runs;
+    let failed_hard = |r: &Run| r.state == RunState::Failed && !r.canfail;
+    rr.fail_fast
+        && !rr.phase.is_terminal()
+        && failed_hard(&runs[ri])
+        && runs.iter().filter(|r| failed_hard(r)).count() == 1
 }
 
 /// Cancels a revision run: the open stage becomes `Cancelled`, stages not opened `Skipped`.
@@ -389,6 +416,13 @@ pub fn retry(rr: &mut RevisionRun, now: &str) -> Result<Decision, MachineError> 
         return Err(MachineError::NotRetryable {
             rr: rr.id.clone(),
             phase: rr.phase,
+        });
+    }
+    let running: Vec<String> = rr.live_runs().map(|r| r.pipeline_run.clone()).collect();
+    if !running.is_empty() {
+        return Err(MachineError::StillRunning {
+            rr: rr.id.clone(),
+            running,
         });
     }
     let first = rr

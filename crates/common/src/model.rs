@@ -230,9 +230,12 @@ pub struct Stage {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Concurrency {
-    /// Group key (default: the repository name).
+    /// Group key: the group's name (default: the repository name) scoped by the namespaces of
+    /// the revision run's PipelineRuns, `<namespaces>/<name>`, so tenants never share a group.
     pub group: String,
-    /// Most revision runs of the group running at once (at least 1).
+    /// The limit this revision run asked for (at least 1). The group's limit is the one its
+    /// first member brought, stored with the group while it has members: a later arrival never
+    /// changes it.
     pub max_concurrent: u32,
 }
 
@@ -328,6 +331,36 @@ pub struct RevisionRun {
     /// defaults (from the request: its RevisionRun's or Repo's `retention`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
+    /// Whether a run that fails (and may not) gets the other running runs of its stage
+    /// cancelled (Tekton's graceful cancel) instead of letting them finish. Either way the
+    /// stage, and the concurrency slot, wait until every run is terminal.
+    #[serde(default = "fail_fast_default", skip_serializing_if = "is_true")]
+    pub fail_fast: bool,
+}
+
+fn fail_fast_default() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+impl RevisionRun {
+    /// Runs of the current attempt that exist and are not terminal: their PipelineRuns may
+    /// still run (a cancel asks Tekton to stop them; they are terminal once it has).
+    pub fn live_runs(&self) -> impl Iterator<Item = &Run> {
+        self.stages
+            .iter()
+            .flat_map(|s| &s.runs)
+            .filter(|r| matches!(r.state, RunState::Created | RunState::Running))
+    }
+
+    /// Whether the revision run holds its concurrency slot: until it is terminal *and* none
+    /// of its PipelineRuns may still run, so the next run of the group never overlaps them.
+    pub fn holds_slot(&self) -> bool {
+        !self.phase.is_terminal() || self.live_runs().next().is_some()
+    }
 }
 
 /// Retention limits that override the housekeeping defaults (`None` = the default; `Some(0)` =

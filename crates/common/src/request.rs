@@ -236,6 +236,10 @@ pub struct RevisionRequest {
     /// (say, the branch head a retrying client resolved), and a new key starts a new run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Whether a failing run cancels the running runs of its stage (`None` = the server's
+    /// default, `--fail-fast`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_fast: Option<bool>,
     /// Retention overrides for this revision run once finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<crate::model::Retention>,

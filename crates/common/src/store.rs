@@ -50,6 +50,22 @@ pub struct Created {
     pub created: bool,
     /// True when it was created `Queued`: its concurrency group was full.
     pub queued: bool,
+    /// With [`Supersede`]: the members of the group when this run joined it, all older than
+    /// it — exactly the revision runs it supersedes.
+    pub superseded: Vec<String>,
+}
+
+/// Whether a new revision run supersedes the older members of its concurrency group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Supersede {
+    /// It does not: it queues behind them.
+    No,
+    /// It supersedes every member (a caller allowed everywhere).
+    Any,
+    /// It supersedes the members, which must all be among these (the ones the caller was
+    /// authorized for); a member outside them fails the create with
+    /// [`Error::GroupChanged`] and writes nothing.
+    Only(Vec<String>),
 }
 
 /// Result of [`Store::update`].
@@ -360,6 +376,18 @@ impl Store {
         rr: &RevisionRun,
         manifests: &[(String, String)],
     ) -> Result<Created> {
+        self.create_superseding(rr, manifests, &Supersede::No).await
+    }
+
+    /// [`Self::create`], and with `supersede` the group's members at the instant the run
+    /// joins it are answered in [`Created::superseded`], read in the same atomic step: a run
+    /// that joins later is newer and never among them.
+    pub async fn create_superseding(
+        &self,
+        rr: &RevisionRun,
+        manifests: &[(String, String)],
+        supersede: &Supersede,
+    ) -> Result<Created> {
         let mut rr = rr.clone();
         let now = rr.created_at.clone();
         rr.version = 1;
@@ -392,6 +420,7 @@ impl Store {
             .key(self.keys.groups_waiting())
             .key(self.keys.queue_sequence())
             .key(self.keys.idx_active())
+            .key(self.keys.group_limit(group.map_or("", |g| &g.group)))
             .arg(json)
             .arg(score)
             .arg(&rr.id)
@@ -402,23 +431,38 @@ impl Store {
             .arg(deadline_arg(&rr))
             .arg(group.map_or("", |g| &g.group))
             .arg(group.map_or(0, |g| g.max_concurrent.max(1)))
-            .arg(queued);
+            .arg(queued)
+            .arg(match supersede {
+                Supersede::No => String::new(),
+                Supersede::Any => "*".to_string(),
+                // A member id never holds a comma (ids are validated key-safe).
+                Supersede::Only(allowed) if allowed.is_empty() => ",".to_string(),
+                Supersede::Only(allowed) => allowed.join(","),
+            });
         for (name, manifest) in manifests {
             invocation.arg(name).arg(manifest);
         }
         let mut conn = self.conn.clone();
-        let created: i64 = invocation
+        let reply: Vec<String> = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err("create revision run"))?;
-        if created == -2 {
-            return Err(Error::IdCollision { id: rr.id });
+        let mut rest = reply.into_iter();
+        let code: i64 = rest.next().and_then(|c| c.parse().ok()).unwrap_or_default();
+        let rest: Vec<String> = rest.collect();
+        match code {
+            -2 => Err(Error::IdCollision { id: rr.id }),
+            -4 => Err(Error::GroupChanged {
+                group: group.map_or_else(String::new, |g| g.group.clone()),
+                member: rest.into_iter().next().unwrap_or_default(),
+            }),
+            _ => Ok(Created {
+                id: rr.id,
+                created: code >= 1,
+                queued: code == 2,
+                superseded: rest,
+            }),
         }
-        Ok(Created {
-            id: rr.id,
-            created: created >= 1,
-            queued: created == 2,
-        })
     }
 
     /// Loads a revision run.
@@ -671,6 +715,7 @@ impl Store {
             .key(self.keys.group_active(group))
             .key(self.keys.group_queue(group))
             .key(self.keys.idx_active())
+            .key(self.keys.group_limit(group))
             .arg(current.version)
             .arg(&next.id)
             .arg(next.attempt)
@@ -788,10 +833,11 @@ fn slot_op(current: &RevisionRun, next: &RevisionRun) -> String {
         return String::new();
     };
     let max = concurrency.max_concurrent.max(1);
-    match (current.phase, next.phase) {
-        (from, to) if !from.is_terminal() && to.is_terminal() => "release".into(),
-        (Phase::Queued, to) if to != Phase::Queued => format!("take:{max}"),
-        (from, to) if from.is_terminal() && !to.is_terminal() => format!("grab:{max}"),
+    match (current.holds_slot(), next.holds_slot()) {
+        // Terminal with none of its PipelineRuns still running: the slot is free.
+        (true, false) => "release".into(),
+        _ if current.phase == Phase::Queued && next.phase != Phase::Queued => format!("take:{max}"),
+        (false, true) => format!("grab:{max}"),
         _ => String::new(),
     }
 }

@@ -480,6 +480,7 @@ mod tests {
             max_concurrent: None,
             concurrency_policy: None,
             request_id: None,
+            fail_fast: None,
             retention: None,
         }
     }

@@ -334,6 +334,7 @@ proptest! {
                 Step::Retry => match machine::retry(&mut rr, NOW) {
                     Ok(d) => {
                         prop_assert!(matches!(before.phase, Phase::Failed | Phase::Cancelled));
+                        prop_assert!(before.live_runs().next().is_none(), "retried beside running PipelineRuns");
                         prop_assert_eq!(rr.attempt, before.attempt + 1);
                         for (b, a) in before.stages.iter().zip(&rr.stages) {
                             if matches!(b.state, StageState::Succeeded | StageState::SucceededWithAllowedFailures) {
@@ -343,7 +344,10 @@ proptest! {
                         d
                     }
                     Err(_) => {
-                        prop_assert!(!matches!(before.phase, Phase::Failed | Phase::Cancelled));
+                        prop_assert!(
+                            !matches!(before.phase, Phase::Failed | Phase::Cancelled)
+                                || before.live_runs().next().is_some()
+                        );
                         prop_assert_eq!(&rr, &before);
                         continue;
                     }
@@ -399,4 +403,63 @@ fn deadlines_fail_the_open_stage_with_a_reason_and_nothing_before() {
     );
     assert_eq!(rr.stages[1].state, StageState::Skipped);
     assert!(!machine::expire(&mut rr, "2026-01-01T01:00:00Z").changed);
+}
+
+/// With fail-fast (the default), the first run of a stage that fails and may not has the
+/// others still going cancelled; the stage (and the revision run) finish only once every run
+/// is terminal, and a retry before that is refused naming the runs still going.
+#[test]
+fn a_failing_run_cancels_its_siblings_and_the_stage_waits_for_them() {
+    let build = || {
+        RevisionRunBuilder::new("rr")
+            .stage(0, &[("a", false), ("b", false), ("c", true)])
+            .stage(1, &[("d", false)])
+            .build()
+    };
+    let (mut rr, _) = started(build());
+    let running = Observed::Running;
+    for name in ["rr-0-a", "rr-0-b", "rr-0-c"] {
+        machine::observe(&mut rr, name, &running, NOW).unwrap();
+    }
+    let d = machine::observe(&mut rr, "rr-0-a", &fail(), NOW).unwrap();
+    assert_eq!(d.effects, vec![Effect::CancelRuns { stage: 0 }]);
+    assert_eq!(
+        rr.stages[0].state,
+        StageState::Open,
+        "closed before its runs ended"
+    );
+    assert!(rr.holds_slot());
+    // Cancelled siblings end; the stage fails once the last one has.
+    let d = machine::observe(&mut rr, "rr-0-b", &fail(), NOW).unwrap();
+    assert!(
+        !d.effects.contains(&Effect::CancelRuns { stage: 0 }),
+        "cancelled twice"
+    );
+    machine::observe(&mut rr, "rr-0-c", &fail(), NOW).unwrap();
+    assert_eq!(
+        (rr.phase, rr.stages[0].state),
+        (Phase::Failed, StageState::Failed)
+    );
+    assert!(!rr.holds_slot());
+
+    // Without fail-fast the siblings are left to finish.
+    let mut slow = build();
+    slow.fail_fast = false;
+    let (mut slow, _) = started(slow);
+    machine::observe(&mut slow, "rr-0-b", &running, NOW).unwrap();
+    let d = machine::observe(&mut slow, "rr-0-a", &fail(), NOW).unwrap();
+    assert!(d.effects.is_empty(), "{:?}", d.effects);
+
+    // A cancel ends the revision run at once, but it holds its slot, and refuses a retry,
+    // while a PipelineRun is still running.
+    let (mut cancelled, _) = started(build());
+    machine::observe(&mut cancelled, "rr-0-a", &running, NOW).unwrap();
+    machine::cancel(&mut cancelled, NOW);
+    assert_eq!(cancelled.phase, Phase::Cancelled);
+    assert!(cancelled.holds_slot());
+    let refused = machine::retry(&mut cancelled, NOW).unwrap_err();
+    assert!(refused.to_string().contains("rr-0-a"), "{refused}");
+    machine::observe(&mut cancelled, "rr-0-a", &fail(), NOW).unwrap();
+    assert!(!cancelled.holds_slot());
+    assert!(machine::retry(&mut cancelled, NOW).is_ok());
 }

@@ -423,32 +423,64 @@ impl Creator {
     }
 
     /// Cancels the running PipelineRuns of a cancelled stage gracefully.
+    /// The message's attempt may have been replaced by a retry meanwhile: its runs are then
+    /// found in the history, which keeps their names and UIDs.
     pub async fn cancel_stage(&self, message: &StageMessage) -> Result<()> {
         let rr = self.store.get(&message.rr).await?;
-        if rr.attempt != message.attempt {
+        let stages = if rr.attempt == message.attempt {
+            &rr.stages
+        } else if let Some(old) = rr.history.iter().find(|h| h.attempt == message.attempt) {
+            &old.stages
+        } else {
             return Ok(());
-        }
-        let runs: Vec<&Run> = rr
-            .stages
+        };
+        let runs: Vec<&Run> = stages
             .iter()
             .filter(|s| s.number == message.stage)
             .flat_map(|s| &s.runs)
             .collect();
-        self.cancel_runs(&runs).await?;
-        tracing::info!(rr = %rr.id, stage = message.stage, "stage cancelled");
+        let found = self.cancel_runs(&rr, &runs).await?;
+        if rr.attempt == message.attempt && !found.is_empty() {
+            // Objects of runs still recorded Pending (their creator died before recording
+            // them): recorded now, so the slot stays held until they have ended.
+            self.store.record_many(&message.rr, &found).await?;
+        }
+        tracing::info!(rr = %rr.id, stage = message.stage, attempt = message.attempt, "stage cancelled");
         Ok(())
     }
 
     /// Sets Tekton's `spec.status: CancelledRunFinally` on each run's object that is not
     /// terminal: finally tasks still run, as `tkn pipelinerun cancel` does. The patch carries
     /// the recorded UID, so an object that merely has the name is never touched.
-    async fn cancel_runs(&self, runs: &[&Run]) -> Result<()> {
+    ///
+    /// A run still recorded `Pending` may have an object all the same (created, then the
+    /// creator died before recording it): it is looked up by label and token, cancelled, and
+    /// returned as observed `Created` for the caller to record.
+    async fn cancel_runs(
+        &self,
+        rr: &RevisionRun,
+        runs: &[&Run],
+    ) -> Result<Vec<(String, Observed)>> {
+        let mut found = Vec::new();
         for run in runs.iter().filter(|r| !r.state.is_terminal()) {
-            let Some(uid) = run.uid.as_deref() else {
-                continue;
+            let (namespace, uid) = match run.uid.as_deref() {
+                Some(uid) => (run.namespace.clone(), uid.to_string()),
+                None if run.state == RunState::Pending => match self.existing(rr, run).await? {
+                    Some((namespace, uid)) => {
+                        found.push((
+                            run.pipeline_run.clone(),
+                            Observed::Created {
+                                namespace: namespace.clone(),
+                                uid: Some(uid.clone()),
+                            },
+                        ));
+                        (namespace, uid)
+                    }
+                    None => continue,
+                },
+                None => continue,
             };
-            let api =
-                tekton::pipelinerun_api(self.client.clone(), tekton::API_VERSION, &run.namespace);
+            let api = tekton::pipelinerun_api(self.client.clone(), tekton::API_VERSION, &namespace);
             let patch = serde_json::json!({
                 "metadata": {"uid": uid},
                 "spec": {"status": tekton::CANCELLED_RUN_FINALLY},
@@ -477,7 +509,7 @@ impl Creator {
                 }
             }
         }
-        Ok(())
+        Ok(found)
     }
 
     /// Namespace and UID of the object created for `run`, if it exists.
@@ -582,7 +614,7 @@ impl Creator {
                 .flat_map(|s| &s.runs)
                 .filter(|r| observations.iter().any(|(n, _)| *n == r.pipeline_run))
                 .collect();
-            self.cancel_runs(&created).await?;
+            self.cancel_runs(&updated.rr, &created).await?;
         }
         if let Some(error) = transient {
             return Err(error);

@@ -127,11 +127,15 @@ impl Recorder {
                             Effect::Finish { phase } => {
                                 self.metrics.finished(phase.as_str());
                                 tracing::info!(rr, phase = phase.as_str(), "revision run finished");
-                                if let Some(c) = &updated.rr.concurrency {
-                                    self.admit(&c.group).await;
-                                }
                             }
                         }
+                    }
+                    // The slot frees once the run is terminal and its last PipelineRun is: at
+                    // the finish, or at a later record of a straggler that was cancelled.
+                    if let Some(c) = &updated.rr.concurrency
+                        && !updated.rr.holds_slot()
+                    {
+                        self.admit(&c.group).await;
                     }
                     tracing::debug!(rr, pipeline_run = name, ?observed, "recorded");
                     return Recorded::Changed { opened };

@@ -33,6 +33,7 @@ pub fn parse(req: &CreateRevisionRunRequest) -> Result<RevisionRequest, Error> {
         concurrency_policy: None,
         request_id: None,
         retention: None,
+        fail_fast: None,
     })
 }
 

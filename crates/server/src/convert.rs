@@ -123,6 +123,7 @@ pub fn request(req: &pb::CreateRequest) -> Result<RevisionRequest, Error> {
         timeout_seconds: (req.timeout_seconds > 0).then_some(req.timeout_seconds),
         concurrency_group: Some(req.concurrency_group.trim().to_string()).filter(|g| !g.is_empty()),
         request_id: Some(req.request_id.clone()).filter(|r| !r.is_empty()),
+        fail_fast: req.fail_fast,
         retention: req.retention.map(|r| stagetime_common::model::Retention {
             keep_last: r.keep_last,
             ttl_seconds: r.ttl_seconds,

@@ -107,6 +107,16 @@ pub struct Args {
         value_parser = ["queue", "supersede"]
     )]
     pub concurrency_policy: String,
+    /// Whether a run that fails (and may not) has the other running runs of its stage
+    /// cancelled, for requests that do not say (`false`: they finish; the stage and the
+    /// concurrency slot wait for them either way).
+    #[arg(
+        long = "fail-fast",
+        env = "FAIL_FAST",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub fail_fast: bool,
     /// Pipeline timeout (seconds) of runs that set none.
     #[arg(
         long = "default-timeout-seconds",
@@ -294,6 +304,7 @@ impl Args {
             default_revision_run_timeout_seconds: Some(self.default_revision_run_timeout_seconds)
                 .filter(|s| *s > 0),
             default_max_concurrent: self.max_concurrent_per_group,
+            default_fail_fast: self.fail_fast,
             default_concurrency_policy: if self.concurrency_policy == "supersede" {
                 stagetime_common::request::ConcurrencyPolicy::Supersede
             } else {

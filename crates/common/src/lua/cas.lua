@@ -1,10 +1,12 @@
 -- Record and advance: compare-and-set of one revision run document with every effect of the
 -- change — stage messages, the watch event, the deadline index and its concurrency slot.
--- KEYS: doc, stage stream, events, deadlines, group active set, group queue, idx:active
+-- KEYS: doc, stage stream, events, deadlines, group active set, group queue, idx:active,
+--       group limit
 -- ARGV: expected version, id, attempt, events maxlen, new version, expected rev,
 --       next deadline (ms, '' = none: the entry is removed),
 --       slot op ('' | 'release' | 'take:<max>' (a queued run is admitted) | 'grab:<max>' (a
---       retry runs again)), active-index score ('' = finished: removed from the index),
+--       retry runs again); <max> is the run's own limit, used only where the group has none
+--       stored (a group that had no member takes it)), active-index score ('' = finished: removed from the index),
 --       number of stage messages, the messages as (op, stage) pairs
 --       ('open' or 'cancel'), then writes as (op, path, json) triples
 --       (op 'S' = JSON.SET, 'D' = JSON.DEL; json empty for D).
@@ -20,9 +22,18 @@ local slot = ARGV[8]
 if slot == 'release' then
   redis.call('SREM', KEYS[5], ARGV[2])
   redis.call('ZREM', KEYS[6], ARGV[2])
+  if redis.call('SCARD', KEYS[5]) == 0 and redis.call('ZCARD', KEYS[6]) == 0 then
+    redis.call('DEL', KEYS[8])
+  end
 elseif slot ~= '' then
-  local kind, max = string.match(slot, '^(%a+):(%d+)$')
-  if redis.call('SCARD', KEYS[5]) >= tonumber(max) then return -3 end
+  local kind, own = string.match(slot, '^(%a+):(%d+)$')
+  local active = redis.call('SCARD', KEYS[5])
+  local max = tonumber(redis.call('GET', KEYS[8])) or tonumber(own)
+  if active == 0 and redis.call('ZCARD', KEYS[6]) == 0 then
+    max = tonumber(own)
+    redis.call('SET', KEYS[8], own)
+  end
+  if active >= max then return -3 end
   if kind == 'take' and not redis.call('ZSCORE', KEYS[6], ARGV[2]) then return -3 end
   redis.call('SADD', KEYS[5], ARGV[2])
   redis.call('ZREM', KEYS[6], ARGV[2])

@@ -63,6 +63,7 @@ impl Fixture {
             max_concurrent: None,
             concurrency_policy: None,
             request_id: None,
+            fail_fast: None,
             retention: None,
         };
         let settings = RenderSettings {
