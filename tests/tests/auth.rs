@@ -150,8 +150,12 @@ async fn kubernetes_tokens_and_rbac_decide_who_may_create() -> anyhow::Result<()
         "{}",
         err.message()
     );
-    let listed = as_alice.list(pb::ListRequest::default()).await.unwrap_err();
-    assert_eq!(listed.code(), Code::PermissionDenied);
+    // List shows only what the caller may list: nothing, without RBAC anywhere.
+    let listed = as_alice
+        .list(pb::ListRequest::default())
+        .await?
+        .into_inner();
+    assert!(listed.revision_runs.is_empty());
 
     grant(&admin, &ns, (&ns, "alice"), &["create", "get", "list"]).await?;
     // A refusal is remembered for a few seconds only.
@@ -169,14 +173,14 @@ async fn kubernetes_tokens_and_rbac_decide_who_may_create() -> anyhow::Result<()
         .await?
         .into_inner();
     assert_eq!(got.commit_id, "aaaa0004");
-    // Someone else's run in another namespace stays out of reach: bob has no Role anywhere.
+    // Bob has no Role anywhere: alice's run is as absent to him as a run that never was.
     let bob = service_account_token(&admin, &ns, "bob").await?;
-    let err = client(url, Some(&bob), None)
-        .await?
-        .get(pb::GetRequest { id: created.id })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    let mut as_bob = client(url, Some(&bob), None).await?;
+    for id in [created.id.clone(), "no-such-run".into()] {
+        let err = as_bob.get(pb::GetRequest { id }).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+        assert!(!err.message().contains(&ns), "{}", err.message());
+    }
     server.abort();
     Ok(())
 }
@@ -304,8 +308,8 @@ async fn grpcurl_creates_over_tls_with_a_token_as_the_readme_shows() -> anyhow::
     Ok(())
 }
 
-/// `supersede` cancels older runs of the group: a caller allowed only in its own namespace may
-/// not cancel someone else's run in another namespace that way.
+/// A concurrency group belongs to its namespace: superseding in one namespace never touches
+/// the group of the same name in another, and superseding there needs RBAC there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn superseding_needs_rbac_where_the_superseded_runs_are() -> anyhow::Result<()> {
     let env = TestEnv::shared().await?;
@@ -343,22 +347,14 @@ async fn superseding_needs_rbac_where_the_superseded_runs_are() -> anyhow::Resul
     .into_inner()
     .id;
     let mut as_alice = client(url, Some(&alice), None).await?;
-    let err = as_alice
-        .create(in_group(
-            "cccc0002",
-            &mine,
-            pb::ConcurrencyPolicy::Supersede,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
-    assert!(
-        err.message()
-            .contains(&format!("superseding revision run {theirs_run}"))
-            && err.message().contains(&format!("{theirs:?}")),
-        "{}",
-        err.message()
-    );
+    let mine_run = wait_for("alice to be allowed", Duration::from_secs(20), || {
+        let mut as_alice = as_alice.clone();
+        let req = in_group("cccc0002", &mine, pb::ConcurrencyPolicy::Supersede);
+        async move { as_alice.create(req).await.ok() }
+    })
+    .await?
+    .into_inner();
+    assert!(mine_run.created);
     let untouched = as_owner
         .get(pb::GetRequest {
             id: theirs_run.clone(),
@@ -366,6 +362,16 @@ async fn superseding_needs_rbac_where_the_superseded_runs_are() -> anyhow::Resul
         .await?
         .into_inner();
     assert_ne!(untouched.phase, pb::Phase::Cancelled as i32);
+    // Into their namespace (and so their group) alice may not go at all.
+    let err = as_alice
+        .create(in_group(
+            "cccc0003",
+            &theirs,
+            pb::ConcurrencyPolicy::Supersede,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
 
     grant(&admin, &theirs, (&mine, "alice"), &["create", "get"]).await?;
     wait_for(
@@ -373,7 +379,7 @@ async fn superseding_needs_rbac_where_the_superseded_runs_are() -> anyhow::Resul
         Duration::from_secs(20),
         || {
             let mut as_alice = as_alice.clone();
-            let req = in_group("cccc0003", &mine, pb::ConcurrencyPolicy::Supersede);
+            let req = in_group("cccc0004", &theirs, pb::ConcurrencyPolicy::Supersede);
             async move { as_alice.create(req).await.ok() }
         },
     )
@@ -383,6 +389,210 @@ async fn superseding_needs_rbac_where_the_superseded_runs_are() -> anyhow::Resul
         .await?
         .into_inner();
     assert_eq!(cancelled.phase, pb::Phase::Cancelled as i32);
+    server.abort();
+    Ok(())
+}
+
+/// Two teams on one server, RBAC each in its own namespace only, the same repository name and
+/// concurrency group: nothing team A does — create, supersede, a large limit, cancel, retry,
+/// get, watch, status by id and by commit, list, a run aimed at B's namespace — changes or
+/// reveals anything of team B's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_cannot_touch_or_see_each_other() -> anyhow::Result<()> {
+    use stagetime_proto::revisionrun::{StatusGetRequest, statuses_client::StatusesClient};
+    let env = TestEnv::shared().await?;
+    let team_a = env.namespace("team-a").await?;
+    let team_b = env.namespace("team-b").await?;
+    let admin = env.kube_client().await?;
+    let (addr, server) = start_with(
+        env,
+        "two-tenants",
+        (&team_a, std::slice::from_ref(&team_b)),
+        Auth::kubernetes(admin.clone()),
+        None,
+    )
+    .await?;
+    let url = format!("http://{addr}");
+    let verbs = ["create", "get", "list"];
+    let alice = service_account_token(&admin, &team_a, "alice").await?;
+    grant(&admin, &team_a, (&team_a, "alice"), &verbs).await?;
+    let bob = service_account_token(&admin, &team_b, "bob").await?;
+    grant(&admin, &team_b, (&team_b, "bob"), &verbs).await?;
+    let req = |commit: &str, ns: &str, max: u32, policy: pb::ConcurrencyPolicy| {
+        let mut req = request(commit);
+        req.repo_name = "payments".into();
+        req.runs[0].namespace = ns.to_string();
+        req.concurrency_group = "main".into();
+        req.max_concurrent = max;
+        req.concurrency_policy = policy as i32;
+        req
+    };
+    let (queue, supersede) = (
+        pb::ConcurrencyPolicy::Queue,
+        pb::ConcurrencyPolicy::Supersede,
+    );
+    let mut as_bob = client(url.clone(), Some(&bob), None).await?;
+    let b_commit = "bbbb000000000001";
+    let b_run = wait_for("bob to be allowed", Duration::from_secs(20), || {
+        let mut as_bob = as_bob.clone();
+        let r = req(b_commit, &team_b, 1, queue);
+        async move { as_bob.create(r).await.ok() }
+    })
+    .await?
+    .into_inner()
+    .id;
+    let b_before = as_bob
+        .get(pb::GetRequest { id: b_run.clone() })
+        .await?
+        .into_inner();
+
+    let mut as_alice = client(url.clone(), Some(&alice), None).await?;
+    // Same repository and group name, a squatting limit, a supersede: all stay in team-a.
+    let a_run = wait_for("alice to be allowed", Duration::from_secs(20), || {
+        let mut as_alice = as_alice.clone();
+        let r = req("aaaa000000000001", &team_a, 1000, supersede);
+        async move { as_alice.create(r).await.ok() }
+    })
+    .await?
+    .into_inner()
+    .id;
+    as_alice
+        .create(req("aaaa000000000002", &team_a, 1, supersede))
+        .await?;
+    // Ten cancelled runs under team-b's repository name.
+    for i in 0..10 {
+        let id = as_alice
+            .create(req(&format!("aaaa1000000000{i:02}"), &team_a, 0, queue))
+            .await?
+            .into_inner()
+            .id;
+        as_alice.cancel(pb::CancelRequest { id }).await?;
+    }
+    // A run aimed at team-b's namespace is refused.
+    let err = as_alice
+        .create(req("aaaa000000000003", &team_b, 1, supersede))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    // B's run, by id: absent for alice, whatever she asks.
+    let absent = |status: tonic::Status, what: &str| {
+        assert_eq!(
+            status.code(),
+            Code::NotFound,
+            "{what}: {}",
+            status.message()
+        );
+        assert!(
+            !status.message().contains(&team_b),
+            "{what}: {}",
+            status.message()
+        );
+    };
+    absent(
+        as_alice
+            .get(pb::GetRequest { id: b_run.clone() })
+            .await
+            .unwrap_err(),
+        "get",
+    );
+    absent(
+        as_alice
+            .cancel(pb::CancelRequest { id: b_run.clone() })
+            .await
+            .unwrap_err(),
+        "cancel",
+    );
+    absent(
+        as_alice
+            .retry(pb::RetryRequest { id: b_run.clone() })
+            .await
+            .unwrap_err(),
+        "retry",
+    );
+    let watch = as_alice
+        .watch(pb::WatchRequest {
+            id: b_run.clone(),
+            ..Default::default()
+        })
+        .await;
+    match watch {
+        Ok(_) => anyhow::bail!("a watch of team-b's run opened"),
+        Err(status) => absent(status, "watch"),
+    }
+    let channel = Connection {
+        url: url.clone(),
+        ca_file: None,
+        token_file: Some({
+            let file = scratch_dir("token")?.join("alice");
+            std::fs::write(&file, &alice)?;
+            file
+        }),
+    }
+    .connect()
+    .await?;
+    let mut statuses = StatusesClient::new(channel);
+    for key in [b_run.as_str(), b_commit] {
+        let err = statuses
+            .get_status(StatusGetRequest {
+                revision_run_id: key.into(),
+            })
+            .await
+            .unwrap_err();
+        absent(err, "status");
+    }
+    // Alice submits a run of B's commit in her own namespace: a lookup by that commit gives
+    // each team its own run.
+    let a_same_commit = as_alice
+        .create(req(b_commit, &team_a, 0, queue))
+        .await?
+        .into_inner()
+        .id;
+    let listed = as_alice
+        .list(pb::ListRequest::default())
+        .await?
+        .into_inner()
+        .revision_runs;
+    assert!(listed.iter().any(|r| r.id == a_run));
+    assert!(
+        listed.iter().all(|r| r.id != b_run),
+        "alice lists team-b's run"
+    );
+    let bob_listed = as_bob
+        .list(pb::ListRequest::default())
+        .await?
+        .into_inner()
+        .revision_runs;
+    assert_eq!(
+        bob_listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        [b_run.as_str()]
+    );
+    let channel = Connection {
+        url,
+        ca_file: None,
+        token_file: Some({
+            let file = scratch_dir("token")?.join("bob");
+            std::fs::write(&file, &bob)?;
+            file
+        }),
+    }
+    .connect()
+    .await?;
+    let by_commit = StatusesClient::new(channel)
+        .get_status(StatusGetRequest {
+            revision_run_id: b_commit.into(),
+        })
+        .await?
+        .into_inner()
+        .status
+        .map(|s| s.id);
+    assert_eq!(by_commit.as_deref(), Some(b_run.as_str()));
+    assert_ne!(a_same_commit, b_run);
+    // Team B's run is as it was.
+    let b_after = as_bob
+        .get(pb::GetRequest { id: b_run.clone() })
+        .await?
+        .into_inner();
+    assert_eq!(b_after, b_before, "team-b's run changed");
     server.abort();
     Ok(())
 }

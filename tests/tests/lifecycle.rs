@@ -456,9 +456,16 @@ fn siblings(commit: &str, group: &str) -> pb::CreateRequest {
 async fn a_failed_run_has_its_running_siblings_cancelled() -> anyhow::Result<()> {
     let stack = Stack::start("fail-fast", Duration::from_secs(3600)).await?;
     let mut api = client(&stack).await?;
-    let id = api.create(siblings("ffff0001", "ff")).await?.into_inner().id;
+    let id = api
+        .create(siblings("ffff0001", "ff"))
+        .await?
+        .into_inner()
+        .id;
     let rr = wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
-        rr.stages[0].runs.iter().all(|r| r.state == RunState::Running)
+        rr.stages[0]
+            .runs
+            .iter()
+            .all(|r| r.state == RunState::Running)
     })
     .await?;
     let (a, b) = (&rr.stages[0].runs[0], &rr.stages[0].runs[1]);
@@ -472,7 +479,9 @@ async fn a_failed_run_has_its_running_siblings_cancelled() -> anyhow::Result<()>
         "the sibling ended by its cancel"
     );
     let objs = objects(&stack).await?;
-    let b_obj = objs.iter().find(|o| o.metadata.name.as_deref() == Some(&b.pipeline_run));
+    let b_obj = objs
+        .iter()
+        .find(|o| o.metadata.name.as_deref() == Some(&b.pipeline_run));
     assert_eq!(
         b_obj.map(|o| o.data["spec"]["status"].clone()),
         Some(serde_json::json!(tekton::CANCELLED_RUN_FINALLY))
@@ -490,17 +499,31 @@ async fn a_cancelled_run_holds_its_slot_and_refuses_retry_until_its_pipelineruns
 -> anyhow::Result<()> {
     let mut stack = Stack::start("slot-held", Duration::from_secs(3600)).await?;
     let mut api = client(&stack).await?;
-    let id = api.create(siblings("eeee0001", "held")).await?.into_inner().id;
+    let id = api
+        .create(siblings("eeee0001", "held"))
+        .await?
+        .into_inner()
+        .id;
     let rr = wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
-        rr.stages[0].runs.iter().all(|r| r.state == RunState::Running)
+        rr.stages[0]
+            .runs
+            .iter()
+            .all(|r| r.state == RunState::Running)
     })
     .await?;
     if let Some(creator) = stack.creator.take() {
         creator.stop().await;
     }
-    let cancelled = api.cancel(pb::CancelRequest { id: id.clone() }).await?.into_inner();
+    let cancelled = api
+        .cancel(pb::CancelRequest { id: id.clone() })
+        .await?
+        .into_inner();
     assert_eq!(cancelled.phase, pb::Phase::Cancelled as i32);
-    let next = api.create(siblings("eeee0002", "held")).await?.into_inner().id;
+    let next = api
+        .create(siblings("eeee0002", "held"))
+        .await?
+        .into_inner()
+        .id;
     assert_eq!(stack.store.get(&next).await?.phase, Phase::Queued);
     let refused = api
         .retry(pb::RetryRequest { id: id.clone() })
@@ -526,7 +549,10 @@ async fn a_cancelled_run_holds_its_slot_and_refuses_retry_until_its_pipelineruns
     .await?;
     let ended = stack.store.get(&id).await?;
     assert!(
-        ended.stages[0].runs.iter().all(|r| r.state == RunState::Failed),
+        ended.stages[0]
+            .runs
+            .iter()
+            .all(|r| r.state == RunState::Failed),
         "admitted before the cancelled runs ended: {:?}",
         ended.stages[0].runs
     );

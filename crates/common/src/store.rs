@@ -478,19 +478,16 @@ impl Store {
         decode(&key, &raw)
     }
 
-    /// The newest revision run of a commit.
-    pub async fn latest_for_commit(&self, commit: &str) -> Result<RevisionRun> {
+    /// The ids of a commit's revision runs, newest first, at most `limit`.
+    pub async fn ids_for_commit(&self, commit: &str, limit: usize) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
-        let ids: Vec<String> = conn
-            .zrevrange(self.keys.idx_commit(commit), 0, 0)
-            .await
-            .map_err(redis_err("find by commit"))?;
-        match ids.first() {
-            Some(id) => self.get(id).await,
-            None => Err(Error::NotFound {
-                id: commit.to_string(),
-            }),
-        }
+        conn.zrevrange(
+            self.keys.idx_commit(commit),
+            0,
+            limit.saturating_sub(1) as isize,
+        )
+        .await
+        .map_err(redis_err("find by commit"))
     }
 
     /// Rendered manifests (JSON) of the given PipelineRuns, `None` where missing.

@@ -19,6 +19,9 @@ use stagetime_common::{
 };
 use tracing::Instrument as _;
 
+/// Runs of one commit a lookup by commit reads at most, newest first.
+const COMMIT_LOOKUP_LIMIT: usize = 50;
+
 use crate::{
     auth::{Auth, Caller},
     error::Error,
@@ -99,24 +102,58 @@ impl Api {
             .map_err(Error::Access)
     }
 
-    /// `PERMISSION_DENIED` unless `caller` may `verb` revision runs in the default namespace
-    /// (for calls that name no revision run, such as List).
-    pub(crate) async fn allow_default(&self, caller: &Caller, verb: &str) -> Result<(), Error> {
-        self.auth
-            .authorize(
-                caller,
-                verb,
-                std::slice::from_ref(&self.settings.default_namespace),
-            )
-            .await
-            .map_err(Error::Access)
-    }
-
-    /// Reads revision run `id` for `caller`, who must be allowed to `get` it.
+    /// Reads revision run `id` for `caller`, who must be allowed to `get` it. A run the
+    /// caller may not see is `NOT_FOUND` like an absent one: no answer tells another
+    /// tenant's runs, or their namespaces, apart from runs that do not exist.
     pub(crate) async fn get_for(&self, caller: &Caller, id: &str) -> Result<RevisionRun, Error> {
         let rr = self.store.get(id).await?;
-        self.allow(caller, "get", &rr).await?;
+        if !self.may(caller, "get", &rr).await? {
+            return Err(StoreError::NotFound { id: id.to_string() }.into());
+        }
         Ok(rr)
+    }
+
+    /// Whether `caller` may `verb` `rr`: `false` for a denial, an error when that could not
+    /// be decided.
+    pub(crate) async fn may(
+        &self,
+        caller: &Caller,
+        verb: &str,
+        rr: &RevisionRun,
+    ) -> Result<bool, Error> {
+        if caller.is_unrestricted() {
+            return Ok(true);
+        }
+        match self.allow(caller, verb, rr).await {
+            Ok(()) => Ok(true),
+            Err(Error::Access(status)) if status.code() == tonic::Code::PermissionDenied => {
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// A revision run by id, else the newest run of that commit, that `caller` may `get`;
+    /// runs of a commit the caller may not see are passed over, never answered.
+    pub(crate) async fn by_id_or_commit(
+        &self,
+        caller: &Caller,
+        key: &str,
+    ) -> Result<RevisionRun, Error> {
+        match self.get_for(caller, key).await {
+            Err(Error::Store(StoreError::NotFound { .. })) => {}
+            other => return other,
+        }
+        for id in self.store.ids_for_commit(key, COMMIT_LOOKUP_LIMIT).await? {
+            match self.get_for(caller, &id).await {
+                Err(Error::Store(StoreError::NotFound { .. })) => continue,
+                other => return other,
+            }
+        }
+        Err(StoreError::NotFound {
+            id: key.to_string(),
+        }
+        .into())
     }
 
     /// The shared event reader, started on first use.
@@ -298,8 +335,8 @@ impl Api {
     async fn cancel_in_span(&self, caller: &Caller, id: &str) -> Result<RevisionRun, Error> {
         // An unrestricted caller needs no extra read of the run.
         if !caller.is_unrestricted() {
-            self.allow(caller, "create", &self.store.get(id).await?)
-                .await?;
+            let rr = self.get_for(caller, id).await?;
+            self.allow(caller, "create", &rr).await?;
         }
         let rr = self.store.cancel(id).await?.rr;
         if let Some(concurrency) = &rr.concurrency {
@@ -334,7 +371,7 @@ impl Api {
     }
 
     async fn retry_in_span(&self, caller: &Caller, id: &str) -> Result<RevisionRun, Error> {
-        let rr = self.store.get(id).await?;
+        let rr = self.get_for(caller, id).await?;
         self.allow(caller, "create", &rr).await?;
         let manifests = self.next_attempt_manifests(&rr).await?;
         match self.store.retry(id, &manifests).await {
@@ -380,12 +417,5 @@ impl Api {
             out.push((new, value.to_string()));
         }
         Ok(out)
-    }
-
-    pub(crate) async fn by_id_or_commit(&self, key: &str) -> Result<RevisionRun, Error> {
-        match self.store.get(key).await {
-            Err(StoreError::NotFound { .. }) => Ok(self.store.latest_for_commit(key).await?),
-            other => Ok(other?),
-        }
     }
 }

@@ -64,7 +64,6 @@ impl RevisionRuns for Api {
                 field: "phase".into(),
                 reason: format!("unknown value {}", req.phase),
             })?;
-            self.allow_default(&caller, "list").await?;
             let filter = ListFilter {
                 repo: Some(req.repo_name.clone()).filter(|r| !r.is_empty()),
                 phase: convert::phase_filter(phase),
@@ -72,8 +71,16 @@ impl RevisionRuns for Api {
                 page_token: Some(req.page_token.clone()).filter(|t| !t.is_empty()),
             };
             let page = self.store.list(&filter).await?;
+            // Only runs in namespaces the caller may list, as kubectl would show them; a page
+            // can come back shorter than asked (the token still continues after it).
+            let mut visible = Vec::with_capacity(page.items.len());
+            for rr in &page.items {
+                if self.may(&caller, "list", rr).await? {
+                    visible.push(convert::revision_run(rr));
+                }
+            }
             Ok::<_, Error>(Response::new(pb::ListResponse {
-                revision_runs: page.items.iter().map(convert::revision_run).collect(),
+                revision_runs: visible,
                 next_page_token: page.next_page_token.unwrap_or_default(),
             }))
         }
