@@ -72,6 +72,37 @@ impl Service {
         self.process = Some(Supervised::spawn_with_env(
             &self.name, &program, &env, &self.args, &log,
         )?);
+        self.check_listening()
+    }
+
+    /// For a service with `--port`: waits (at most 20 s) until it logs that it listens, and
+    /// fails at once, with the reason from its log, if it gives up first (say, it cannot bind
+    /// its old port after a restart) instead of letting the test time out later against
+    /// whatever else holds the port.
+    fn check_listening(&mut self) -> anyhow::Result<()> {
+        if !self.args.iter().any(|a| a == "--port") {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            let Some(process) = self.process.as_mut() else {
+                return Ok(());
+            };
+            // A service that gives up prints `Error: …` (from main) as its last words.
+            let text = process.log_text();
+            if text.starts_with("Error: ") || text.contains("\nError: ") {
+                anyhow::bail!(
+                    "{} exited at start instead of listening:\n{}",
+                    self.name,
+                    process.log_tail()
+                );
+            }
+            if text.contains(" listening") {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // Still starting (waiting for Redis, say): the test's own waits take over.
         Ok(())
     }
 

@@ -356,3 +356,40 @@ async fn runs_in_the_default_namespace_finish_when_another_is_listed() -> anyhow
     );
     Ok(())
 }
+
+/// A service that cannot bind its port (taken meanwhile) fails its start at once with the
+/// reason from its log, instead of leaving a test to time out somewhere else.
+#[tokio::test]
+async fn a_server_start_on_a_taken_port_fails_at_once_with_the_reason() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let port = free_port()?;
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    let ns = env.namespace("taken-port").await?;
+    let vars = stagetime_tests::procs::service_env(
+        &env.redis.url(),
+        &env.redis_prefix("taken-port"),
+        env.kube.kubeconfig(),
+        &ns,
+    );
+    let args = [
+        "--port".to_string(),
+        port.to_string(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+    ];
+    let mut server = stagetime_tests::procs::Service::new("stagetime-server", &args, &vars)?;
+    binaries()?;
+    let started = Instant::now();
+    let err = server.start().expect_err("started on a taken port");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("exited at start") && text.contains("in use"),
+        "{text}"
+    );
+    Ok(())
+}

@@ -29,10 +29,30 @@ pub fn tool(name: &str, installer_name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// A free TCP port on 127.0.0.1 (the OS picks; the listener is closed before returning).
+/// First port of the range the harness hands out: below Linux's ephemeral range (32768 and
+/// up), so neither `bind(:0)` nor an outgoing connection is ever given one of these ports.
+const PORT_RANGE_START: u32 = 20_000;
+/// Ports of one test binary's block (blocks by process id keep binaries apart).
+const PORT_BLOCK: u32 = 2_000;
+/// Blocks in the range (20000–31999).
+const PORT_BLOCKS: u32 = 6;
+
+/// A free TCP port on 127.0.0.1 that this process has not handed out before (until its block
+/// of 2000 wraps). The OS never hands it out either: it lies outside the ephemeral range. So
+/// a test that kills a process and restarts it on its port never finds the port taken by
+/// another test's process meanwhile.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("bind a free port")?;
-    Ok(listener.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = PORT_RANGE_START + (std::process::id() % PORT_BLOCKS) * PORT_BLOCK;
+    for _ in 0..PORT_BLOCK {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % PORT_BLOCK;
+        let port = u16::try_from(port).context("port range")?;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port in 127.0.0.1:{base}..{}", base + PORT_BLOCK)
 }
 
 /// A child process that is stopped when this handle drops — or when the test binary dies,
@@ -147,10 +167,11 @@ pub fn scratch_dir(kind: &str) -> anyhow::Result<PathBuf> {
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/testenv");
     std::fs::create_dir_all(&base)?;
     remove_stale(&base);
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = base.join(format!(
         "{kind}-{}-{}",
         std::process::id(),
-        free_port().unwrap_or_default()
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
