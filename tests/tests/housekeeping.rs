@@ -78,6 +78,12 @@ async fn seed(
     if pvc {
         create_pvc(client, ns, &format!("{pr_name}-ws"), Some(&pr)).await?;
     }
+    // Recorded as the creator records it: the namespace and UID of the object it made.
+    let created = Observed::Created {
+        namespace: ns.to_string(),
+        uid: pr.metadata.uid.clone(),
+    };
+    store.record(id, &pr_name, &created).await?;
     match kind {
         Kind::Running => {
             store.record(id, &pr_name, &Observed::Running).await?;
@@ -230,6 +236,27 @@ async fn housekeeping_cuts_300_finished_runs_to_the_policy() -> anyhow::Result<(
     }))?;
     let foreign = prs.create(&PostParams::default(), &foreign).await?;
     create_pvc(&client, &ns, "foreign-ws", Some(&foreign)).await?;
+    // Nor are labelled objects the run never recorded: one carrying a removed run's label in
+    // its namespace (a retry's, created meanwhile), and one with a removed run's very name
+    // and label in another namespace (another install's run of the same id).
+    let other_ns = env.namespace("housekeeping-other").await?;
+    let labelled = |name: &str| -> anyhow::Result<DynamicObject> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": tekton::API_VERSION,
+            "kind": "PipelineRun",
+            "metadata": {
+                "name": name,
+                "labels": { tekton::LABEL_REVISION_RUN: "alpha-000" },
+            },
+            "spec": { "pipelineRef": { "name": "build" } },
+        }))?)
+    };
+    prs.create(&PostParams::default(), &labelled("alpha-000-0-build-a2")?)
+        .await?;
+    let other_prs = tekton::pipelinerun_api(client.clone(), tekton::API_VERSION, &other_ns);
+    other_prs
+        .create(&PostParams::default(), &labelled("alpha-000-0-build")?)
+        .await?;
 
     // The policy: 10 finished per repository for one hour, 5 failed for two hours.
     let housekeeper = Housekeeper {
@@ -297,8 +324,17 @@ async fn housekeeping_cuts_300_finished_runs_to_the_policy() -> anyhow::Result<(
     // the PVCs the deleted PipelineRuns owned.
     let expected_prs: BTreeSet<String> =
         expected.iter().map(|id| format!("{id}-0-build")).collect();
-    assert_eq!(labelled_pipelineruns(&client, &ns).await?, expected_prs);
+    let mut expected_labelled = expected_prs.clone();
+    expected_labelled.insert("alpha-000-0-build-a2".into());
+    assert_eq!(
+        labelled_pipelineruns(&client, &ns).await?,
+        expected_labelled
+    );
     assert!(prs.get_opt("alpha-000-0-build-foreign").await?.is_some());
+    assert!(
+        other_prs.get_opt("alpha-000-0-build").await?.is_some(),
+        "another namespace's object of the same name was deleted"
+    );
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let mut expected_pvcs: BTreeSet<String> =
         expected_prs.iter().map(|pr| format!("{pr}-ws")).collect();

@@ -1,7 +1,8 @@
 //! Retention: which finished revision runs housekeeping removes (DESIGN section 12). Pure code;
 //! the informer's housekeeping applies the decision.
 //!
-//! Per repository, finished runs are ranked newest first (by creation) in two classes: failed
+//! Per tenant (the namespaces a run's PipelineRuns go to) and repository, finished runs are
+//! ranked newest first (by creation) in two classes: failed
 //! (`Failed`) and the rest (`Succeeded`, `SucceededWithAllowedFailures`, `Cancelled`). A run is
 //! removed when its rank in its class reaches the class's `keep_last`, or when it finished longer
 //! than the class's `ttl` ago. A run's own [`Retention`] (from its request: the RevisionRun's or
@@ -52,6 +53,9 @@ pub struct Summary {
     pub id: String,
     /// Repository name.
     pub repo: String,
+    /// The namespaces its PipelineRuns go to, sorted and joined by `,`: runs of other tenants
+    /// never share a rank with it, whatever their repository is called.
+    pub tenant: String,
     /// Phase.
     pub phase: Phase,
     /// Creation time (ms since the epoch).
@@ -82,15 +86,19 @@ impl Limits {
 
 /// Ids of the finished runs `policy` removes at `now_ms`, oldest first.
 pub fn expired(runs: &[Summary], policy: &Policy, now_ms: i64) -> Vec<String> {
-    let mut classes: HashMap<(&str, bool), Vec<&Summary>> = HashMap::new();
+    let mut classes: HashMap<(&str, &str, bool), Vec<&Summary>> = HashMap::new();
     for run in runs.iter().filter(|r| r.phase.is_terminal()) {
         classes
-            .entry((run.repo.as_str(), run.phase == Phase::Failed))
+            .entry((
+                run.tenant.as_str(),
+                run.repo.as_str(),
+                run.phase == Phase::Failed,
+            ))
             .or_default()
             .push(run);
     }
     let mut out: Vec<&Summary> = Vec::new();
-    for ((_, failed), mut class) in classes {
+    for ((_, _, failed), mut class) in classes {
         let limits = if failed {
             policy.failed
         } else {
@@ -127,6 +135,7 @@ mod tests {
         Summary {
             id: id.into(),
             repo: repo.into(),
+            tenant: "team-a".into(),
             phase,
             created_ms,
             finished_ms,
@@ -162,6 +171,25 @@ mod tests {
             ["a0", "b0", "f0", "a1", "b1", "f1", "a2", "b2"],
             "oldest first; 2 kept per repository, 3 failed"
         );
+    }
+
+    /// Another tenant's runs under the same repository name never change this tenant's
+    /// ranks: ten fresh runs of team-b leave team-a's older runs alone.
+    #[test]
+    fn ranks_are_per_tenant() {
+        let now = 100 * HOUR;
+        let mut runs = vec![
+            run("a-old", "payments", Phase::Succeeded, 1, now),
+            run("a-new", "payments", Phase::Succeeded, 2, now),
+        ];
+        for i in 0..10 {
+            let mut other = run(&format!("b{i}"), "payments", Phase::Cancelled, 10 + i, now);
+            other.tenant = "team-b".into();
+            runs.push(other);
+        }
+        let gone = expired(&runs, &policy(2, 24, 2, 24), now);
+        assert!(gone.iter().all(|id| id.starts_with('b')), "{gone:?}");
+        assert_eq!(gone.len(), 8);
     }
 
     #[test]

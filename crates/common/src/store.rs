@@ -253,7 +253,8 @@ impl Store {
                     .arg("$.phase")
                     .arg("$.revision.repoName")
                     .arg("$.updatedAt")
-                    .arg("$.retention");
+                    .arg("$.retention")
+                    .arg("$.stages[*].runs[*].namespace");
             }
             let docs: Vec<Option<String>> = pipe
                 .query_async(&mut conn)
@@ -863,9 +864,17 @@ fn summary(id: &str, created_ms: i64, raw: &str) -> Option<crate::retention::Sum
         .and_then(|t| t.as_str().map(created_score))
         .unwrap_or(created_ms);
     let retention = first("$.retention").and_then(|r| serde_json::from_value(r).ok());
+    let namespaces: std::collections::BTreeSet<&str> = v
+        .get("$.stages[*].runs[*].namespace")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str())
+        .collect();
     Some(crate::retention::Summary {
         id: id.to_string(),
         repo,
+        tenant: namespaces.into_iter().collect::<Vec<_>>().join(","),
         phase,
         created_ms,
         finished_ms,

@@ -11,7 +11,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, Preconditions};
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use stagetime_common::{
     Error,
@@ -111,21 +111,30 @@ impl Housekeeper {
         if !rr.phase.is_terminal() {
             return Ok(false);
         }
-        let selector = format!("{}={}", tekton::LABEL_REVISION_RUN, rr.id);
-        for namespace in namespaces(&rr) {
+        // Only the objects this run recorded (every attempt), each deleted with its UID as a
+        // precondition: an object of the same name and label that is not the recorded one —
+        // another install's, or a retry's started meanwhile — is never touched.
+        for (namespace, name, uid) in recorded_objects(&rr) {
             let api = tekton::pipelinerun_api(self.client.clone(), &self.api_version, &namespace);
-            let deleted = api
-                .delete_collection(
-                    &DeleteParams::background(),
-                    &ListParams::default().labels(&selector),
-                )
-                .await;
-            if let Err(error) = deleted {
-                tracing::warn!(rr = %rr.id, %namespace, %error, "cannot delete PipelineRuns; keeping the revision run for the next pass");
-                self.metrics.failures.inc();
-                return Ok(false);
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..DeleteParams::background()
+            };
+            match api.delete(&name, &params).await {
+                Ok(_) => {}
+                // Gone already, or the name now belongs to another object.
+                Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {}
+                Err(error) => {
+                    tracing::warn!(rr = %rr.id, %namespace, %name, %error, "cannot delete a PipelineRun; keeping the revision run for the next pass");
+                    self.metrics.failures.inc();
+                    return Ok(false);
+                }
             }
         }
+        // The purge re-checks the phase in the same step that removes the document.
         let purged = self.store.purge(&rr).await?;
         if purged {
             tracing::info!(rr = %rr.id, repo = %rr.revision.repo_name, phase = rr.phase.as_str(), "removed past its retention");
@@ -173,13 +182,15 @@ impl Housekeeper {
     }
 }
 
-/// Every namespace any attempt of the run created PipelineRuns in.
-fn namespaces(rr: &RevisionRun) -> BTreeSet<String> {
+/// (namespace, name, UID) of every PipelineRun any attempt of the run recorded as its own.
+fn recorded_objects(rr: &RevisionRun) -> BTreeSet<(String, String, String)> {
     rr.stages
         .iter()
         .chain(rr.history.iter().flat_map(|a| &a.stages))
         .flat_map(|s| &s.runs)
-        .map(|r| r.namespace.clone())
-        .filter(|n| !n.is_empty())
+        .filter_map(|r| {
+            let uid = r.uid.clone()?;
+            (!r.namespace.is_empty()).then(|| (r.namespace.clone(), r.pipeline_run.clone(), uid))
+        })
         .collect()
 }
