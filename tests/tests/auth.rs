@@ -587,6 +587,22 @@ async fn two_tenants_cannot_touch_or_see_each_other() -> anyhow::Result<()> {
         .map(|s| s.id);
     assert_eq!(by_commit.as_deref(), Some(b_run.as_str()));
     assert_ne!(a_same_commit, b_run);
+    // A request id is bound to whoever sent it first: alice claims a key bob's tooling will
+    // use; bob's request with it is refused instead of answering with alice's run.
+    let key = format!("{team_b}/deploy/uid-1/4");
+    let mut claimed = req("aaaa000000000009", &team_a, 0, queue);
+    claimed.request_id = key.clone();
+    let alice_claim = as_alice.create(claimed).await?.into_inner();
+    assert!(alice_claim.created);
+    let mut bobs = req("bbbb000000000009", &team_b, 0, queue);
+    bobs.request_id = key;
+    let err = as_bob.create(bobs).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{}", err.message());
+    assert!(
+        !err.message().contains(&alice_claim.id),
+        "{}",
+        err.message()
+    );
     // Team B's run is as it was.
     let b_after = as_bob
         .get(pb::GetRequest { id: b_run.clone() })

@@ -826,6 +826,87 @@ async fn shared_templates_are_found_and_foreign_target_namespaces_need_allowing(
     let (_, _, message) = submitted(&refused.status.unwrap_or_default()).unwrap_or_default();
     assert!(message.contains(&shared), "{message}");
     assert_eq!(runs_of(&stack).await?.len(), 1);
+    // A template of the RevisionRun's own namespace may not send PipelineRuns elsewhere, even
+    // to a namespace the operator allows for shared templates: the server sees the operator's
+    // rights, not the author's.
+    let mut tenant = docker_template(0);
+    tenant["namespace"] = json!(shared.clone());
+    cluster.template("tenant-elsewhere", tenant).await?;
+    cluster
+        .revision_run(
+            "tenant-to-elsewhere",
+            json!({"repository": "app", "revision": "abcdef1",
+                "technologies": [{"id": "build", "kind": "tenant-elsewhere"}]}),
+        )
+        .await?;
+    let refused = cluster
+        .wait_waiting("tenant-to-elsewhere", "NamespaceNotAllowed")
+        .await?;
+    let (_, _, message) = submitted(&refused.status.unwrap_or_default()).unwrap_or_default();
+    assert!(
+        message.contains("only templates of the shared namespace"),
+        "{message}"
+    );
+    assert_eq!(runs_of(&stack).await?.len(), 1);
+    Ok(())
+}
+
+/// The status subresource is writable by more people than the operator's rights reach: a
+/// RevisionRun whose status is made to name another revision run neither mirrors it nor, on
+/// deletion, cancels it — the operator acts only on the id its own request id derives to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_status_naming_another_run_is_neither_mirrored_nor_cancelled() -> anyhow::Result<()> {
+    let stack = Stack::start("op-status-injection", Duration::from_secs(3600)).await?;
+    let cluster = Cluster::new(&stack);
+    cluster.app_with_docker().await?;
+    let victim =
+        stagetime_tests::submit(&stack.url(), stagetime_tests::example("three-stages.json")?)
+            .await?;
+    let _operator = stack.spawn_operator(&[]);
+    cluster
+        .revision_run(
+            "injected",
+            json!({"repository": "app", "revision": "abcdef1",
+                "technologies": [{"id": "build", "kind": "docker"}]}),
+        )
+        .await?;
+    let own = cluster
+        .wait_status("injected", "submitted", |s| s.revision_run_id.is_some())
+        .await?;
+    let own_id = own
+        .status
+        .clone()
+        .unwrap_or_default()
+        .revision_run_id
+        .unwrap_or_default();
+    let generation = own.metadata.generation.unwrap_or_default();
+    let patch = json!({"status": {"revisionRunId": victim, "submittedGeneration": generation,
+        "phase": "Running", "commit": "victim"}});
+    cluster
+        .rrs
+        .patch_status("injected", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    // The operator sees the change, finds the id is not its own and restores its own.
+    cluster
+        .wait_status("injected", "back on its own run", |s| {
+            s.revision_run_id.as_deref() == Some(own_id.as_str())
+        })
+        .await?;
+    cluster
+        .rrs
+        .delete("injected", &DeleteParams::default())
+        .await?;
+    wait_for("the RevisionRun to be gone", WAIT, || async {
+        matches!(cluster.rrs.get_opt("injected").await, Ok(None)).then_some(())
+    })
+    .await?;
+    let victim_rr = stack.store.get(&victim).await?;
+    assert_ne!(
+        victim_rr.phase,
+        Phase::Cancelled,
+        "the injected id was cancelled"
+    );
+    assert_eq!(stack.store.get(&own_id).await?.phase, Phase::Cancelled);
     Ok(())
 }
 

@@ -37,6 +37,7 @@ impl RevisionRunBuilder {
                 history: Vec::new(),
                 concurrency: None,
                 fail_fast: true,
+                owner: None,
                 reason: None,
                 message: None,
                 timeout_seconds: None,

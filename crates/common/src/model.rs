@@ -336,6 +336,10 @@ pub struct RevisionRun {
     /// stage, and the concurrency slot, wait until every run is terminal.
     #[serde(default = "fail_fast_default", skip_serializing_if = "is_true")]
     pub fail_fast: bool,
+    /// Who created it, as the server authenticated them: a request id answers with the run
+    /// it made only for the same caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 fn fail_fast_default() -> bool {

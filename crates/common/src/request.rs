@@ -276,13 +276,13 @@ impl RevisionRequest {
     /// The id the server gives a request for `repo` that carries `request_id`, without the rest
     /// of the request (a caller that lost the answer can still name the run).
     pub fn id_for_request_id(repo: &str, request_id: &str) -> String {
-        let keyed = serde_json::json!({ "requestId": request_id });
-        let hash = crate::names::short_hash(keyed.to_string().as_bytes(), 32);
-        format!(
-            "{}-{}",
-            readable_repo(repo),
-            hash.get(..16).unwrap_or(&hash)
-        )
+        format!("{}-{}", readable_repo(repo), request_id_suffix(request_id))
+    }
+
+    /// Whether `id` is the id of a request carrying `request_id` (whatever its repository).
+    pub fn derives_from_request_id(id: &str, request_id: &str) -> bool {
+        id.strip_suffix(&request_id_suffix(request_id))
+            .is_some_and(|rest| rest.ends_with('-'))
     }
 
     fn readable_id(&self, hash: &str) -> String {
@@ -309,4 +309,11 @@ fn readable_repo(name: &str) -> String {
     } else {
         repo.to_lowercase()
     }
+}
+
+/// The hash part of the id of a request carrying `request_id`.
+fn request_id_suffix(request_id: &str) -> String {
+    let keyed = serde_json::json!({ "requestId": request_id });
+    let hash = crate::names::short_hash(keyed.to_string().as_bytes(), 32);
+    hash.get(..16).unwrap_or(&hash).to_string()
 }

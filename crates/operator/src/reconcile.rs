@@ -386,6 +386,7 @@ async fn apply(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Error>
     let reference = rr.object_ref(&());
     if old.submitted_generation == Some(generation)
         && let Some(id) = old.revision_run_id.clone()
+        && submitted_by(&rr, &id, generation)
     {
         ctx.reset_backoff(&key);
         // A terminal status was written by the mirror, which ends by itself once its Events are
@@ -420,8 +421,17 @@ async fn apply(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Error>
         Err(s) => return Err(Error::Server(s.message().to_string())),
     };
     tracing::info!(rr = %key.1, namespace = %key.0, generation, revision_run = %id, "submitted");
-    // A newer generation replaces the run of the older one.
-    if let Some(previous) = old.revision_run_id.as_deref().filter(|p| *p != id) {
+    // A newer generation replaces the run of the older one — the one this RevisionRun
+    // submitted, whatever else its status may have been made to name.
+    if let Some(previous) = old
+        .revision_run_id
+        .as_deref()
+        .filter(|p| *p != id)
+        .filter(|p| {
+            old.submitted_generation
+                .is_some_and(|g| submitted_by(&rr, p, g))
+        })
+    {
         ctx.stop_mirror(&key);
         if ctx.cancel(previous).await? {
             tracing::info!(rr = %key.1, previous, by = %id, "previous revision run cancelled");
@@ -476,6 +486,27 @@ async fn prepare(
             continue;
         }
         match lookup::<PipelineRunTemplate>(ctx, &ns, &tech.kind).await? {
+            // A template of the RevisionRun's own namespace runs there: only the platform's
+            // (shared) templates may send PipelineRuns to another allowed namespace, since the
+            // server authorizes the operator, not the RevisionRun's author.
+            Some((t, from))
+                if from == ns
+                    && t.spec
+                        .namespace
+                        .as_deref()
+                        .map(str::trim)
+                        .is_some_and(|t| !t.is_empty() && t != ns) =>
+            {
+                return Ok(Err(Wait {
+                    reason: "NamespaceNotAllowed",
+                    message: format!(
+                        "technology {:?}: PipelineRunTemplate {:?} of namespace {ns:?} sends PipelineRuns to namespace {:?}; only templates of the shared namespace may choose another namespace",
+                        tech.id,
+                        tech.kind,
+                        t.spec.namespace.as_deref().unwrap_or_default().trim()
+                    ),
+                }));
+            }
             Some((t, _)) => {
                 templates.insert(tech.kind.clone(), t.spec);
             }
@@ -612,6 +643,14 @@ async fn credentials(
     }
 }
 
+/// Whether revision run `id` is the one this RevisionRun's generation `generation` submitted:
+/// its id derives from that generation's request id. The status is writable by anyone who
+/// may write the status subresource, so an id found there is never mirrored or cancelled
+/// (with the operator's rights) unless it passes this check.
+fn submitted_by(rr: &RevisionRun, id: &str, generation: i64) -> bool {
+    RevisionRequest::derives_from_request_id(id, &request::request_id_of(rr, generation))
+}
+
 async fn cleanup(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = (rr.namespace().unwrap_or_default(), rr.name_any());
     ctx.stop_mirror(&key);
@@ -620,6 +659,9 @@ async fn cleanup(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Erro
     let mut ids: Vec<String> = Vec::new();
     if let Some(id) = &status.revision_run_id
         && !is_terminal(status.phase.as_deref())
+        && status
+            .submitted_generation
+            .is_some_and(|g| submitted_by(&rr, id, g))
     {
         ids.push(id.clone());
     }

@@ -46,15 +46,19 @@ pub fn repo_url(repo: &RepoSpec) -> String {
     }
 }
 
-/// The idempotency key of one generation: `<namespace>/<name>/<uid>/<generation>`.
+/// The idempotency key of the current generation: `<namespace>/<name>/<uid>/<generation>`.
 pub fn request_id(rr: &RevisionRun) -> String {
+    request_id_of(rr, rr.metadata.generation.unwrap_or_default())
+}
+
+/// The idempotency key of generation `generation` of `rr`.
+pub fn request_id_of(rr: &RevisionRun, generation: i64) -> String {
     let meta = &rr.metadata;
     format!(
-        "{}/{}/{}/{}",
+        "{}/{}/{}/{generation}",
         meta.namespace.as_deref().unwrap_or_default(),
         meta.name.as_deref().unwrap_or_default(),
         meta.uid.as_deref().unwrap_or_default(),
-        meta.generation.unwrap_or_default()
     )
 }
 

@@ -304,6 +304,7 @@ pub fn render(
         rev: String::new(),
         retention: req.retention,
         fail_fast: req.fail_fast.unwrap_or(settings.default_fail_fast),
+        owner: None,
     };
     Ok(Rendered { rr, manifests })
 }

@@ -194,8 +194,9 @@ impl Api {
         &self,
         caller: &Caller,
         req: &RevisionRequest,
-        rendered: Rendered,
+        mut rendered: Rendered,
     ) -> Result<(String, bool), Error> {
+        rendered.rr.owner = Some(caller.name.clone());
         // Nothing is stored before the caller is known to be allowed in every namespace.
         self.allow(caller, "create", &rendered.rr).await?;
         let policy = req
@@ -205,6 +206,7 @@ impl Api {
             rendered.rr.concurrency.is_some() && policy == ConcurrencyPolicy::Supersede;
         let created = self.store_new(caller, &rendered, superseding).await?;
         if !created.created {
+            self.answer_existing(caller, req, &created.id).await?;
             tracing::info!(rr = %created.id, "identical revision run already exists");
             return Ok((created.id, false));
         }
@@ -231,6 +233,33 @@ impl Api {
             }
         }
         Ok((created.id, true))
+    }
+
+    /// An existing run answers a create only for a caller allowed to see and create it — and,
+    /// when the request carries a `request_id`, only for the caller who sent that id first:
+    /// anyone else's identical request id (a guess at another's key) is `ALREADY_EXISTS`
+    /// without telling whose run it is.
+    async fn answer_existing(
+        &self,
+        caller: &Caller,
+        req: &RevisionRequest,
+        id: &str,
+    ) -> Result<(), Error> {
+        let stored = self.store.get(id).await?;
+        let foreign_key = req.request_id.is_some()
+            && stored
+                .owner
+                .as_deref()
+                .is_some_and(|owner| owner != caller.name);
+        if foreign_key
+            || !self.may(caller, "get", &stored).await?
+            || !self.may(caller, "create", &stored).await?
+        {
+            return Err(Error::Access(tonic::Status::already_exists(
+                "request_id belongs to another revision run; send a new one",
+            )));
+        }
+        Ok(())
     }
 
     /// Stores the rendered revision run. Superseding cancels others' runs, so the caller must
