@@ -158,6 +158,10 @@ fn the_chart_refuses_insecure_values_unless_asked_for() -> anyhow::Result<()> {
             "tekton.informingNamespace=team-a is narrower",
         ),
         (
+            &["redis.existingSecret=r", "operator.readRepoSecrets=true"][..],
+            "operator.readRepoSecrets needs operator.secretNamespaces",
+        ),
+        (
             &[
                 "redis.existingSecret=r",
                 "tekton.pipelineNamespace=team-a",
@@ -507,6 +511,8 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
             "--set",
             "operator.readRepoSecrets=true",
             "--set",
+            &format!("operator.secretNamespaces={{{runs}}}"),
+            "--set",
             "networkPolicy.enabled=true",
         ],
         kubeconfig,
@@ -520,6 +526,15 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
         "get",
         "secrets",
         &runs
+    )?);
+    // Only there: Secrets are read per namespace, never cluster-wide.
+    assert!(!can_i(
+        kubeconfig,
+        &ns,
+        "stagetime-operator",
+        "get",
+        "secrets",
+        &ns
     )?);
     let policies: kube::Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
         kube::Api::namespaced(client.clone(), &ns);

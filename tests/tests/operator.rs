@@ -16,6 +16,8 @@ use stagetime_tests::{Stack, procs::Service, wait_rr};
 
 const API_VERSION: &str = "stagetime.sthings.tiab.ssc.sva.de/v1beta1";
 const WAIT: Duration = Duration::from_secs(60);
+/// The label that marks a Secret as credentials.
+const CREDENTIALS: &str = "stagetime.sthings.tiab.ssc.sva.de/credentials";
 
 struct Cluster {
     repos: Api<Repo>,
@@ -514,8 +516,10 @@ async fn branch_heads_resolve_and_failures_are_conditions() -> anyhow::Result<()
             "GitUnauthorized",
         ),
     ];
-    let wrong: Secret = serde_json::from_value(json!({"metadata": {"name": "wrong"},
-        "stringData": {"username": "ci", "password": "guess"}}))?;
+    let wrong: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "wrong", "labels": {CREDENTIALS: "true"}},
+        "stringData": {"username": "ci", "password": "guess"}}),
+    )?;
     cluster
         .secrets
         .create(&PostParams::default(), &wrong)
@@ -541,8 +545,28 @@ async fn branch_heads_resolve_and_failures_are_conditions() -> anyhow::Result<()
             &Patch::Merge(json!({"spec": {"branch": "develop"}})),
         )
         .await?;
-    let right: Secret = serde_json::from_value(json!({"metadata": {"name": "right"},
+    // The right password in a Secret not marked as credentials is never used.
+    let unmarked: Secret = serde_json::from_value(json!({"metadata": {"name": "unmarked"},
         "stringData": {"username": "ci", "password": "s3cret"}}))?;
+    cluster
+        .secrets
+        .create(&PostParams::default(), &unmarked)
+        .await?;
+    cluster
+        .repos
+        .patch(
+            "bad-password",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"credentialsSecret": "unmarked"}})),
+        )
+        .await?;
+    cluster
+        .wait_waiting("bad-password", "SecretNotOptedIn")
+        .await?;
+    let right: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "right", "labels": {CREDENTIALS: "true"}},
+        "stringData": {"username": "ci", "password": "s3cret"}}),
+    )?;
     cluster
         .secrets
         .create(&PostParams::default(), &right)

@@ -64,6 +64,13 @@ pub enum GitError {
         /// Its host.
         host: String,
     },
+    /// Credentials would go over plain `http` to a host that is not loopback (nothing was
+    /// sent).
+    #[error("{url}: credentials are sent only over https (plain http only to loopback)")]
+    InsecureCredentials {
+        /// The URL asked.
+        url: String,
+    },
     /// Anything else: not a Git server, a bad answer.
     #[error("{url}: {detail}")]
     Protocol {
@@ -82,8 +89,25 @@ impl GitError {
             GitError::Unauthorized { .. } => "GitUnauthorized",
             GitError::UnknownBranch { .. } => "BranchNotFound",
             GitError::HostNotAllowed { .. } => "GitHostNotAllowed",
+            GitError::InsecureCredentials { .. } => "GitInsecureCredentials",
             GitError::Protocol { .. } => "GitError",
         }
+    }
+}
+
+/// Whether credentials may be sent to `uri`: over `https`, or over plain `http` only to a
+/// loopback host (a Git server of a local test or development setup).
+pub fn may_carry_credentials(uri: &http::Uri) -> bool {
+    match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => {
+            let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => false,
     }
 }
 
@@ -141,6 +165,11 @@ impl Resolver {
             return Err(GitError::HostNotAllowed {
                 url: base.to_string(),
                 host,
+            });
+        }
+        if credentials.is_some() && !may_carry_credentials(&uri) {
+            return Err(GitError::InsecureCredentials {
+                url: base.to_string(),
             });
         }
         let mut request = hyper::Request::get(uri).header("user-agent", "git/stagetime");
@@ -262,6 +291,24 @@ pub fn parse_dumb(body: &[u8]) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn credentials_go_over_https_or_to_loopback_only() {
+        for (url, ok) in [
+            ("https://github.com/acme/app.git", true),
+            ("http://127.0.0.1:3000/acme/app.git", true),
+            ("http://127.8.0.1/app.git", true),
+            ("http://[::1]:3000/app.git", true),
+            ("http://localhost/app.git", true),
+            ("http://github.com/acme/app.git", false),
+            ("http://127.0.0.1.example.com/app.git", false),
+            ("http://10.0.0.1/app.git", false),
+        ] {
+            let uri: http::Uri = url.parse().unwrap();
+            assert_eq!(super::may_carry_credentials(&uri), ok, "{url}");
+        }
+    }
+
     use super::*;
 
     fn pkt(s: &str) -> String {

@@ -598,6 +598,9 @@ where
     Ok(None)
 }
 
+/// The label a Secret must carry (value `"true"`) to be used as Git or forge credentials.
+pub const CREDENTIALS_LABEL: &str = "stagetime.sthings.tiab.ssc.sva.de/credentials";
+
 /// Basic-auth credentials from a Secret: `username` + `password`, or `token`.
 async fn credentials(
     ctx: &Context,
@@ -621,6 +624,31 @@ async fn credentials(
         }
         Err(e) => return Err(e.into()),
     };
+    // A Secret is credentials only where its owner said so: otherwise anyone who may create a
+    // Repo could have any Secret of the namespace (a ServiceAccount's token, say) sent to the
+    // Repo's URL.
+    let opted_in = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(CREDENTIALS_LABEL))
+        .is_some_and(|v| v == "true");
+    if !opted_in {
+        return Ok(Err(Wait {
+            reason: "SecretNotOptedIn",
+            message: format!(
+                "Secret {name:?} lacks the label {CREDENTIALS_LABEL}=\"true\" that marks it as Git credentials"
+            ),
+        }));
+    }
+    if secret.type_.as_deref() == Some("kubernetes.io/service-account-token") {
+        return Ok(Err(Wait {
+            reason: "SecretNotAllowed",
+            message: format!(
+                "Secret {name:?} is a ServiceAccount token; it is never sent to a Git host"
+            ),
+        }));
+    }
     let data = secret.data.unwrap_or_default();
     let field = |k: &str| {
         data.get(k)
