@@ -566,3 +566,96 @@ async fn a_cancelled_run_holds_its_slot_and_refuses_retry_until_its_pipelineruns
     assert_eq!(retried.into_inner().attempt, 2);
     Ok(())
 }
+
+/// A stress of the slot (limit 1): revision runs whose stage fails while a sibling runs (with
+/// fail-fast and without), queued runs behind them, and retries of each failed one. From the
+/// PipelineRuns' own appearance and end, in the API server's order: never do PipelineRuns of
+/// two revision runs of the group, or of two attempts of one, run at the same time.
+#[tokio::test]
+async fn a_group_of_one_never_runs_two_revision_runs_or_attempts_at_once() -> anyhow::Result<()> {
+    let stack = Stack::start("slot-stress", Duration::from_secs(3600)).await?;
+    let log = stagetime_tests::uids::UidLog::start(stack.client.clone(), &stack.ns).await?;
+    let mut api = client(&stack).await?;
+    let mut ids = Vec::new();
+    for i in 0..4u32 {
+        let mut req = siblings(&format!("dddd{i:04}"), "stress");
+        // Every other one lets its sibling finish instead of cancelling it.
+        req.fail_fast = Some(i % 2 == 0);
+        ids.push(api.create(req).await?.into_inner().id);
+    }
+    // Each run in turn: `a` fails while `b` runs; the slow ones' `b` is finished by hand.
+    for id in &ids {
+        let rr = wait_rr(
+            &stack.store,
+            id,
+            "admitted and stage 0 running",
+            FINISH,
+            |rr| {
+                rr.stages[0]
+                    .runs
+                    .iter()
+                    .all(|r| r.state == RunState::Running)
+            },
+        )
+        .await?;
+        finish(&stack, &rr.stages[0].runs[0].pipeline_run, false).await?;
+        if !rr.fail_fast {
+            wait_rr(&stack.store, id, "a recorded failed", FINISH, |rr| {
+                rr.stages[0].runs[0].state == RunState::Failed
+            })
+            .await?;
+            finish(&stack, &rr.stages[0].runs[1].pipeline_run, true).await?;
+        }
+        wait_rr(&stack.store, id, "failed and its slot free", FINISH, |rr| {
+            rr.phase == Phase::Failed && !rr.holds_slot()
+        })
+        .await?;
+    }
+    // Retry all at once: one attempt at a time gets the slot; each runs to success.
+    let mut pending: Vec<String> = ids.clone();
+    while !pending.is_empty() {
+        let retried = wait_for("one retry to get the slot", FINISH, || {
+            let (mut api, pending) = (api.clone(), pending.clone());
+            async move {
+                for id in pending {
+                    if api.retry(pb::RetryRequest { id: id.clone() }).await.is_ok() {
+                        return Some(id);
+                    }
+                }
+                None
+            }
+        })
+        .await?;
+        for stage in 0..2 {
+            let rr = wait_rr(
+                &stack.store,
+                &retried,
+                "attempt 2 stage running",
+                FINISH,
+                |rr| {
+                    rr.attempt == 2
+                        && rr.stages[stage]
+                            .runs
+                            .iter()
+                            .all(|r| r.state == RunState::Running)
+                },
+            )
+            .await?;
+            for run in &rr.stages[stage].runs {
+                finish(&stack, &run.pipeline_run, true).await?;
+            }
+        }
+        let done = stack.wait_terminal(&retried, FINISH).await?;
+        assert_eq!(done.phase, Phase::Succeeded, "{:?}", done.stages);
+        pending.retain(|p| *p != retried);
+    }
+    assert_eq!(
+        log.owners().len(),
+        8,
+        "four runs, two attempts each: {:?}",
+        log.owners()
+    );
+    let (most, owners) = log.most_owners_at_once();
+    assert_eq!(most, 1, "PipelineRuns of {owners:?} ran at once");
+    Ok(())
+}
