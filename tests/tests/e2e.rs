@@ -384,7 +384,22 @@ async fn a_pipelinerun_deleted_while_no_informer_watched_is_noticed_after_restar
 
 #[tokio::test]
 async fn malformed_pipelineruns_are_skipped() -> anyhow::Result<()> {
-    let stack = Stack::start("malformed", Duration::from_millis(100)).await?;
+    let mut stack = Stack::start("malformed", Duration::from_millis(100)).await?;
+    // An informer whose metrics the test reads.
+    if let Some(informer) = stack.informer.take() {
+        informer.stop().await;
+    }
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = stagetime_informer::metrics::Metrics::register(&mut registry);
+    stack.informer = Some(stack.run_informer(stagetime_informer::Informer::new(
+        stack.client.clone(),
+        tekton::API_VERSION,
+        &stack.ns,
+        stagetime_informer::Recorder {
+            store: stack.store.clone(),
+            metrics,
+        },
+    )));
     let api = tekton::pipelinerun_api(stack.client.clone(), tekton::API_VERSION, &stack.ns);
     for (name, rr) in [("unknown-rr", "someone-else"), ("empty", "")] {
         let obj: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
@@ -394,10 +409,30 @@ async fn malformed_pipelineruns_are_skipped() -> anyhow::Result<()> {
         }))?;
         api.create(&Default::default(), &obj).await?;
     }
-    // A real run still completes while the informer skips those.
+    // A real run still completes while the informer skips those — and it did see and count
+    // each of them.
     let id = submit(&stack.url(), example("gaps.json")?).await?;
     let rr = stack.wait_terminal(&id, FINISH).await?;
     assert_eq!(rr.phase, Phase::Succeeded);
+    let skipped = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.contains("skipped") && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    stagetime_testenv::wait_for("both objects counted as skipped", FINISH, || {
+        let mut text = String::new();
+        let counted = prometheus_client::encoding::text::encode(&mut text, &registry)
+            .ok()
+            .map(|()| skipped(&text));
+        async move { counted.filter(|n| *n >= 2.0) }
+    })
+    .await
+    .map_err(|e| {
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        e.context(text)
+    })?;
     Ok(())
 }
 

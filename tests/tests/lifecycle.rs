@@ -153,11 +153,17 @@ async fn cancel_racing_a_stage_hand_off_never_creates_a_later_stage() -> anyhow:
             .filter(|s| s.state == "Skipped")
             .map(|s| s.number.to_string())
             .collect();
-        // Let every message the creator may still hold be handled: the stage stream drained.
+        // Let every message the creator may still hold be handled: every message delivered
+        // (lag 0 — nothing pending alone is also true before the creator read one) and
+        // acknowledged.
         let store = stack.store.clone();
         wait_for("the creator idle", FINISH, || {
             let store = store.clone();
-            async move { (store.queue().pending_count().await.ok()? == 0).then_some(()) }
+            async move {
+                let queue = store.queue();
+                let lag = queue.undelivered_count().await.ok()??;
+                (lag == 0 && queue.pending_count().await.ok()? == 0).then_some(())
+            }
         })
         .await?;
         let created = stack.pipelineruns().await?;
@@ -215,12 +221,23 @@ async fn retry_after_a_failure_in_stage_one_reruns_only_stage_one_onward() -> an
         a.retry(pb::RetryRequest { id: id.clone() }),
         b.retry(pb::RetryRequest { id: id.clone() })
     );
-    let won: Vec<pb::RevisionRun> = [ra, rb]
+    let (won, lost): (Vec<_>, Vec<_>) = [ra, rb].into_iter().partition(Result::is_ok);
+    let won: Vec<pb::RevisionRun> = won
         .into_iter()
         .filter_map(Result::ok)
         .map(|r| r.into_inner())
         .collect();
     assert_eq!(won.len(), 1, "both retries started an attempt");
+    let lost: Vec<Code> = lost
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|s| s.code())
+        .collect();
+    assert_eq!(
+        lost,
+        [Code::FailedPrecondition],
+        "the other retry is refused as such"
+    );
     assert_eq!(won[0].attempt, 2);
     assert_eq!(won[0].history.len(), 1);
     assert_eq!(won[0].history[0].phase, pb::Phase::Failed as i32);

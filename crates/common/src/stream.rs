@@ -336,6 +336,19 @@ impl StageQueue {
         }
     }
 
+    /// Stage messages no creator has been given yet (the group's `lag`; `None` when Redis
+    /// cannot tell, e.g. after the stream was trimmed past undelivered entries).
+    pub async fn undelivered_count(&self) -> Result<Option<u64>> {
+        let mut conn = self.conn.clone();
+        let groups: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(self.keys.stage_stream())
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("stage stream groups"))?;
+        Ok(group_field(&groups, CREATOR_GROUP, "lag").and_then(|lag| lag.parse().ok()))
+    }
+
     /// Removes the stage messages every creator is done with: those before the oldest pending
     /// one, or — with nothing pending — all the group has been given. Messages never delivered
     /// and pending ones stay, so nothing unprocessed is lost. Returns how many were removed.
@@ -417,6 +430,11 @@ pub(crate) fn read_entries(reply: Option<StreamReadReply>) -> impl Iterator<Item
 /// The `last-delivered-id` of `group` in an `XINFO GROUPS` reply (RESP2 field/value arrays or
 /// RESP3 maps).
 fn last_delivered(reply: &Value, group: &str) -> Option<String> {
+    group_field(reply, group, "last-delivered-id")
+}
+
+/// Field `field` of consumer group `group` in an `XINFO GROUPS` reply.
+fn group_field(reply: &Value, group: &str, field: &str) -> Option<String> {
     let text = |v: &Value| Some(field_text(v));
     let Value::Array(groups) = reply else {
         return None;
@@ -442,7 +460,7 @@ fn last_delivered(reply: &Value, group: &str) -> Option<String> {
         }
         pairs
             .iter()
-            .find(|(k, _)| k == "last-delivered-id")
+            .find(|(k, _)| k == field)
             .and_then(|(_, v)| text(v))
     })
 }
