@@ -8,8 +8,8 @@ use k8s_openapi::api::{
 use kube::{Api, api::PostParams};
 use serde_json::json;
 
-/// Creates ServiceAccount `name` in `ns` and returns a token the API server issued for it
-/// (valid for ten minutes).
+/// Creates ServiceAccount `name` in `ns` and returns a token the API server issued for it for
+/// stageTime's audience (valid for ten minutes).
 pub async fn service_account_token(
     client: &kube::Client,
     ns: &str,
@@ -21,6 +21,31 @@ pub async fn service_account_token(
         &serde_json::from_value(json!({"metadata": {"name": name}}))?,
     )
     .await?;
+    let issued = sas
+        .create_token_request(
+            name,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    expiration_seconds: Some(600),
+                    audiences: vec![stagetime_server::auth::DEFAULT_AUDIENCE.to_string()],
+                    ..TokenRequestSpec::default()
+                },
+                ..TokenRequest::default()
+            },
+        )
+        .await?;
+    Ok(issued.status.map(|s| s.token).unwrap_or_default())
+}
+
+/// A token of existing ServiceAccount `ns/name` for the API server's own audience (what a pod's
+/// default token is): stageTime must refuse it.
+pub async fn api_server_token(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let issued = sas
         .create_token_request(
             name,

@@ -158,6 +158,15 @@ async fn kubernetes_tokens_and_rbac_decide_who_may_create() -> anyhow::Result<()
     assert!(listed.revision_runs.is_empty());
 
     grant(&admin, &ns, (&ns, "alice"), &["create", "get", "list"]).await?;
+    // Alice's token for the API server itself is no key to stageTime: only tokens of its own
+    // audience are, so the server never collects tokens worth replaying against the cluster.
+    let for_the_cluster = stagetime_tests::rbac::api_server_token(&admin, &ns, "alice").await?;
+    let err = client(url.clone(), Some(&for_the_cluster), None)
+        .await?
+        .create(request("aaaa0009"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
     // A refusal is remembered for a few seconds only.
     let created = wait_for("alice to be allowed", Duration::from_secs(20), || {
         let mut as_alice = as_alice.clone();

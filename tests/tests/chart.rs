@@ -158,6 +158,10 @@ fn the_chart_refuses_insecure_values_unless_asked_for() -> anyhow::Result<()> {
             "tekton.informingNamespace=team-a is narrower",
         ),
         (
+            &["redis.existingSecret=r", "server.tls.generate=false"][..],
+            "server.tls.insecurePlaintext=true",
+        ),
+        (
             &["redis.existingSecret=r", "operator.readRepoSecrets=true"][..],
             "operator.readRepoSecrets needs operator.secretNamespaces",
         ),
@@ -189,6 +193,25 @@ fn the_chart_refuses_insecure_values_unless_asked_for() -> anyhow::Result<()> {
     let local = String::from_utf8(local.stdout)?;
     assert!(local.contains("automountServiceAccountToken: false"));
     assert!(!local.contains("system:auth-delegator"));
+    // TLS by default: a generated certificate, the operator on https verifying it with a
+    // token of stageTime's audience.
+    for expected in [
+        "name: st-stagetime-server-tls",
+        "https://stagetime-server:50051",
+        "/etc/stagetime/server-ca/ca.crt",
+        "audience: \"stagetime\"",
+        "name: STAGETIME_AUTH_AUDIENCE",
+    ] {
+        assert!(local.contains(expected), "{expected} missing by default");
+    }
+    let plaintext = helm_template(&[
+        "redis.existingSecret=r",
+        "server.tls.generate=false",
+        "server.tls.insecurePlaintext=true",
+    ])?;
+    let plaintext = String::from_utf8(plaintext.stdout)?;
+    assert!(plaintext.contains("http://stagetime-server:50051"));
+    assert!(!plaintext.contains("stagetime-server-tls"));
     let secure = helm_template(&[
         "redis.existingSecret=r",
         "server.tls.secretName=tls",

@@ -25,14 +25,32 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if and (not .Values.server.tls.secretName) (not .Values.server.tls.generate) (not .Values.server.tls.insecurePlaintext) }}
+{{- fail "server.tls needs a secretName or generate=true; set server.tls.insecurePlaintext=true to send tokens in clear text (local development only)" }}
+{{- end }}
 {{- if and (eq .Values.server.auth "token") (not .Values.server.tokenSecret) }}
 {{- fail "server.auth=token needs server.tokenSecret (a secret with key `tokens`)" }}
 {{- end }}
 {{- end }}
 
+{{/* The Secret holding the server's certificate: the given one, else the generated one, else
+     none (plaintext, only with server.tls.insecurePlaintext). */}}
+{{- define "stagetime.tlsSecret" -}}
+{{- if .Values.server.tls.secretName }}{{ .Values.server.tls.secretName }}
+{{- else if and .Values.server.tls.generate (not .Values.server.tls.insecurePlaintext) }}{{ .Release.Name }}-stagetime-server-tls
+{{- end }}
+{{- end }}
+
+{{/* The Secret (key ca.crt) clients verify the server with. */}}
+{{- define "stagetime.caSecret" -}}
+{{- if .Values.server.tls.caSecretName }}{{ .Values.server.tls.caSecretName }}
+{{- else if and (not .Values.server.tls.secretName) .Values.server.tls.generate (not .Values.server.tls.insecurePlaintext) }}{{ .Release.Name }}-stagetime-server-tls
+{{- end }}
+{{- end }}
+
 {{/* The server's URL as clients inside the cluster use it. */}}
 {{- define "stagetime.serverUrl" -}}
-{{ ternary "https" "http" (ne .Values.server.tls.secretName "") }}://stagetime-server:{{ .Values.server.port }}
+{{ ternary "https" "http" (ne (include "stagetime.tlsSecret" .) "") }}://stagetime-server:{{ .Values.server.port }}
 {{- end }}
 
 {{/* Environment shared by every service: Redis, logging, admin port. */}}

@@ -60,8 +60,34 @@ pub struct Connection {
     pub token_file: Option<PathBuf>,
 }
 
+/// Whether `url` is plain `http://` to a host that is not loopback: a bearer token sent there
+/// would cross the network in clear text.
+pub fn is_plaintext_beyond_loopback(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    !(host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()))
+}
+
 impl Connection {
     fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        let has_token = self
+            .token_file
+            .as_ref()
+            .is_some_and(|f| !f.as_os_str().is_empty());
+        anyhow::ensure!(
+            !(has_token && is_plaintext_beyond_loopback(&self.url)),
+            "refusing to send a bearer token over plain http to {}: use https:// (plain http only to loopback)",
+            self.url
+        );
         let mut endpoint = Endpoint::from_shared(self.url.clone())?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
@@ -97,5 +123,31 @@ impl Connection {
             channel,
             BearerFile::new(self.token_file.clone()),
         ))
+    }
+}
+
+#[cfg(test)]
+mod plaintext_tests {
+    use super::is_plaintext_beyond_loopback as beyond;
+
+    #[test]
+    fn tokens_travel_in_clear_text_only_on_loopback() {
+        for url in [
+            "http://127.0.0.1:50051",
+            "http://127.9.9.9",
+            "http://localhost:50051/",
+            "http://[::1]:50051",
+            "https://stagetime-server:50051",
+        ] {
+            assert!(!beyond(url), "{url}");
+        }
+        for url in [
+            "http://stagetime-server:50051",
+            "http://10.0.0.1:50051",
+            "http://127.0.0.1.example.com:50051",
+            "http://[fe80::1]:50051",
+        ] {
+            assert!(beyond(url), "{url}");
+        }
     }
 }

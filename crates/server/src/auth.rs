@@ -34,8 +34,18 @@ pub const RESOURCE: &str = "revisionruns";
 /// RoleBinding just granted takes effect within seconds.
 const CACHE_TTL: Duration = Duration::from_secs(30);
 const DENIAL_TTL: Duration = Duration::from_secs(3);
-/// Most cached answers (the cache is emptied when full).
+/// Most cached answers; when full, expired ones go first, then the oldest (never all at once,
+/// so a flood of new tokens cannot flush every legitimate caller's answers).
 const CACHE_MAX: usize = 10_000;
+/// TokenReviews in flight at once: a flood of unknown tokens queues here (and is refused
+/// after [`REVIEW_WAIT`]) instead of multiplying into the API server.
+const REVIEWS_IN_FLIGHT: usize = 16;
+/// Longest wait for a TokenReview slot.
+const REVIEW_WAIT: Duration = Duration::from_secs(2);
+/// The audience tokens must be issued for by default (`kubectl create token <sa> --audience
+/// stagetime`): a token meant for the API server itself is never accepted, so the server never
+/// collects tokens that would be worth replaying against the cluster.
+pub const DEFAULT_AUDIENCE: &str = "stagetime";
 
 /// Who called.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,17 +78,31 @@ impl Caller {
 }
 
 type Digest32 = [u8; 32];
-/// (user, verb, namespace) → when decided, allowed.
-type Decisions = Mutex<HashMap<(String, String, String), (Instant, bool)>>;
+/// (identity: user, groups, uid, extra; verb, namespace) → when decided, allowed.
+type Decisions = Mutex<HashMap<(Digest32, String, String), (Instant, bool)>>;
 
+// One value per server, behind an Arc: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Mode {
     None,
     Tokens(Vec<(String, Digest32)>),
     Kubernetes {
         client: kube::Client,
+        /// Audience TokenReviews ask for (`None`: the API server's own).
+        audience: Option<String>,
+        reviews: tokio::sync::Semaphore,
         tokens: Mutex<HashMap<Digest32, (Instant, Option<Caller>)>>,
         decisions: Decisions,
     },
+}
+
+impl Caller {
+    /// Everything RBAC decides on, as one key: two tokens of one user with different groups
+    /// or extra never share decisions.
+    fn identity(&self) -> Digest32 {
+        let text = serde_json::json!([self.name, self.groups, self.uid, self.extra]).to_string();
+        digest(&text)
+    }
 }
 
 /// The authenticator and authorizer of every call.
@@ -138,10 +162,18 @@ impl Auth {
         Ok(Self(Arc::new(Mode::Tokens(tokens))))
     }
 
-    /// Kubernetes tokens (TokenReview) and RBAC (SubjectAccessReview) through `client`.
+    /// Kubernetes tokens (TokenReview) of the [`DEFAULT_AUDIENCE`] and RBAC
+    /// (SubjectAccessReview) through `client`.
     pub fn kubernetes(client: kube::Client) -> Self {
+        Self::kubernetes_for(client, Some(DEFAULT_AUDIENCE.to_string()))
+    }
+
+    /// [`Self::kubernetes`] for tokens of `audience` (`None`: the API server's own audience).
+    pub fn kubernetes_for(client: kube::Client, audience: Option<String>) -> Self {
         Self(Arc::new(Mode::Kubernetes {
             client,
+            audience,
+            reviews: tokio::sync::Semaphore::new(REVIEWS_IN_FLIGHT),
             tokens: Mutex::default(),
             decisions: Mutex::default(),
         }))
@@ -164,17 +196,30 @@ impl Auth {
                     .map(|name| Caller::unrestricted(name))
                     .ok_or_else(|| Status::unauthenticated("the bearer token is not valid"))
             }
-            Mode::Kubernetes { client, tokens, .. } => {
+            Mode::Kubernetes {
+                client,
+                audience,
+                reviews,
+                tokens,
+                ..
+            } => {
                 let token = bearer(metadata)?;
                 let presented = digest(token);
                 if let Some((_, cached)) = cached(tokens, &presented) {
                     return cached
                         .ok_or_else(|| Status::unauthenticated("the bearer token is not valid"));
                 }
+                let _slot = tokio::time::timeout(REVIEW_WAIT, reviews.acquire())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .ok_or_else(|| {
+                        Status::unavailable("too many token checks at once; retry later")
+                    })?;
                 let review = TokenReview {
                     spec: TokenReviewSpec {
                         token: Some(token.to_string()),
-                        audiences: None,
+                        audiences: audience.clone().map(|a| vec![a]),
                     },
                     ..TokenReview::default()
                 };
@@ -186,9 +231,14 @@ impl Auth {
                         Status::unavailable("cannot check the token now; retry")
                     })?;
                 let status = answer.status.unwrap_or_default();
-                let caller = status
-                    .authenticated
-                    .unwrap_or(false)
+                // The API server answers the audiences the token is valid for among those asked.
+                let for_us = audience.as_ref().is_none_or(|a| {
+                    status
+                        .audiences
+                        .as_ref()
+                        .is_none_or(|valid| valid.contains(a))
+                });
+                let caller = (status.authenticated.unwrap_or(false) && for_us)
                     .then(|| status.user.unwrap_or_default())
                     .map(|user| Caller {
                         name: user.username.unwrap_or_default(),
@@ -220,7 +270,7 @@ impl Auth {
             return Err(Status::permission_denied("no authorizer is configured"));
         };
         for ns in namespaces {
-            let key = (caller.name.clone(), verb.to_string(), ns.clone());
+            let key = (caller.identity(), verb.to_string(), ns.clone());
             let allowed = match cached(decisions, &key)
                 .filter(|(at, allowed)| *allowed || at.elapsed() < DENIAL_TTL)
             {
@@ -297,10 +347,23 @@ fn cached<K: std::hash::Hash + Eq, V: Clone>(
         .cloned()
 }
 
-fn remember<K: std::hash::Hash + Eq, V>(cache: &Mutex<HashMap<K, (Instant, V)>>, key: K, value: V) {
+fn remember<K: std::hash::Hash + Eq + Clone, V>(
+    cache: &Mutex<HashMap<K, (Instant, V)>>,
+    key: K,
+    value: V,
+) {
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.len() >= CACHE_MAX {
-        cache.clear();
+    if cache.len() >= CACHE_MAX && !cache.contains_key(&key) {
+        cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+        if cache.len() >= CACHE_MAX {
+            let oldest = cache
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                cache.remove(&oldest);
+            }
+        }
     }
     cache.insert(key, (Instant::now(), value));
 }
@@ -334,6 +397,32 @@ mod tests {
         }
         assert!(auth.authorize(&ci, "create", &["any".into()]).await.is_ok());
         assert!(format!("{auth:?}").ends_with("(token)"));
+    }
+
+    #[test]
+    fn a_full_cache_evicts_the_oldest_not_everything() {
+        let cache: Mutex<HashMap<usize, (Instant, bool)>> = Mutex::default();
+        for i in 0..CACHE_MAX {
+            remember(&cache, i, true);
+        }
+        remember(&cache, CACHE_MAX, true);
+        let cache = cache.lock().unwrap();
+        assert_eq!(cache.len(), CACHE_MAX);
+        assert!(!cache.contains_key(&0), "the oldest stays");
+        assert!(cache.contains_key(&1) && cache.contains_key(&CACHE_MAX));
+    }
+
+    #[test]
+    fn decisions_are_keyed_by_the_whole_identity() {
+        let caller = |groups: &[&str]| Caller {
+            name: "alice".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            uid: None,
+            extra: None,
+            unrestricted: false,
+        };
+        assert_eq!(caller(&["dev"]).identity(), caller(&["dev"]).identity());
+        assert_ne!(caller(&["dev"]).identity(), caller(&["admin"]).identity());
     }
 
     #[test]

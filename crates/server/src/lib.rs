@@ -156,6 +156,15 @@ pub struct SecurityArgs {
     /// the server does not start without an explicit choice.
     #[arg(long = "auth", env = "STAGETIME_AUTH", default_value = "", value_parser = ["", "none", "token", "kubernetes"])]
     pub auth: String,
+    /// Audience Kubernetes tokens must be issued for (`kubectl create token SA --audience
+    /// stagetime`); empty accepts tokens of the API server's own audience (not recommended: the
+    /// server then sees tokens that are valid against the cluster).
+    #[arg(
+        long = "auth-audience",
+        env = "STAGETIME_AUTH_AUDIENCE",
+        default_value = auth::DEFAULT_AUDIENCE
+    )]
+    pub auth_audience: String,
     /// File of static bearer tokens, one per line (`name:token` or `token`), for `--auth token`.
     #[arg(long = "auth-token-file", env = "STAGETIME_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<std::path::PathBuf>,
@@ -228,7 +237,10 @@ impl SecurityArgs {
                     .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
                 auth::Auth::tokens(&text)
             }
-            "kubernetes" => Ok(auth::Auth::kubernetes(kube.client().await?)),
+            "kubernetes" => Ok(auth::Auth::kubernetes_for(
+                kube.client().await?,
+                Some(self.auth_audience.trim().to_string()).filter(|a| !a.is_empty()),
+            )),
             _ => anyhow::bail!(
                 "choose how callers authenticate: --auth kubernetes|token|none (STAGETIME_AUTH); \
                  `none` lets anyone run any pipeline and is meant for local development only"
