@@ -11,7 +11,12 @@ use clap::{Args, ValueEnum};
 #[derive(Args, Debug, Clone)]
 pub struct RedisArgs {
     /// Full Redis URL (`redis://[:password@]host:port[/db]`); overrides server, port and password.
-    #[arg(id = "redis_url", long = "redis-url", env = "REDIS_URL")]
+    #[arg(
+        id = "redis_url",
+        long = "redis-url",
+        env = "REDIS_URL",
+        hide_env_values = true
+    )]
     pub url: Option<String>,
     /// Redis host.
     #[arg(

@@ -110,9 +110,10 @@ pub struct ChildReference {
     pub pipeline_task_name: String,
 }
 
-/// TaskRuns in one namespace (`tekton.dev/v1`).
-pub fn taskrun_api(client: Client, namespace: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("tekton.dev", "v1", "TaskRun");
+/// TaskRuns in one namespace, of the Tekton API version `api_version` (`tekton.dev/v1`).
+pub fn taskrun_api(client: Client, api_version: &str, namespace: &str) -> Api<DynamicObject> {
+    let version = api_version.rsplit('/').next().unwrap_or("v1");
+    let gvk = GroupVersionKind::gvk("tekton.dev", version, "TaskRun");
     Api::namespaced_with(
         client,
         namespace,

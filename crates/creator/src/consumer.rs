@@ -73,6 +73,9 @@ pub struct Settings {
     /// How long shutdown waits for messages in flight before leaving them pending (a
     /// Kubernetes pod gets 30 s between SIGTERM and SIGKILL; stopping fast keeps rollouts fast).
     pub drain_grace: Duration,
+    /// apiVersion of the PipelineRuns it cancels and looks up (`TEKTON_API_VERSION`); those it
+    /// creates carry their own from the rendered manifest.
+    pub api_version: String,
 }
 
 impl Default for Settings {
@@ -80,6 +83,7 @@ impl Default for Settings {
         Self {
             consumer: "stagetime-creator".into(),
             namespace_override: None,
+            api_version: tekton::API_VERSION.into(),
             concurrency: 8,
             visibility_timeout: Duration::from_secs(60),
             max_deliveries: 20,
@@ -413,7 +417,10 @@ impl Creator {
                 },
                 None => {
                     self.metrics.runs_failed.inc();
-                    create_failed(reason)
+                    // The internal reason stays in the log and the dead letter; the run says
+                    // what happened in words its readers can act on.
+                    tracing::warn!(rr = %rr.id, pipeline_run = %run.pipeline_run, reason, "marking an uncreated run failed");
+                    create_failed("the PipelineRun could not be created after repeated attempts; the creator's log has the cause")
                 }
             };
             observations.push((run.pipeline_run.clone(), observed));
@@ -480,7 +487,11 @@ impl Creator {
                 },
                 None => continue,
             };
-            let api = tekton::pipelinerun_api(self.client.clone(), tekton::API_VERSION, &namespace);
+            let api = tekton::pipelinerun_api(
+                self.client.clone(),
+                &self.settings.api_version,
+                &namespace,
+            );
             let patch = serde_json::json!({
                 "metadata": {"uid": uid},
                 "spec": {"status": tekton::CANCELLED_RUN_FINALLY},
@@ -519,7 +530,8 @@ impl Creator {
             .namespace_override
             .clone()
             .unwrap_or_else(|| run.namespace.clone());
-        let api = tekton::pipelinerun_api(self.client.clone(), tekton::API_VERSION, &namespace);
+        let api =
+            tekton::pipelinerun_api(self.client.clone(), &self.settings.api_version, &namespace);
         let found = self
             .deadline(&run.pipeline_run, api.get_opt(&run.pipeline_run))
             .await?
@@ -594,7 +606,7 @@ impl Creator {
                             reason: REASON_NAMESPACE_NOT_ALLOWED.to_string(),
                             message: error.to_string(),
                         },
-                        _ => create_failed(&error.to_string()),
+                        _ => create_failed(&public_message(&error)),
                     }
                 }
             };
@@ -702,6 +714,21 @@ impl Creator {
                 name: name.to_string(),
                 after: self.call_timeout(),
             })
+    }
+}
+
+/// What a run's message says about a failed create: the API server's own refusal (what
+/// `kubectl apply` would print), never internal error text.
+fn public_message(error: &Error) -> String {
+    match error {
+        Error::PipelineRunCall {
+            source: kube::Error::Api(status),
+            ..
+        } => format!(
+            "the API server refused the PipelineRun ({}): {}",
+            status.reason, status.message
+        ),
+        _ => "the PipelineRun could not be created; the creator's log has the cause".into(),
     }
 }
 

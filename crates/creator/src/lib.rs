@@ -50,6 +50,13 @@ pub struct Args {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub namespaces: NamespaceArgs,
+    /// apiVersion of the PipelineRuns it cancels and looks up.
+    #[arg(
+        long = "tekton-api-version",
+        env = "TEKTON_API_VERSION",
+        default_value = stagetime_common::tekton::API_VERSION
+    )]
+    pub tekton_api_version: String,
     /// Stage messages processed at once.
     #[arg(long = "concurrency", env = "CREATOR_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
@@ -115,6 +122,7 @@ pub async fn run(
         allowed_namespaces: allowed,
         consumer: args.consumer.clone(),
         namespace_override: args.tekton_namespace.clone().filter(|n| !n.is_empty()),
+        api_version: args.tekton_api_version.clone(),
         concurrency: args.concurrency.max(1),
         visibility_timeout: Duration::from_secs(args.visibility_timeout_seconds.clamp(1, 86_400)),
         max_deliveries: args.max_deliveries.max(1),

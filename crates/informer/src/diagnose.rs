@@ -68,7 +68,12 @@ impl Diagnoser {
         if identity.uid.is_empty() || !self.first_time(identity.uid) {
             return;
         }
-        let taskruns = tekton::taskrun_api(self.client.clone(), identity.namespace);
+        // The TaskRuns of the PipelineRun's own Tekton API version (v1 or v1beta1).
+        let api_version = obj
+            .types
+            .as_ref()
+            .map_or(tekton::API_VERSION, |t| t.api_version.as_str());
+        let taskruns = tekton::taskrun_api(self.client.clone(), api_version, identity.namespace);
         let mut failed_task_runs = Vec::new();
         let children = status
             .child_references

@@ -64,12 +64,20 @@ impl SourcePolicy {
         for (i, run) in req.runs.iter().enumerate() {
             if let PipelineRef::Resolver { resolver, params } = &run.pipeline_ref {
                 let field = format!("{runs_field}[{i}].pipeline_ref");
-                if !self.resolvers.is_empty() && !self.resolvers.contains(resolver) {
+                // An allowed-URL list means nothing if another resolver can fetch anything:
+                // with prefixes and no resolver list, only `git` is allowed.
+                let implied = vec!["git".to_string()];
+                let resolvers = if self.resolvers.is_empty() && !self.git_url_prefixes.is_empty() {
+                    &implied
+                } else {
+                    &self.resolvers
+                };
+                if !resolvers.is_empty() && !resolvers.contains(resolver) {
                     return Some((
                         field,
                         format!(
                             "resolver {resolver:?} is not allowed (allowed: {})",
-                            self.resolvers.join(", ")
+                            resolvers.join(", ")
                         ),
                     ));
                 }
@@ -83,11 +91,7 @@ impl SourcePolicy {
                                 ParamValue::Array(_) => None,
                             });
                     match url {
-                        Some(url)
-                            if self
-                                .git_url_prefixes
-                                .iter()
-                                .any(|p| url.starts_with(p.as_str())) => {}
+                        Some(url) if self.git_url_prefixes.iter().any(|p| url_under(url, p)) => {}
                         Some(url) => {
                             return Some((
                                 field,
@@ -119,6 +123,35 @@ impl SourcePolicy {
         }
         None
     }
+}
+
+/// Scheme, host (with port) and path segments of an `http(s)` URL; `None` for anything else,
+/// or a URL with user info or `.`/`..` segments (which could make it look like another).
+fn url_parts(url: &str) -> Option<(String, String, Vec<&str>)> {
+    let (scheme, rest) = url.trim().split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if !matches!(scheme.as_str(), "http" | "https") {
+        return None;
+    }
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if authority.is_empty() || authority.contains('@') || path.contains(['?', '#', '\\']) {
+        return None;
+    }
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segments.iter().any(|s| matches!(*s, "." | "..")) {
+        return None;
+    }
+    Some((scheme, authority.to_ascii_lowercase(), segments))
+}
+
+/// Whether `url` lies under the allowed `prefix`: same scheme and host, and the prefix's path
+/// segments are the URL's first ones — `https://github.com/acme` admits
+/// `https://github.com/acme/app.git`, never `https://github.com/acme-evil/app.git`.
+pub fn url_under(url: &str, prefix: &str) -> bool {
+    let (Some(url), Some(prefix)) = (url_parts(url), url_parts(prefix)) else {
+        return false;
+    };
+    url.0 == prefix.0 && url.1 == prefix.1 && url.2.starts_with(&prefix.2)
 }
 
 impl RenderSettings {

@@ -903,3 +903,39 @@ async fn groups_are_per_namespace_and_keep_their_first_limit() -> anyhow::Result
 
 /// A phase and the id of a created revision run.
 struct RevisionRunState(stagetime_common::model::Phase, String);
+
+/// Ids become parts of Redis key names: one with a key separator, a hash tag or a pattern is
+/// `INVALID_ARGUMENT` naming the field, for every call that takes one.
+#[tokio::test]
+async fn ids_that_could_be_key_names_are_refused() -> anyhow::Result<()> {
+    let server = TestServer::start("hostile-ids").await?;
+    let mut client = RevisionRunsClient::new(server.channel().await?);
+    for id in ["x:manifests", "a{b}", "*", "a b", &"a".repeat(300)] {
+        let codes = [
+            client.get(pb::GetRequest { id: id.into() }).await.err(),
+            client
+                .cancel(pb::CancelRequest { id: id.into() })
+                .await
+                .err(),
+            client.retry(pb::RetryRequest { id: id.into() }).await.err(),
+            client
+                .watch(pb::WatchRequest {
+                    id: id.into(),
+                    ..Default::default()
+                })
+                .await
+                .err(),
+        ];
+        for status in codes {
+            let status = status.ok_or_else(|| anyhow::anyhow!("{id:?} accepted"))?;
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{id:?}: {}",
+                status.message()
+            );
+            assert!(status.message().starts_with("id"), "{}", status.message());
+        }
+    }
+    Ok(())
+}

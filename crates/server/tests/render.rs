@@ -247,3 +247,27 @@ fn pipeline_sources_and_secrets_outside_the_allowlists_are_refused() -> anyhow::
     render::render(&req, &with(allowed), "pipelineruns", "2026-11-22T10:00:00Z")?;
     Ok(())
 }
+
+/// Allowed Git URL prefixes are compared as parsed URLs: scheme, host and whole path segments;
+/// a look-alike organisation, user info, another scheme or a `..` never passes.
+#[test]
+fn git_url_prefixes_compare_whole_segments() {
+    let prefix = "https://github.com/acme";
+    for (url, ok) in [
+        ("https://github.com/acme/app.git", true),
+        ("https://GitHub.com/acme/app.git", true),
+        ("https://github.com/acme", true),
+        ("https://github.com/acme-evil/app.git", false),
+        ("https://github.com@evil.example/acme/app.git", false),
+        ("http://github.com/acme/app.git", false),
+        ("https://github.com/acme/../evil/app.git", false),
+        ("https://github.com.evil.example/acme/app.git", false),
+        ("ssh://github.com/acme/app.git", false),
+    ] {
+        assert_eq!(render::url_under(url, prefix), ok, "{url}");
+    }
+    assert!(render::url_under(
+        "https://github.com/acme/app.git",
+        "https://github.com/acme/"
+    ));
+}

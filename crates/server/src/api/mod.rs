@@ -19,6 +19,25 @@ use stagetime_common::{
 };
 use tracing::Instrument as _;
 
+/// `INVALID_ARGUMENT` unless `id` could be a revision run id (or a commit): it becomes part of
+/// Redis key names, so separators (`:`), hash tags (`{}`), patterns and whitespace never get
+/// that far.
+pub(crate) fn check_id(id: &str) -> Result<(), Error> {
+    let fine = !id.is_empty()
+        && id.len() <= 253
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if fine {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            field: "id".into(),
+            reason: "must be 1-253 letters, digits, '-', '_' or '.'".into(),
+        })
+    }
+}
+
 /// Runs of one commit a lookup by commit reads at most, newest first.
 const COMMIT_LOOKUP_LIMIT: usize = 50;
 
@@ -106,6 +125,7 @@ impl Api {
     /// caller may not see is `NOT_FOUND` like an absent one: no answer tells another
     /// tenant's runs, or their namespaces, apart from runs that do not exist.
     pub(crate) async fn get_for(&self, caller: &Caller, id: &str) -> Result<RevisionRun, Error> {
+        check_id(id)?;
         let rr = self.store.get(id).await?;
         if !self.may(caller, "get", &rr).await? {
             return Err(StoreError::NotFound { id: id.to_string() }.into());
@@ -362,6 +382,7 @@ impl Api {
     }
 
     async fn cancel_in_span(&self, caller: &Caller, id: &str) -> Result<RevisionRun, Error> {
+        check_id(id)?;
         // An unrestricted caller needs no extra read of the run.
         if !caller.is_unrestricted() {
             let rr = self.get_for(caller, id).await?;

@@ -99,6 +99,7 @@ impl RevisionRuns for Api {
         let timer = self.metrics.start("Watch");
         let result = async {
             let caller = self.caller(request.metadata()).await?;
+            super::check_id(request.get_ref().id.trim())?;
             // The stream reads the run itself; check RBAC first where there is any to check.
             if !caller.is_unrestricted() {
                 self.get_for(&caller, request.get_ref().id.trim()).await?;
