@@ -420,7 +420,9 @@ impl Creator {
                     // The internal reason stays in the log and the dead letter; the run says
                     // what happened in words its readers can act on.
                     tracing::warn!(rr = %rr.id, pipeline_run = %run.pipeline_run, reason, "marking an uncreated run failed");
-                    create_failed("the PipelineRun could not be created after repeated attempts; the creator's log has the cause")
+                    create_failed(
+                        "the PipelineRun could not be created after repeated attempts; the creator's log has the cause",
+                    )
                 }
             };
             observations.push((run.pipeline_run.clone(), observed));
