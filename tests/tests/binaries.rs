@@ -393,3 +393,46 @@ async fn a_server_start_on_a_taken_port_fails_at_once_with_the_reason() -> anyho
     );
     Ok(())
 }
+
+/// `docs/flags.md` cannot go stale: every flag each binary's `--help` lists is in it, with its
+/// environment variable.
+#[test]
+fn the_flags_page_lists_every_flag_of_every_binary() -> anyhow::Result<()> {
+    let bins = binaries()?;
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/flags.md"))?;
+    let mut missing = Vec::new();
+    for bin in [
+        "stagetime-server",
+        "stagetime-creator",
+        "stagetime-informer",
+        "stagetime-operator",
+        "stagetime",
+    ] {
+        let out = Command::new(bins.join(bin)).arg("--help").output()?;
+        let help = String::from_utf8(out.stdout)?;
+        for line in help.lines().map(str::trim).filter(|l| l.starts_with('-')) {
+            let Some(flag) = line
+                .split([' ', ','])
+                .find(|w| w.starts_with("--"))
+                .map(|w| w.trim_end_matches(['=', '<']))
+            else {
+                continue;
+            };
+            if matches!(flag, "--help" | "--version") {
+                continue;
+            }
+            if !page.contains(&format!("`{flag}`")) && !page.contains(&format!("`{flag} ")) {
+                missing.push(format!("{bin} {flag}"));
+            }
+        }
+        let mut env_names = help
+            .split("[env: ")
+            .skip(1)
+            .filter_map(|rest| rest.split([']', '=']).next());
+        if let Some(env) = env_names.find(|env| !page.contains(&format!("`{env}`"))) {
+            missing.push(format!("{bin} env {env}"));
+        }
+    }
+    assert!(missing.is_empty(), "docs/flags.md lacks: {missing:?}");
+    Ok(())
+}

@@ -1,4 +1,4 @@
-//! The stage state machine (DESIGN.md section 3), as pure functions over a [`RevisionRun`].
+//! The stage state machine (docs/design.md §3), as pure functions over a [`RevisionRun`].
 //!
 //! Every function mutates the document in place and returns the [`Effect`]s the caller must
 //! publish atomically with the new document (the store does both in one Redis script). The rules:

@@ -1,5 +1,5 @@
 //! The revision run document: what is stored in Redis (one RedisJSON document per revision run)
-//! and what the APIs report. See DESIGN.md section 3 for the meaning of each phase.
+//! and what the APIs report. See docs/design.md §3 for the meaning of each phase.
 
 use serde::{Deserialize, Serialize};
 
@@ -277,7 +277,7 @@ pub struct Revision {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RevisionRun {
-    /// Deterministic id (see [`crate::id`]).
+    /// Deterministic id (see [`crate::request::RevisionRequest::revision_run_id`]).
     pub id: String,
     /// Incremented on every stored change; the store's compare-and-set token.
     pub version: u64,

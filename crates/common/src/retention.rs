@@ -1,4 +1,4 @@
-//! Retention: which finished revision runs housekeeping removes (DESIGN section 12). Pure code;
+//! Retention: which finished revision runs housekeeping removes (docs/design.md §12). Pure code;
 //! the informer's housekeeping applies the decision.
 //!
 //! Per tenant (the namespaces a run's PipelineRuns go to) and repository, finished runs are

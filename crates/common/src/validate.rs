@@ -1,5 +1,5 @@
 //! The one validation of a revision run request, whichever API it came through, with limits on
-//! every size so no request can cost unbounded memory or CPU (DESIGN.md sections 4 and 8).
+//! every size so no request can cost unbounded memory or CPU (docs/design.md §4, 8).
 //!
 //! Every check is linear in the request size: duplicates are found with hash sets, never by
 //! comparing every item with every other.

@@ -1,4 +1,4 @@
-//! The stage state machine against DESIGN.md section 3: examples, then property tests over random
+//! The stage state machine against docs/design.md §3: examples, then property tests over random
 //! revision runs and random, duplicated, reordered event sequences.
 
 use proptest::prelude::*;
@@ -185,7 +185,7 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
     ]
 }
 
-/// The outcome DESIGN section 3 prescribes for a finished stage, from its runs alone.
+/// The outcome docs/design.md §3 prescribes for a finished stage, from its runs alone.
 fn expected_outcome(rr: &RevisionRun, stage: usize) -> StageState {
     let runs = &rr.stages[stage].runs;
     if runs

@@ -681,7 +681,7 @@ impl Creator {
             .observe(timer.elapsed().as_secs_f64());
         let created = match result {
             Ok(created) => {
-                self.metrics.applied.inc();
+                self.metrics.created.inc();
                 created
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {

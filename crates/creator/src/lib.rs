@@ -1,5 +1,5 @@
-//! stageTime creator: a consumer-group reader of the stage stream that server-side-applies each
-//! opened stage's PipelineRuns exactly once (DESIGN.md sections 2, 7, 8).
+//! stageTime creator: a consumer-group reader of the stage stream that creates each opened
+//! stage's PipelineRuns exactly once (and cancels those of a cancelled stage) (docs/design.md §2, 7, 8).
 //!
 //! # Layout
 //! - [`consumer`]: the read/reclaim loop and the processing of one message.

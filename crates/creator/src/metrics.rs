@@ -11,13 +11,13 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
-/// Counters of what the creator consumed, applied, retried and dead-lettered.
+/// Counters of what the creator consumed, created, retried and dead-lettered.
 #[derive(Clone)]
 pub struct Metrics {
     /// Stage messages taken from the stream (read or claimed).
     pub consumed: Counter,
-    /// PipelineRuns applied.
-    pub applied: Counter,
+    /// PipelineRuns created.
+    pub created: Counter,
     /// Transient failures that will be retried.
     pub retried: Counter,
     dead_lettered: Family<ReasonLabels, Counter>,
@@ -38,7 +38,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             consumed: Counter::default(),
-            applied: Counter::default(),
+            created: Counter::default(),
             retried: Counter::default(),
             dead_lettered: Family::default(),
             runs_failed: Counter::default(),
@@ -56,9 +56,9 @@ impl Metrics {
             m.consumed.clone(),
         );
         sub.register(
-            "pipelineruns_applied",
+            "pipelineruns_created",
             "PipelineRuns created",
-            m.applied.clone(),
+            m.created.clone(),
         );
         sub.register("retries", "Transient failures retried", m.retried.clone());
         sub.register(

@@ -1,4 +1,4 @@
-//! Housekeeping (DESIGN section 12): finished revision runs past their retention lose their
+//! Housekeeping (docs/design.md §12): finished revision runs past their retention lose their
 //! PipelineRuns (background propagation: Kubernetes' garbage collector removes TaskRuns, pods and
 //! PVCs through owner references) and then their Redis document and index entries.
 //!

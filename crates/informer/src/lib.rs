@@ -1,6 +1,6 @@
 //! stageTime informer: watches PipelineRuns labelled `stagetime/revision-run`, records each
 //! run's state, and closes/opens stages exactly once through the store's atomic step
-//! (DESIGN.md sections 2, 3, 7, 8).
+//! (docs/design.md §2, 3, 7, 8).
 //!
 //! # Layout
 //! - [`watch`]: the level-triggered watch loop and the reconcile after each (re)list.

@@ -1,4 +1,4 @@
-//! The custom resources (DESIGN.md section 5): `RevisionRun`, `Repo` and `PipelineRunTemplate`,
+//! The custom resources (docs/design.md §5): `RevisionRun`, `Repo` and `PipelineRunTemplate`,
 //! group `stagetime.sthings.tiab.ssc.sva.de`, version `v1beta1`.
 //!
 //! The CRDs are generated from these types; validation the API server can enforce (required

@@ -1,6 +1,6 @@
 //! stageTime operator: reconciles `RevisionRun` custom resources (with the `Repo` and
 //! `PipelineRunTemplate` they name) into revision runs through the server's typed API, and
-//! mirrors each run's state back into the status (DESIGN.md section 10).
+//! mirrors each run's state back into the status (docs/design.md §10).
 //!
 //! # Layout
 //! - [`crd`]: the custom resource types; the CRDs are generated from them (`crds` subcommand).
@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(
         long = "server",
         env = "STAGETIME_SERVER",
-        default_value = "http://stagetime-server:50051"
+        default_value = "https://stagetime-server:50051"
     )]
     pub server: String,
     /// File holding the bearer token sent to the server (default: the pod's ServiceAccount

@@ -1,4 +1,4 @@
-//! How a RevisionRun becomes a typed `stagetime.v1` create request (DESIGN.md section 10). Pure
+//! How a RevisionRun becomes a typed `stagetime.v1` create request (docs/design.md §10). Pure
 //! code: the reconciler looks the objects up and resolves the commit, this module only combines.
 //!
 //! Item grammar: template items are `k=v` strings; a technology's override string is `k=v; k2=v2`

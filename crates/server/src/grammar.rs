@@ -1,4 +1,4 @@
-//! The flat-string grammar of the compatibility API (DESIGN.md 4.1), parsed into typed values.
+//! The flat-string grammar of the compatibility API (docs/design.md §4.1), parsed into typed values.
 //!
 //! Every malformed item is reported with its field and position; nothing here can panic.
 //! Items are split on `,` and trimmed; a value is everything after the first `=`, kept exactly.

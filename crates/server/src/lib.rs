@@ -1,5 +1,5 @@
 //! stageTime server: the gRPC API that validates a revision run, renders every PipelineRun up
-//! front, stores it, and opens its first stage (DESIGN.md sections 2, 4, 5).
+//! front, stores it, and opens its first stage (docs/design.md §2, 4, 5).
 //!
 //! # Layout
 //! - [`grammar`]: the compat API's flat-string grammar.

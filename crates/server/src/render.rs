@@ -1,5 +1,5 @@
 //! Validation of a typed request and rendering of every PipelineRun manifest up front
-//! (DESIGN.md section 5), so bad input is rejected before anything is stored.
+//! (docs/design.md §5), so bad input is rejected before anything is stored.
 
 use std::collections::BTreeMap;
 

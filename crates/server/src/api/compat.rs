@@ -1,4 +1,4 @@
-//! The compatibility API, wire-identical to the original (DESIGN.md 4.1).
+//! The compatibility API, wire-identical to the original (docs/design.md §4.1).
 
 use stagetime_proto::revisionrun::{
     self as compat, CreateRevisionRunRequest, StatusGetReply, StatusGetRequest,
