@@ -65,13 +65,33 @@ pub struct Leader {
     candidate: Candidate,
 }
 
+/// The other holder's record as this replica last saw it change, and when (on this replica's
+/// clock): a Lease is expired when its record has not changed for its duration *here*, as
+/// client-go decides — comparing another replica's wall clock with ours would let clock skew
+/// make two leaders.
+#[derive(Default)]
+struct Seen {
+    record: String,
+    at: Option<tokio::time::Instant>,
+}
+
+/// One attempt, bounded by a third of the lease duration: a call that hangs on a half-open
+/// connection counts as failed instead of holding leadership past the Lease's expiry.
+async fn attempt(api: &Api<Lease>, me: &Candidate, seen: &mut Seen) -> Result<bool, String> {
+    match tokio::time::timeout(me.duration / 3, try_acquire(api, me, seen)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {:?}", me.duration / 3)),
+    }
+}
+
 impl Candidate {
     /// Waits until this candidate holds the Lease (retrying every third of the duration).
     pub async fn acquire(self, client: kube::Client) -> Leader {
         let api: Api<Lease> = Api::namespaced(client, &self.namespace);
         let mut logged = false;
+        let mut seen = Seen::default();
         loop {
-            match try_acquire(&api, &self).await {
+            match attempt(&api, &self, &mut seen).await {
                 Ok(true) => {
                     tracing::info!(lease = %self.name, identity = %self.identity, "leadership acquired");
                     return Leader {
@@ -96,9 +116,10 @@ impl Leader {
     /// returns then (the caller must stop leading at once).
     pub async fn hold(self) {
         let mut last_renewal = tokio::time::Instant::now();
+        let mut seen = Seen::default();
         loop {
             tokio::time::sleep(self.candidate.duration / 3).await;
-            match try_acquire(&self.api, &self.candidate).await {
+            match attempt(&self.api, &self.candidate, &mut seen).await {
                 Ok(true) => last_renewal = tokio::time::Instant::now(),
                 Ok(false) => {
                     tracing::error!(lease = %self.candidate.name, "leadership lost to another replica");
@@ -124,7 +145,11 @@ fn now() -> MicroTime {
 }
 
 /// One attempt: create, renew or take over an expired Lease. `Ok(false)` = someone else holds it.
-async fn try_acquire(api: &Api<Lease>, me: &Candidate) -> Result<bool, kube::Error> {
+async fn try_acquire(
+    api: &Api<Lease>,
+    me: &Candidate,
+    seen: &mut Seen,
+) -> Result<bool, kube::Error> {
     let seconds = i32::try_from(me.duration.as_secs().max(1)).unwrap_or(i32::MAX);
     let Some(mut lease) = api.get_opt(&me.name).await? else {
         let lease = Lease {
@@ -153,12 +178,18 @@ async fn try_acquire(api: &Api<Lease>, me: &Candidate) -> Result<bool, kube::Err
         let held_for = spec
             .lease_duration_seconds
             .map_or(0, |s| i64::from(s.max(0)));
-        let expired = match (&spec.renew_time, spec.holder_identity.as_deref()) {
-            (_, None | Some("")) => true,
-            (None, _) => true,
-            (Some(renewed), _) => {
-                jiff::Timestamp::now().as_second() > renewed.0.as_second() + held_for
-            }
+        let record = format!(
+            "{:?}/{:?}/{:?}",
+            spec.holder_identity, spec.renew_time, spec.lease_transitions
+        );
+        if seen.record != record || seen.at.is_none() {
+            seen.record = record;
+            seen.at = Some(tokio::time::Instant::now());
+        }
+        let unchanged_for = seen.at.map_or(Duration::ZERO, |at| at.elapsed());
+        let expired = match spec.holder_identity.as_deref() {
+            None | Some("") => true,
+            Some(_) => unchanged_for > Duration::from_secs(u64::try_from(held_for).unwrap_or(0)),
         };
         if !expired {
             return Ok(false);

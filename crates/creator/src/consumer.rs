@@ -132,6 +132,15 @@ impl Drop for InFlight {
     }
 }
 
+/// Stops a background task when its owner ends, however it ends (returns, fails, is dropped).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
     set.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -164,20 +173,23 @@ impl Creator {
         let mut tasks = JoinSet::new();
         let mut next_reclaim = tokio::time::Instant::now();
         let mut next_trim = tokio::time::Instant::now() + TRIM_INTERVAL;
+        // In-flight messages are kept claimed on a timer of their own: the loop below may wait
+        // (for a free permit, a slow read), and another creator must never reclaim them then.
+        let keeper = AbortOnDrop(tokio::spawn(self.clone().keep_in_flight_claimed()));
         tokio::pin!(shutdown);
         loop {
             while tasks.try_join_next().is_some() {}
+            // Read only with a free permit: a message read now is started now, not held while
+            // every permit is busy.
+            if permits.available_permits() == 0 {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    _ = tasks.join_next() => continue,
+                }
+            }
             let mut deliveries = Vec::new();
             if tokio::time::Instant::now() >= next_reclaim {
                 next_reclaim = tokio::time::Instant::now() + self.settings.visibility_timeout / 4;
-                let ours: Vec<String> = lock(&self.in_flight).iter().cloned().collect();
-                if let Err(error) = self
-                    .queue
-                    .keep_claimed(&self.settings.consumer, &ours)
-                    .await
-                {
-                    tracing::warn!(%error, "cannot keep in-flight messages claimed");
-                }
                 match self.reclaim().await {
                     Ok(claimed) => deliveries.extend(claimed),
                     Err(error) => tracing::warn!(%error, "cannot reclaim idle messages"),
@@ -193,6 +205,7 @@ impl Creator {
                 }
             }
             let free = permits.available_permits().max(1);
+            // Reclaimed messages may need more permits than are free; the rest wait below.
             tokio::select! {
                 () = &mut shutdown => break,
                 read = reader.read(&self.settings.consumer, free) => match read {
@@ -245,7 +258,25 @@ impl Creator {
             );
             tasks.abort_all();
         }
+        drop(keeper);
         Ok(())
+    }
+
+    /// Every quarter of the visibility timeout, re-claims the messages this creator works on,
+    /// resetting their idle time, so no other creator reclaims them while they are in flight.
+    async fn keep_in_flight_claimed(self) {
+        let every = (self.settings.visibility_timeout / 4).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let ours: Vec<String> = lock(&self.in_flight).iter().cloned().collect();
+            if let Err(error) = self
+                .queue
+                .keep_claimed(&self.settings.consumer, &ours)
+                .await
+            {
+                tracing::warn!(%error, "cannot keep in-flight messages claimed");
+            }
+        }
     }
 
     async fn refresh_pending(&self) {
