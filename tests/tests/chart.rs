@@ -147,6 +147,15 @@ fn the_chart_refuses_insecure_values_unless_asked_for() -> anyhow::Result<()> {
             &["redis.existingSecret=r", "sever.auth=none"][..],
             "Additional property sever is not allowed",
         ),
+        // Unknown keys are refused at every level: a typo never silently allows everything.
+        (
+            &["redis.existingSecret=r", "server.allowedResolver={git}"][..],
+            "Additional property allowedResolver is not allowed",
+        ),
+        (
+            &["redis.existingSecret=r", "tekton.namespace=x"][..],
+            "Additional property namespace is not allowed",
+        ),
         // An informer watch narrower than the namespaces runs may use would never see some
         // runs finish: the default namespace, a listed one, the creator's override.
         (
