@@ -22,10 +22,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod admission;
 pub mod config;
 pub mod error;
-pub mod events;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixture;
 pub mod keys;
@@ -38,9 +36,10 @@ pub mod request;
 pub mod retention;
 pub mod shutdown;
 pub mod store;
-pub mod stream;
 pub mod tekton;
 pub mod telemetry;
 pub mod validate;
 
 pub use error::{Error, Result};
+// The store's roles under their long-standing paths.
+pub use store::{admission, events, queue as stream};

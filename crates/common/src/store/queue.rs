@@ -1,6 +1,6 @@
 //! The stage queue: the stage stream the creators consume as one group, and its dead-letter
 //! stream (one of the store's three roles, beside the documents in [`crate::store`] and the
-//! event log in [`crate::events`]).
+//! event log in [`super::events`]).
 //!
 //! Blocking reads get a connection of their own ([`StageQueue::reader`]): a `BLOCK` on the
 //! shared multiplexed connection would stall every other command queued behind it.

@@ -1,6 +1,6 @@
 //! The event log: a capped stream with one entry per stored change of a revision run, which
 //! gRPC `Watch` follows (one of the store's three roles, beside the documents in
-//! [`crate::store`] and the stage queue in [`crate::stream`]).
+//! [`crate::store`] and the stage queue in [`super::queue`]).
 
 use std::time::Duration;
 
@@ -106,7 +106,7 @@ impl EventFollower {
             .query_async(&mut self.conn)
             .await
             .map_err(redis_err("read events"))?;
-        Ok(crate::stream::read_entries(reply)
+        Ok(super::queue::read_entries(reply)
             .map(change_event)
             .collect())
     }
