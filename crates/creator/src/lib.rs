@@ -2,7 +2,9 @@
 //! stage's PipelineRuns exactly once (and cancels those of a cancelled stage) (docs/design.md §2, 7, 8).
 //!
 //! # Layout
-//! - [`consumer`]: the read/reclaim loop and the processing of one message.
+//! - [`consumer`]: the read/reclaim loop (`consumer.rs`), what happens to one message
+//!   (`consumer/policy.rs`: ack, retry, dead letter) and the PipelineRun calls
+//!   (`consumer/pipelineruns.rs`: create, cancel, look up).
 //! - [`metrics`], [`error`].
 #![forbid(unsafe_code)]
 
