@@ -7,7 +7,8 @@
 //! - [`request`]: a RevisionRun, its Repo and templates → a typed create request (pure).
 //! - [`git`]: branch-head resolution over Git's smart-HTTP protocol.
 //! - [`status`]: the status as a pure function of the server's view.
-//! - [`reconcile`]: the reconciler, its finalizer and the status mirrors.
+//! - [`reconcile`]: the reconciler and its finalizer (`reconcile.rs`), the status mirrors
+//!   (`reconcile/mirror.rs`), and the lookups before a submit (`reconcile/prepare.rs`).
 //! - [`Args`] and [`run`]: flags, leader election, the controller.
 #![forbid(unsafe_code)]
 

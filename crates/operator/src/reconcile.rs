@@ -5,6 +5,12 @@
 //! `<namespace>/<name>/<uid>/<generation>`, so submitting it again after a crash between the
 //! call and the status write returns the same revision run.
 
+mod mirror;
+mod prepare;
+
+use mirror::{mirror, transitions};
+use prepare::{Prepared, lookup, prepare};
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
@@ -233,122 +239,6 @@ impl Context {
     }
 }
 
-/// The Events for the transitions from `old` to `new`: a phase change, or a `Submitted`
-/// condition that changed its status or reason.
-fn transitions(old: &RevisionRunStatus, new: &RevisionRunStatus) -> Vec<Event> {
-    let mut events = Vec::new();
-    let submitted = |s: &RevisionRunStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == SUBMITTED)
-            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-    };
-    if let Some((state, reason, message)) = submitted(new)
-        && submitted(old).map(|(s, r, _)| (s, r)) != Some((state.clone(), reason.clone()))
-    {
-        events.push(Event {
-            type_: if state == "True" {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason,
-            note: Some(message),
-            action: "Submit".into(),
-            secondary: None,
-        });
-    }
-    if new.phase != old.phase
-        && let Some(phase) = &new.phase
-        && phase != status::WAITING
-    {
-        let note = new
-            .conditions
-            .iter()
-            .find(|c| c.type_ == status::SUCCEEDED)
-            .map(|c| c.message.clone());
-        events.push(Event {
-            type_: if matches!(phase.as_str(), "Failed" | "Cancelled") {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: phase.clone(),
-            note,
-            action: "Run".into(),
-            secondary: None,
-        });
-    }
-    events
-}
-
-/// Follows revision run `id` with `Watch` and mirrors each change into the status until it
-/// is terminal; a lost stream is resumed from the last event (a snapshot comes first anyway).
-async fn mirror(
-    ctx: Arc<Context>,
-    key: Key,
-    reference: ObjectReference,
-    id: String,
-    generation: i64,
-    mut last: RevisionRunStatus,
-) {
-    let mut after = String::new();
-    let mut delay = Duration::from_millis(500);
-    'connect: loop {
-        let request = pb::WatchRequest {
-            id: id.clone(),
-            after_event_id: after.clone(),
-        };
-        match ctx.grpc.clone().watch(request).await {
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(event)) => {
-                            delay = Duration::from_millis(500);
-                            let Some(run) = event.revision_run else {
-                                continue;
-                            };
-                            let next = status::mirrored(&last, generation, &run);
-                            // Retry the write until it lands: the next event may be far away.
-                            while let Err(error) = ctx.publish(&reference, &last, &next).await {
-                                tracing::warn!(rr = %id, %error, "status write failed; retrying");
-                                tokio::time::sleep(delay).await;
-                                delay = (delay * 2).min(Duration::from_secs(5));
-                            }
-                            after = event.event_id;
-                            last = next;
-                            if is_terminal(last.phase.as_deref()) {
-                                break 'connect;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(s) if s.code() == Code::NotFound => {
-                            tracing::warn!(rr = %id, "revision run no longer exists; mirror ends");
-                            break 'connect;
-                        }
-                        Err(s) => {
-                            tracing::info!(rr = %id, code = ?s.code(), "watch interrupted; resuming");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(s) if s.code() == Code::NotFound => {
-                tracing::warn!(rr = %id, "revision run not found; mirror ends");
-                break 'connect;
-            }
-            Err(s) => tracing::info!(rr = %id, code = ?s.code(), "watch failed; retrying"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-    let mut mirrors = ctx.mirrors.lock().unwrap_or_else(|e| e.into_inner());
-    if mirrors.get(&key).is_some_and(|m| m.id == id) {
-        mirrors.remove(&key);
-    }
-}
-
 /// Why a generation cannot be submitted yet (a condition, not an error).
 struct Wait {
     reason: &'static str,
@@ -397,8 +287,10 @@ async fn apply(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Error>
         return Ok(Action::await_change());
     }
     let request = match prepare(&rr, &ctx).await? {
-        Ok(request) => request,
-        Err(wait) => return waiting(&ctx, &key, &reference, &old, generation, wait).await,
+        Prepared::Ready(request) => *request,
+        Prepared::Waiting(wait) => {
+            return waiting(&ctx, &key, &reference, &old, generation, wait).await;
+        }
     };
     let created = ctx.unary(ctx.grpc.clone().create(request)).await;
     let id = match created {
@@ -462,213 +354,6 @@ async fn waiting(
     let new = status::waiting(old, generation, wait.reason, &wait.message);
     ctx.publish(reference, old, &new).await?;
     Ok(Action::requeue(ctx.backoff(key)))
-}
-
-/// Looks the Repo and templates up, resolves the commit and builds the request.
-async fn prepare(
-    rr: &RevisionRun,
-    ctx: &Context,
-) -> Result<Result<pb::CreateRequest, Wait>, Error> {
-    let ns = rr.namespace().unwrap_or_default();
-    let Some((repo, repo_ns)) = lookup::<Repo>(ctx, &ns, &rr.spec.repository).await? else {
-        return Ok(Err(Wait {
-            reason: "RepoNotFound",
-            message: format!(
-                "Repo {:?} not found {}",
-                rr.spec.repository,
-                ctx.where_searched(&ns)
-            ),
-        }));
-    };
-    let mut templates: BTreeMap<String, PipelineRunTemplateSpec> = BTreeMap::new();
-    for tech in &rr.spec.technologies {
-        if templates.contains_key(&tech.kind) {
-            continue;
-        }
-        match lookup::<PipelineRunTemplate>(ctx, &ns, &tech.kind).await? {
-            // A template of the RevisionRun's own namespace runs there: only the platform's
-            // (shared) templates may send PipelineRuns to another allowed namespace, since the
-            // server authorizes the operator, not the RevisionRun's author.
-            Some((t, from))
-                if from == ns
-                    && t.spec
-                        .namespace
-                        .as_deref()
-                        .map(str::trim)
-                        .is_some_and(|t| !t.is_empty() && t != ns) =>
-            {
-                return Ok(Err(Wait {
-                    reason: "NamespaceNotAllowed",
-                    message: format!(
-                        "technology {:?}: PipelineRunTemplate {:?} of namespace {ns:?} sends PipelineRuns to namespace {:?}; only templates of the shared namespace may choose another namespace",
-                        tech.id,
-                        tech.kind,
-                        t.spec.namespace.as_deref().unwrap_or_default().trim()
-                    ),
-                }));
-            }
-            Some((t, _)) => {
-                templates.insert(tech.kind.clone(), t.spec);
-            }
-            None => {
-                return Ok(Err(Wait {
-                    reason: "TemplateNotFound",
-                    message: format!(
-                        "technology {:?}: PipelineRunTemplate {:?} not found {}",
-                        tech.id,
-                        tech.kind,
-                        ctx.where_searched(&ns)
-                    ),
-                }));
-            }
-        }
-    }
-    let commit = match rr.spec.revision.as_deref().map(str::trim) {
-        Some(revision) if !revision.is_empty() => revision.to_ascii_lowercase(),
-        _ => {
-            let credentials = match &repo.spec.credentials_secret {
-                Some(secret) => match credentials(ctx, &repo_ns, secret).await? {
-                    Ok(c) => Some(c),
-                    Err(wait) => return Ok(Err(wait)),
-                },
-                None => None,
-            };
-            let url = request::repo_url(&repo.spec);
-            match ctx
-                .git
-                .branch_head(&url, &repo.spec.branch, credentials.as_ref())
-                .await
-            {
-                Ok(commit) => commit,
-                Err(error) => {
-                    return Ok(Err(Wait {
-                        reason: error.reason(),
-                        message: format!(
-                            "cannot resolve branch {:?} of Repo {:?}: {error}",
-                            repo.spec.branch, rr.spec.repository
-                        ),
-                    }));
-                }
-            }
-        }
-    };
-    let inputs = request::Inputs {
-        repo: &repo.spec,
-        templates: &templates,
-        commit: &commit,
-        allowed_namespaces: &ctx.settings.allowed_namespaces,
-    };
-    Ok(request::build(rr, &inputs).map_err(|e| Wait {
-        reason: e.reason,
-        message: e.message,
-    }))
-}
-
-impl Context {
-    fn where_searched(&self, ns: &str) -> String {
-        match &self.settings.shared_namespace {
-            Some(shared) if shared != ns => {
-                format!("in namespace {ns:?} or the shared namespace {shared:?}")
-            }
-            _ => format!("in namespace {ns:?}"),
-        }
-    }
-}
-
-/// `name` from namespace `ns`, else from the shared namespace; with the namespace it came from.
-async fn lookup<K>(ctx: &Context, ns: &str, name: &str) -> Result<Option<(K, String)>, Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let mut namespaces = vec![ns.to_string()];
-    if let Some(shared) = &ctx.settings.shared_namespace
-        && shared != ns
-    {
-        namespaces.push(shared.clone());
-    }
-    for namespace in namespaces {
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
-        if let Some(found) = api.get_opt(name).await? {
-            return Ok(Some((found, namespace)));
-        }
-    }
-    Ok(None)
-}
-
-/// The label a Secret must carry (value `"true"`) to be used as Git or forge credentials.
-pub const CREDENTIALS_LABEL: &str = "stagetime.sthings.tiab.ssc.sva.de/credentials";
-
-/// Basic-auth credentials from a Secret: `username` + `password`, or `token`.
-async fn credentials(
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-) -> Result<Result<Credentials, Wait>, Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret = match api.get_opt(name).await {
-        Ok(Some(secret)) => secret,
-        Ok(None) => {
-            return Ok(Err(Wait {
-                reason: "SecretNotFound",
-                message: format!("credentials Secret {name:?} not found in namespace {ns:?}"),
-            }));
-        }
-        Err(kube::Error::Api(e)) if e.code == 403 => {
-            return Ok(Err(Wait {
-                reason: "SecretForbidden",
-                message: format!("the operator may not read Secret {name:?} in {ns:?}"),
-            }));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    // A Secret is credentials only where its owner said so: otherwise anyone who may create a
-    // Repo could have any Secret of the namespace (a ServiceAccount's token, say) sent to the
-    // Repo's URL.
-    let opted_in = secret
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(CREDENTIALS_LABEL))
-        .is_some_and(|v| v == "true");
-    if !opted_in {
-        return Ok(Err(Wait {
-            reason: "SecretNotOptedIn",
-            message: format!(
-                "Secret {name:?} lacks the label {CREDENTIALS_LABEL}=\"true\" that marks it as Git credentials"
-            ),
-        }));
-    }
-    if secret.type_.as_deref() == Some("kubernetes.io/service-account-token") {
-        return Ok(Err(Wait {
-            reason: "SecretNotAllowed",
-            message: format!(
-                "Secret {name:?} is a ServiceAccount token; it is never sent to a Git host"
-            ),
-        }));
-    }
-    let data = secret.data.unwrap_or_default();
-    let field = |k: &str| {
-        data.get(k)
-            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    match (field("username"), field("password"), field("token")) {
-        (user, Some(password), _) => Ok(Ok(Credentials {
-            username: user.unwrap_or_else(|| "git".into()),
-            password,
-        })),
-        (user, None, Some(token)) => Ok(Ok(Credentials {
-            username: user.unwrap_or_else(|| "git".into()),
-            password: token,
-        })),
-        _ => Ok(Err(Wait {
-            reason: "SecretInvalid",
-            message: format!("Secret {name:?} has neither `password` nor `token`"),
-        })),
-    }
 }
 
 /// Whether revision run `id` is the one this RevisionRun's generation `generation` submitted:
