@@ -362,8 +362,9 @@ async fn runs_in_the_default_namespace_finish_when_another_is_listed() -> anyhow
 #[tokio::test]
 async fn a_server_start_on_a_taken_port_fails_at_once_with_the_reason() -> anyhow::Result<()> {
     let env = TestEnv::shared().await?;
-    let port = free_port()?;
-    let _taken = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    // A port this test holds for the whole test.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port();
     let ns = env.namespace("taken-port").await?;
     let vars = stagetime_tests::procs::service_env(
         &env.redis.url(),
