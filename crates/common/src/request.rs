@@ -189,7 +189,7 @@ pub struct RunSpec {
 }
 
 /// What a new revision run does to the older ones of its concurrency group.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "camelCase")]
 pub enum ConcurrencyPolicy {
     /// Wait for a slot, in arrival order.

@@ -59,21 +59,28 @@ pub struct Args {
         default_value = stagetime_common::tekton::API_VERSION
     )]
     pub tekton_api_version: String,
-    /// Stage messages processed at once.
-    #[arg(long = "concurrency", env = "CREATOR_CONCURRENCY", default_value_t = 8)]
-    pub concurrency: usize,
+    /// Stage messages processed at once (1-1024).
+    #[arg(
+        long = "concurrency",
+        env = "CREATOR_CONCURRENCY",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    pub concurrency: u16,
     /// Seconds a message may stay unacknowledged before another creator reclaims it.
     #[arg(
         long = "visibility-timeout-seconds",
         env = "CREATOR_VISIBILITY_TIMEOUT_SECONDS",
-        default_value_t = 60
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub visibility_timeout_seconds: u64,
     /// Deliveries after which a message that keeps failing is dead-lettered.
     #[arg(
         long = "max-deliveries",
         env = "CREATOR_MAX_DELIVERIES",
-        default_value_t = 20
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub max_deliveries: u64,
     #[command(flatten)]
@@ -125,9 +132,10 @@ pub async fn run(
         consumer: args.consumer.clone(),
         namespace_override: args.tekton_namespace.clone().filter(|n| !n.is_empty()),
         api_version: args.tekton_api_version.clone(),
-        concurrency: args.concurrency.max(1),
-        visibility_timeout: Duration::from_secs(args.visibility_timeout_seconds.clamp(1, 86_400)),
-        max_deliveries: args.max_deliveries.max(1),
+        // Out-of-range values are refused by the parser, never clamped here.
+        concurrency: usize::from(args.concurrency),
+        visibility_timeout: Duration::from_secs(args.visibility_timeout_seconds),
+        max_deliveries: args.max_deliveries,
         ..Settings::default()
     };
     let creator = Creator::new(store, client, settings, metrics);
@@ -141,6 +149,23 @@ pub async fn run(
 
 #[cfg(test)]
 mod args_tests {
+
+    #[test]
+    fn out_of_range_values_are_refused_not_clamped() {
+        use clap::Parser as _;
+        for bad in [
+            ["--concurrency", "0"],
+            ["--concurrency", "5000"],
+            ["--visibility-timeout-seconds", "0"],
+            ["--max-deliveries", "0"],
+        ] {
+            let parsed = super::Args::try_parse_from(std::iter::once("creator").chain(bad));
+            assert!(parsed.is_err(), "{bad:?} accepted");
+        }
+        let fine = super::Args::try_parse_from(["creator", "--concurrency", "16"]).unwrap();
+        assert_eq!(fine.concurrency, 16);
+    }
+
     use clap::CommandFactory as _;
 
     #[test]

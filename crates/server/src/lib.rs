@@ -103,10 +103,10 @@ pub struct Args {
     #[arg(
         long = "concurrency-policy",
         env = "CONCURRENCY_POLICY",
-        default_value = "queue",
-        value_parser = ["queue", "supersede"]
+        value_enum,
+        default_value_t = stagetime_common::request::ConcurrencyPolicy::Queue
     )]
-    pub concurrency_policy: String,
+    pub concurrency_policy: stagetime_common::request::ConcurrencyPolicy,
     /// Whether a run that fails (and may not) has the other running runs of its stage
     /// cancelled, for requests that do not say (`false`: they finish; the stage and the
     /// concurrency slot wait for them either way).
@@ -147,6 +147,17 @@ pub struct Args {
     pub log: LogArgs,
 }
 
+/// How callers authenticate (`--auth`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Kubernetes tokens (TokenReview) and RBAC (SubjectAccessReview).
+    Kubernetes,
+    /// Static bearer tokens from `--auth-token-file`.
+    Token,
+    /// Anyone may run anything: local development only.
+    None,
+}
+
 /// Who may call, and TLS.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SecurityArgs {
@@ -154,8 +165,8 @@ pub struct SecurityArgs {
     /// by RBAC on RevisionRuns through SubjectAccessReviews), `token` (static bearer tokens from
     /// --auth-token-file) or `none` (anyone may run anything: local development only). Required:
     /// the server does not start without an explicit choice.
-    #[arg(long = "auth", env = "STAGETIME_AUTH", default_value = "", value_parser = ["", "none", "token", "kubernetes"])]
-    pub auth: String,
+    #[arg(long = "auth", env = "STAGETIME_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
     /// Audience Kubernetes tokens must be issued for (`kubectl create token SA --audience
     /// stagetime`); empty accepts tokens of the API server's own audience (not recommended: the
     /// server then sees tokens that are valid against the cluster).
@@ -220,14 +231,14 @@ fn list(values: &[String]) -> Vec<String> {
 impl SecurityArgs {
     /// The authenticator the flags choose; an error without a choice.
     pub async fn auth(&self, kube: &KubeArgs) -> anyhow::Result<auth::Auth> {
-        match self.auth.as_str() {
-            "none" => {
+        match self.auth {
+            Some(AuthMode::None) => {
                 tracing::warn!(
                     "--auth none: every caller may run any pipeline; use it only for local development"
                 );
                 Ok(auth::Auth::none())
             }
-            "token" => {
+            Some(AuthMode::Token) => {
                 let file = self.auth_token_file.as_ref().ok_or_else(|| {
                     anyhow::anyhow!(
                         "--auth token needs --auth-token-file (STAGETIME_AUTH_TOKEN_FILE)"
@@ -237,11 +248,11 @@ impl SecurityArgs {
                     .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
                 auth::Auth::tokens(&text)
             }
-            "kubernetes" => Ok(auth::Auth::kubernetes_for(
+            Some(AuthMode::Kubernetes) => Ok(auth::Auth::kubernetes_for(
                 kube.client().await?,
                 Some(self.auth_audience.trim().to_string()).filter(|a| !a.is_empty()),
             )),
-            _ => anyhow::bail!(
+            None => anyhow::bail!(
                 "choose how callers authenticate: --auth kubernetes|token|none (STAGETIME_AUTH); \
                  `none` lets anyone run any pipeline and is meant for local development only"
             ),
@@ -317,11 +328,7 @@ impl Args {
                 .filter(|s| *s > 0),
             default_max_concurrent: self.max_concurrent_per_group,
             default_fail_fast: self.fail_fast,
-            default_concurrency_policy: if self.concurrency_policy == "supersede" {
-                stagetime_common::request::ConcurrencyPolicy::Supersede
-            } else {
-                stagetime_common::request::ConcurrencyPolicy::Queue
-            },
+            default_concurrency_policy: self.concurrency_policy,
             sources: render::SourcePolicy {
                 resolvers: list(&self.security.allowed_resolvers),
                 git_url_prefixes: list(&self.security.allowed_git_url_prefixes),
