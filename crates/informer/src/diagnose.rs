@@ -9,6 +9,7 @@ use std::{
 
 use kube::api::DynamicObject;
 use stagetime_common::{
+    machine::ObjectIdentity,
     model::{Diagnosis, FailedTaskRun},
     store::Store,
     tekton::{self, PipelineRunStatus},
@@ -20,6 +21,9 @@ use stagetime_common::{
 const REMEMBERED: usize = 50_000;
 /// TaskRuns read per PipelineRun at most.
 const MAX_CHILDREN: usize = 100;
+/// Diagnoses running at once, off the watch loop; one that finds no free slot is left for the
+/// next event or re-list.
+const IN_FLIGHT: usize = 4;
 
 /// Diagnoses failed PipelineRuns once each.
 #[derive(Clone)]
@@ -27,6 +31,7 @@ pub struct Diagnoser {
     client: kube::Client,
     store: Store,
     done: Arc<Mutex<HashSet<String>>>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Diagnoser {
@@ -36,6 +41,7 @@ impl Diagnoser {
             client,
             store,
             done: Arc::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
         }
     }
 
@@ -56,16 +62,55 @@ impl Diagnoser {
             .remove(uid);
     }
 
-    /// Records the diagnosis of `obj` if it is a failed PipelineRun of a revision run and was
-    /// not diagnosed before by this process. Failures are logged and retried at the next event.
-    pub async fn failed(&self, obj: &DynamicObject) {
+    /// Starts, off the watch loop, the diagnosis of `obj` if it is a failed PipelineRun of a
+    /// revision run not diagnosed before by this process: stage hand-offs never wait for
+    /// TaskRun reads. Failures are logged and retried at the next event.
+    pub fn failed(&self, obj: &DynamicObject) {
         let status = PipelineRunStatus::of(obj);
         let failed = status.succeeded().is_some_and(|c| c.status == "False");
-        let Some(rr) = tekton::revision_run_of(obj).filter(|_| failed) else {
+        if !failed || tekton::revision_run_of(obj).is_none() {
+            return;
+        }
+        let uid = tekton::identity(obj).uid.to_string();
+        if uid.is_empty() || !self.first_time(&uid) {
+            return;
+        }
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            self.forget(&uid);
+            return;
+        };
+        let (this, obj) = (self.clone(), obj.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            this.diagnose(&obj).await;
+        });
+    }
+
+    /// Whether `obj` is the PipelineRun the document recorded for one of its runs (name,
+    /// namespace and UID), still without a diagnosis: a foreign object carrying some id's label
+    /// costs one document read, never TaskRun reads.
+    async fn is_ours_and_new(&self, rr: &str, obj: &ObjectIdentity<'_>) -> bool {
+        match self.store.get(rr).await {
+            Ok(doc) => doc.stages.iter().flat_map(|s| &s.runs).any(|r| {
+                r.pipeline_run == obj.name
+                    && r.namespace == obj.namespace
+                    && r.uid.as_deref() == Some(obj.uid)
+                    && r.diagnosis.is_none()
+            }),
+            Err(error) => {
+                tracing::debug!(%error, rr, "no document to diagnose into");
+                false
+            }
+        }
+    }
+
+    async fn diagnose(&self, obj: &DynamicObject) {
+        let status = PipelineRunStatus::of(obj);
+        let Some(rr) = tekton::revision_run_of(obj) else {
             return;
         };
         let identity = tekton::identity(obj);
-        if identity.uid.is_empty() || !self.first_time(identity.uid) {
+        if !self.is_ours_and_new(rr, &identity).await {
             return;
         }
         // The TaskRuns of the PipelineRun's own Tekton API version (v1 or v1beta1).

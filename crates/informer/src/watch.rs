@@ -206,7 +206,7 @@ impl Informer {
                         set.insert((obj.namespace().unwrap_or_default(), obj.name_any()));
                     }
                     self.recorder.applied(&obj).await;
-                    self.diagnoser.failed(&obj).await;
+                    self.diagnoser.failed(&obj);
                 }
                 Some(Ok(watcher::Event::InitDone)) => {
                     stalled_at = None;
@@ -218,7 +218,7 @@ impl Informer {
                 Some(Ok(watcher::Event::Apply(obj))) => {
                     metrics.event("apply");
                     self.recorder.applied(&obj).await;
-                    self.diagnoser.failed(&obj).await;
+                    self.diagnoser.failed(&obj);
                 }
                 Some(Ok(watcher::Event::Delete(obj))) => {
                     metrics.event("delete");
