@@ -111,6 +111,8 @@ impl Diagnoser {
         };
         let identity = tekton::identity(obj);
         if !self.is_ours_and_new(rr, &identity).await {
+            // Not (yet) the recorded object: a later event asks again (one document read).
+            self.forget(identity.uid);
             return;
         }
         // The TaskRuns of the PipelineRun's own Tekton API version (v1 or v1beta1).
