@@ -580,3 +580,59 @@ async fn a_runs_own_retention_overrides_the_defaults() -> anyhow::Result<()> {
     assert_eq!(redis_ids(&store.keys().idx_created()).await?, kept);
     Ok(())
 }
+
+/// A cancelled run whose PipelineRun has not ended yet still holds its concurrency slot: a pass
+/// keeps it (and its PipelineRun) however far past its retention, and removes it once the
+/// PipelineRun has ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_run_still_running_is_kept_until_its_pipelineruns_end() -> anyhow::Result<()> {
+    let env = TestEnv::shared().await?;
+    let ns = env.namespace("housekeeping-live").await?;
+    let prefix = env.redis_prefix("housekeeping-live");
+    let store = stagetime_testenv::store_at(&env.redis.url(), &prefix).await?;
+    let client = env.kube_client().await?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    seed(
+        &store,
+        &client,
+        &ns,
+        "repo",
+        "live-0",
+        Kind::Running,
+        now - HOUR_MS,
+        now,
+        false,
+    )
+    .await?;
+    let cancelled = store.cancel("live-0").await?.rr;
+    assert!(cancelled.phase.is_terminal() && cancelled.holds_slot());
+    let housekeeper = Housekeeper {
+        store: store.clone(),
+        client: client.clone(),
+        api_version: tekton::API_VERSION.into(),
+        policy: Policy {
+            finished: limits(0, 0),
+            failed: limits(0, 0),
+        },
+        metrics: Metrics::register(&mut Registry::default()),
+    };
+    let pass = housekeeper.pass().await?;
+    assert_eq!(
+        (pass.expired, pass.removed, pass.kept),
+        (1, 0, 1),
+        "{pass:?}"
+    );
+    assert!(store.get("live-0").await.is_ok());
+    assert_eq!(labelled_pipelineruns(&client, &ns).await?.len(), 1);
+    // Its PipelineRun ends (the cancel got through): now it goes.
+    let name = cancelled.stages[0].runs[0].pipeline_run.clone();
+    let failed = Observed::Failed {
+        reason: "Cancelled".into(),
+        message: "PipelineRun was cancelled".into(),
+    };
+    store.record("live-0", &name, &failed).await?;
+    let pass = housekeeper.pass().await?;
+    assert_eq!(pass.removed, 1, "{pass:?}");
+    assert!(labelled_pipelineruns(&client, &ns).await?.is_empty());
+    Ok(())
+}

@@ -108,7 +108,9 @@ impl Housekeeper {
             Err(Error::NotFound { .. }) => return Ok(true),
             Err(e) => return Err(e),
         };
-        if !rr.phase.is_terminal() {
+        // A terminal run whose PipelineRuns may still run (a cancel not yet through) holds its
+        // group's slot: removing it now would leak the slot and orphan those PipelineRuns.
+        if !rr.phase.is_terminal() || rr.holds_slot() {
             return Ok(false);
         }
         // Only the objects this run recorded (every attempt), each deleted with its UID as a
