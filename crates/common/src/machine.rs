@@ -164,7 +164,7 @@ pub fn observe_object(
     let pin = match &run.uid {
         Some(uid) if uid != obj.uid => return Err(foreign("not the object created for the run")),
         Some(_) => false,
-        None if !rr.token.is_empty() && obj.token != Some(rr.token.as_str()) => {
+        None if !rr.token.is_empty() && !rr.accepts_token(obj.name, obj.token) => {
             return Err(foreign("lacks the revision run's token"));
         }
         None => !obj.uid.is_empty(),

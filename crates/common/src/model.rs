@@ -293,9 +293,11 @@ pub struct RevisionRun {
     pub updated_at: String,
     /// Stages in ascending order of number.
     pub stages: Vec<Stage>,
-    /// Random token chosen when the revision run was submitted; every PipelineRun rendered for it
-    /// carries it in the [`crate::tekton::ANNOTATION_TOKEN`] annotation. Names are predictable,
-    /// the token is not: an object without it was not created for this revision run.
+    /// Random secret chosen when the revision run was submitted, kept only in Redis. Every
+    /// PipelineRun rendered for it carries a token derived from it and the PipelineRun's own name
+    /// ([`Self::run_token`]) in the [`crate::tekton::ANNOTATION_TOKEN`] annotation. Names are
+    /// predictable, tokens are not: an object without its name's token was not created for this
+    /// revision run, and reading one PipelineRun's token tells nothing of another's.
     #[serde(default)]
     pub token: String,
     /// SHA-256 of the canonical request the id was derived from: a different request whose id
@@ -351,6 +353,20 @@ fn is_true(value: &bool) -> bool {
 }
 
 impl RevisionRun {
+    /// The token PipelineRun `pipeline_run` of this revision run carries: a hash of the run's
+    /// secret and the name, so it cannot be guessed for another name or attempt.
+    pub fn run_token(&self, pipeline_run: &str) -> String {
+        crate::names::run_token(&self.token, pipeline_run)
+    }
+
+    /// Whether `presented` is the token PipelineRun `pipeline_run` must carry. The bare secret
+    /// is accepted too: objects rendered before per-PipelineRun tokens carry it (no object
+    /// rendered since does).
+    pub fn accepts_token(&self, pipeline_run: &str, presented: Option<&str>) -> bool {
+        !self.token.is_empty()
+            && presented.is_some_and(|t| t == self.run_token(pipeline_run) || t == self.token)
+    }
+
     /// Runs of the current attempt that exist and are not terminal: their PipelineRuns may
     /// still run (a cancel asks Tekton to stop them; they are terminal once it has).
     pub fn live_runs(&self) -> impl Iterator<Item = &Run> {

@@ -3,6 +3,12 @@
 
 use sha2::{Digest, Sha256};
 
+/// The token PipelineRun `pipeline_run` of a revision run with secret `secret` carries (see
+/// `RevisionRun::run_token`).
+pub fn run_token(secret: &str, pipeline_run: &str) -> String {
+    short_hash(format!("{secret}/{pipeline_run}").as_bytes(), 16)
+}
+
 /// The first `bytes` bytes of the SHA-256 of `data`, as lowercase hex (`2 × bytes` digits).
 pub fn short_hash(data: &[u8], bytes: usize) -> String {
     hex(&Sha256::digest(data)[..bytes.min(32)])

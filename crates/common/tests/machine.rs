@@ -463,3 +463,32 @@ fn a_failing_run_cancels_its_siblings_and_the_stage_waits_for_them() {
     assert!(!cancelled.holds_slot());
     assert!(machine::retry(&mut cancelled, NOW).is_ok());
 }
+
+/// Each PipelineRun carries a token of its own name: a token read off one run's object does not
+/// make an object of another name (a later stage, a later attempt) pass as the revision run's.
+#[test]
+fn one_runs_token_does_not_vouch_for_another_name() {
+    use stagetime_common::machine::{MachineError, ObjectIdentity};
+    let (mut rr, _) = started(
+        RevisionRunBuilder::new("rr")
+            .stage(0, &[("a", false), ("b", false)])
+            .build(),
+    );
+    let (a_token, b_token) = (rr.run_token("rr-0-a"), rr.run_token("rr-0-b"));
+    assert_ne!(a_token, b_token);
+    fn object(token: &str) -> ObjectIdentity<'_> {
+        ObjectIdentity {
+            name: "rr-0-b",
+            namespace: "default",
+            uid: "uid-b",
+            token: Some(token),
+        }
+    }
+    let stolen = machine::observe_object(&mut rr, &object(&a_token), &Observed::Running, NOW);
+    assert!(
+        matches!(stolen, Err(MachineError::Foreign { .. })),
+        "{stolen:?}"
+    );
+    let own = machine::observe_object(&mut rr, &object(&b_token), &Observed::Running, NOW);
+    assert!(own.is_ok_and(|d| d.changed));
+}

@@ -256,7 +256,16 @@ pub fn render(
             .clone()
             .unwrap_or_else(|| settings.default_namespace.clone());
         let name = names::pipeline_run_name(run.stage, &run.name, &id, 1);
-        let manifest = manifest(req, run, (&id, &token), &name, &namespace, settings, now);
+        let run_token = names::run_token(&token, &name);
+        let manifest = manifest(
+            req,
+            run,
+            (&id, &run_token),
+            &name,
+            &namespace,
+            settings,
+            now,
+        );
         let manifest = manifest.to_string();
         if manifest.len() > settings.limits.max_manifest_bytes {
             return Err(invalid(

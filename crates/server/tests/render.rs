@@ -50,12 +50,27 @@ fn manifests_carry_names_labels_refs_params_and_workspaces() -> anyhow::Result<(
             "stagetime/stage": "0", "stagetime/date": "2026-11-22"
         })
     );
-    // The revision run's random token rides along, the same on every run of it.
+    // Each PipelineRun carries its own token, derived from the revision run's secret and its
+    // name: the secret itself is in no object, and one run's token is not another's.
+    let name = build["metadata"]["name"].as_str().unwrap_or_default();
     assert_eq!(
         build["metadata"]["annotations"],
-        json!({"canfail": "false", "stagetime/token": r.rr.token})
+        json!({"canfail": "false", "stagetime/token": r.rr.run_token(name)})
     );
     assert_eq!(r.rr.token.len(), 32);
+    let tokens: std::collections::BTreeSet<String> = r
+        .manifests
+        .iter()
+        .map(|(_, m)| {
+            let m: serde_json::Value = serde_json::from_str(m).unwrap_or_default();
+            m["metadata"]["annotations"]["stagetime/token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(tokens.len(), r.manifests.len(), "two runs share a token");
+    assert!(!tokens.contains(&r.rr.token), "the secret is in a manifest");
     assert_eq!(r.rr.request_hash, req.canonical_hash());
     assert_eq!(build["spec"]["pipelineRef"]["resolver"], "git");
     assert_eq!(

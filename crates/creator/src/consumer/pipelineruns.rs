@@ -121,7 +121,7 @@ impl Creator {
         Ok(found
             .filter(|obj| {
                 tekton::revision_run_of(obj) == Some(rr.id.as_str())
-                    && tekton::identity(obj).token == Some(rr.token.as_str())
+                    && rr.accepts_token(&run.pipeline_run, tekton::identity(obj).token)
             })
             .map(|obj| (namespace, obj.metadata.uid.unwrap_or_default())))
     }

@@ -464,6 +464,9 @@ impl Api {
             value["metadata"]["name"] = serde_json::Value::String(new.clone());
             value["metadata"]["labels"][stagetime_common::tekton::LABEL_ATTEMPT] =
                 serde_json::Value::String(next.attempt.to_string());
+            // Each attempt's PipelineRun carries its own name's token.
+            value["metadata"]["annotations"][stagetime_common::tekton::ANNOTATION_TOKEN] =
+                serde_json::Value::String(next.run_token(&new));
             out.push((new, value.to_string()));
         }
         Ok(out)
