@@ -307,6 +307,26 @@ pub struct AdminArgs {
     pub addr: SocketAddr,
 }
 
+/// Checks a binary's flags, for its unit tests: clap's own consistency checks pass, and every
+/// flag has an environment name that `--help` shows. Panics naming the first flag that fails.
+pub fn assert_flags_have_env_names(cmd: clap::Command) {
+    cmd.clone().debug_assert();
+    let help = cmd.clone().render_long_help().to_string();
+    for flag in cmd.get_arguments().filter(|a| a.get_long().is_some()) {
+        if matches!(flag.get_id().as_str(), "help" | "version") {
+            continue;
+        }
+        let long = flag.get_long().unwrap_or_default();
+        let Some(env) = flag.get_env().map(|e| e.to_string_lossy().into_owned()) else {
+            panic!("flag --{long} has no env name");
+        };
+        assert!(
+            help.contains(&format!("[env: {env}")),
+            "--help does not show the env name of --{long}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

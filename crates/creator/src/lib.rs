@@ -170,24 +170,6 @@ mod args_tests {
 
     #[test]
     fn flags_are_consistent_and_have_env_names() {
-        let cmd = super::Args::command();
-        cmd.clone().debug_assert();
-        let help = cmd.clone().render_long_help().to_string();
-        for flag in cmd.get_arguments().filter(|a| a.get_long().is_some()) {
-            if matches!(flag.get_id().as_str(), "help" | "version") {
-                continue;
-            }
-            let env = flag.get_env().map(|e| e.to_string_lossy().into_owned());
-            assert!(
-                env.is_some(),
-                "flag --{} has no env name",
-                flag.get_long().unwrap_or_default()
-            );
-            assert!(
-                help.contains(&format!("[env: {}", env.unwrap_or_default())),
-                "help lacks env of {}",
-                flag.get_id()
-            );
-        }
+        stagetime_common::config::assert_flags_have_env_names(super::Args::command());
     }
 }
