@@ -21,21 +21,13 @@ pub async fn service_account_token(
         &serde_json::from_value(json!({"metadata": {"name": name}}))?,
     )
     .await?;
-    let issued = sas
-        .create_token_request(
-            name,
-            &PostParams::default(),
-            &TokenRequest {
-                spec: TokenRequestSpec {
-                    expiration_seconds: Some(600),
-                    audiences: vec![stagetime_server::auth::DEFAULT_AUDIENCE.to_string()],
-                    ..TokenRequestSpec::default()
-                },
-                ..TokenRequest::default()
-            },
-        )
-        .await?;
-    Ok(issued.status.map(|s| s.token).unwrap_or_default())
+    token(
+        client,
+        ns,
+        name,
+        &[stagetime_server::auth::DEFAULT_AUDIENCE],
+    )
+    .await
 }
 
 /// A token of existing ServiceAccount `ns/name` for the API server's own audience (what a pod's
@@ -45,6 +37,16 @@ pub async fn api_server_token(
     ns: &str,
     name: &str,
 ) -> anyhow::Result<String> {
+    token(client, ns, name, &[]).await
+}
+
+/// A ten-minute token of ServiceAccount `ns/name` for `audiences` (none: the API server's).
+async fn token(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    audiences: &[&str],
+) -> anyhow::Result<String> {
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let issued = sas
         .create_token_request(
@@ -53,6 +55,7 @@ pub async fn api_server_token(
             &TokenRequest {
                 spec: TokenRequestSpec {
                     expiration_seconds: Some(600),
+                    audiences: audiences.iter().map(|a| a.to_string()).collect(),
                     ..TokenRequestSpec::default()
                 },
                 ..TokenRequest::default()

@@ -34,6 +34,24 @@ async fn finish(stack: &Stack, name: &str, succeeded: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// Waits until every run of stage `stage` of attempt `attempt` of revision run `id` is running.
+async fn stage_running(
+    stack: &Stack,
+    id: &str,
+    stage: usize,
+    attempt: u32,
+) -> anyhow::Result<stagetime_common::model::RevisionRun> {
+    let what = format!("attempt {attempt}: stage {stage} running");
+    wait_rr(&stack.store, id, &what, FINISH, |rr| {
+        rr.attempt == attempt
+            && rr.stages[stage]
+                .runs
+                .iter()
+                .all(|r| r.state == RunState::Running)
+    })
+    .await
+}
+
 async fn objects(stack: &Stack) -> anyhow::Result<Vec<DynamicObject>> {
     let api = tekton::pipelinerun_api(stack.client.clone(), tekton::API_VERSION, &stack.ns);
     Ok(api.list(&Default::default()).await?.items)
@@ -44,13 +62,7 @@ async fn cancel_mid_run_cancels_running_pipelineruns_and_skips_later_stages() ->
 {
     let stack = Stack::start("cancel", Duration::from_secs(3600)).await?;
     let id = submit(&stack.url(), example("three-stages.json")?).await?;
-    wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
-        rr.stages[0]
-            .runs
-            .iter()
-            .all(|r| r.state == RunState::Running)
-    })
-    .await?;
+    stage_running(&stack, &id, 0, 1).await?;
     let mut api = client(&stack).await?;
     let rr = api
         .cancel(pb::CancelRequest { id: id.clone() })
@@ -187,23 +199,11 @@ async fn cancel_racing_a_stage_hand_off_never_creates_a_later_stage() -> anyhow:
 async fn retry_after_a_failure_in_stage_one_reruns_only_stage_one_onward() -> anyhow::Result<()> {
     let stack = Stack::start("retry", Duration::from_secs(3600)).await?;
     let id = submit(&stack.url(), example("failing.json")?).await?;
-    let rr = wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
-        rr.stages[0]
-            .runs
-            .iter()
-            .all(|r| r.state == RunState::Running)
-    })
-    .await?;
+    let rr = stage_running(&stack, &id, 0, 1).await?;
     for run in &rr.stages[0].runs {
         finish(&stack, &run.pipeline_run, true).await?;
     }
-    let rr = wait_rr(&stack.store, &id, "stage 1 running", FINISH, |rr| {
-        rr.stages[1]
-            .runs
-            .iter()
-            .all(|r| r.state == RunState::Running)
-    })
-    .await?;
+    let rr = stage_running(&stack, &id, 1, 1).await?;
     let first_attempt: Vec<String> = rr.stages[1]
         .runs
         .iter()
@@ -478,13 +478,7 @@ async fn a_failed_run_has_its_running_siblings_cancelled() -> anyhow::Result<()>
         .await?
         .into_inner()
         .id;
-    let rr = wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
-        rr.stages[0]
-            .runs
-            .iter()
-            .all(|r| r.state == RunState::Running)
-    })
-    .await?;
+    let rr = stage_running(&stack, &id, 0, 1).await?;
     let (a, b) = (&rr.stages[0].runs[0], &rr.stages[0].runs[1]);
     finish(&stack, &a.pipeline_run, false).await?;
     let failed = stack.wait_terminal(&id, FINISH).await?;
@@ -521,13 +515,7 @@ async fn a_cancelled_run_holds_its_slot_and_refuses_retry_until_its_pipelineruns
         .await?
         .into_inner()
         .id;
-    let rr = wait_rr(&stack.store, &id, "stage 0 running", FINISH, |rr| {
-        rr.stages[0]
-            .runs
-            .iter()
-            .all(|r| r.state == RunState::Running)
-    })
-    .await?;
+    let rr = stage_running(&stack, &id, 0, 1).await?;
     if let Some(creator) = stack.creator.take() {
         creator.stop().await;
     }
@@ -602,19 +590,7 @@ async fn a_group_of_one_never_runs_two_revision_runs_or_attempts_at_once() -> an
     }
     // Each run in turn: `a` fails while `b` runs; the slow ones' `b` is finished by hand.
     for id in &ids {
-        let rr = wait_rr(
-            &stack.store,
-            id,
-            "admitted and stage 0 running",
-            FINISH,
-            |rr| {
-                rr.stages[0]
-                    .runs
-                    .iter()
-                    .all(|r| r.state == RunState::Running)
-            },
-        )
-        .await?;
+        let rr = stage_running(&stack, id, 0, 1).await?;
         finish(&stack, &rr.stages[0].runs[0].pipeline_run, false).await?;
         if !rr.fail_fast {
             wait_rr(&stack.store, id, "a recorded failed", FINISH, |rr| {
@@ -644,20 +620,7 @@ async fn a_group_of_one_never_runs_two_revision_runs_or_attempts_at_once() -> an
         })
         .await?;
         for stage in 0..2 {
-            let rr = wait_rr(
-                &stack.store,
-                &retried,
-                "attempt 2 stage running",
-                FINISH,
-                |rr| {
-                    rr.attempt == 2
-                        && rr.stages[stage]
-                            .runs
-                            .iter()
-                            .all(|r| r.state == RunState::Running)
-                },
-            )
-            .await?;
+            let rr = stage_running(&stack, &retried, stage, 2).await?;
             for run in &rr.stages[stage].runs {
                 finish(&stack, &run.pipeline_run, true).await?;
             }

@@ -83,6 +83,39 @@ impl Cluster {
             .await?)
     }
 
+    /// A Secret `name` with Git credentials `ci` / `password`, marked as credentials or not.
+    async fn credentials(&self, name: &str, password: &str, marked: bool) -> anyhow::Result<()> {
+        let labels = if marked {
+            json!({CREDENTIALS: "true"})
+        } else {
+            json!({})
+        };
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "stringData": {"username": "ci", "password": password}}))?;
+        self.secrets.create(&PostParams::default(), &secret).await?;
+        Ok(())
+    }
+
+    /// [`Self::credentials`], then Repo `repo` names that Secret.
+    async fn credentials_for(
+        &self,
+        repo: &str,
+        name: &str,
+        password: &str,
+        marked: bool,
+    ) -> anyhow::Result<()> {
+        self.credentials(name, password, marked).await?;
+        self.repos
+            .patch(
+                repo,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"credentialsSecret": name}})),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Waits until RevisionRun `name`'s status satisfies `done`.
     async fn wait_status(
         &self,
@@ -516,14 +549,7 @@ async fn branch_heads_resolve_and_failures_are_conditions() -> anyhow::Result<()
             "GitUnauthorized",
         ),
     ];
-    let wrong: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "wrong", "labels": {CREDENTIALS: "true"}},
-        "stringData": {"username": "ci", "password": "guess"}}),
-    )?;
-    cluster
-        .secrets
-        .create(&PostParams::default(), &wrong)
-        .await?;
+    cluster.credentials("wrong", "guess", true).await?;
     for (name, spec, reason) in &repos {
         cluster.repo(name, spec.clone()).await?;
         cluster.revision_run(name, one(name)).await?;
@@ -546,38 +572,14 @@ async fn branch_heads_resolve_and_failures_are_conditions() -> anyhow::Result<()
         )
         .await?;
     // The right password in a Secret not marked as credentials is never used.
-    let unmarked: Secret = serde_json::from_value(json!({"metadata": {"name": "unmarked"},
-        "stringData": {"username": "ci", "password": "s3cret"}}))?;
     cluster
-        .secrets
-        .create(&PostParams::default(), &unmarked)
-        .await?;
-    cluster
-        .repos
-        .patch(
-            "bad-password",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"credentialsSecret": "unmarked"}})),
-        )
+        .credentials_for("bad-password", "unmarked", "s3cret", false)
         .await?;
     cluster
         .wait_waiting("bad-password", "SecretNotOptedIn")
         .await?;
-    let right: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "right", "labels": {CREDENTIALS: "true"}},
-        "stringData": {"username": "ci", "password": "s3cret"}}),
-    )?;
     cluster
-        .secrets
-        .create(&PostParams::default(), &right)
-        .await?;
-    cluster
-        .repos
-        .patch(
-            "bad-password",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"credentialsSecret": "right"}})),
-        )
+        .credentials_for("bad-password", "right", "s3cret", true)
         .await?;
     for (name, head) in [("unknown-branch", &dev), ("bad-password", &private)] {
         let done = cluster

@@ -93,9 +93,7 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 - name: PIPELINE_WORKSPACE
   value: {{ .Values.tekton.pipelineNamespace | quote }}
 - name: STAGETIME_NAMESPACES
-  {{- $listed := .Values.tekton.namespaces }}
-  {{- if and $listed .Values.tekton.namespaceOverride }}{{ $listed = append $listed .Values.tekton.namespaceOverride }}{{ end }}
-  value: {{ join "," $listed | quote }}
+  value: {{ join "," .Values.tekton.namespaces | quote }}
 {{- end }}
 
 {{/* Probes on the admin port. */}}

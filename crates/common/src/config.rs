@@ -202,8 +202,15 @@ impl KubeArgs {
 /// The namespaces stageTime works in, one setting for every service: the server accepts runs
 /// only for these (and its default namespace), the creator creates only there, the informer
 /// watches them.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct NamespaceArgs {
+    /// Namespace of PipelineRuns whose request names none (the server's default namespace).
+    #[arg(
+        long = "pipeline-namespace",
+        env = "PIPELINE_WORKSPACE",
+        default_value = "default"
+    )]
+    pub pipeline_namespace: String,
     /// Namespaces PipelineRuns may be created in (comma-separated; empty = only the server's
     /// default namespace, and the informer watches every namespace).
     #[arg(
@@ -228,10 +235,10 @@ impl NamespaceArgs {
     /// Every namespace a PipelineRun may end up in: the server's default namespace
     /// (`PIPELINE_WORKSPACE`), `--namespaces` and the creator's override (`TEKTON_NAMESPACE`),
     /// sorted and without repeats. The one derivation server, creator and informer share.
-    pub fn run_namespaces(&self, default: &str, override_ns: Option<&str>) -> Vec<String> {
+    pub fn run_namespaces(&self, override_ns: Option<&str>) -> Vec<String> {
         let mut all: Vec<String> = self.list();
         all.extend(
-            [Some(default), override_ns]
+            [Some(self.pipeline_namespace.as_str()), override_ns]
                 .into_iter()
                 .flatten()
                 .map(str::trim)
@@ -251,10 +258,9 @@ impl NamespaceArgs {
     pub fn watch_scope(
         &self,
         informing: &str,
-        default: &str,
         override_ns: Option<&str>,
     ) -> Result<String, String> {
-        let all = self.run_namespaces(default, override_ns);
+        let all = self.run_namespaces(override_ns);
         let informing = informing.trim();
         if !informing.is_empty() {
             return if all.iter().all(|n| n == informing) {

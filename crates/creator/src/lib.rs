@@ -42,13 +42,6 @@ pub struct Args {
     /// Create every PipelineRun in this namespace instead of the rendered one.
     #[arg(long = "tekton-namespace", env = "TEKTON_NAMESPACE")]
     pub tekton_namespace: Option<String>,
-    /// The server's default namespace (allowed besides `--namespaces`).
-    #[arg(
-        long = "pipeline-namespace",
-        env = "PIPELINE_WORKSPACE",
-        default_value = "default"
-    )]
-    pub pipeline_namespace: String,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub namespaces: NamespaceArgs,
@@ -98,13 +91,14 @@ pub struct Args {
 }
 
 impl Args {
-    /// Namespaces the creator may create in (empty = any): `--namespaces` plus the default one.
+    /// Namespaces the creator may create in (empty = any, when `--namespaces` is unset): the
+    /// namespaces runs may use, its own override among them.
     pub fn allowed_namespaces(&self) -> Vec<String> {
-        let mut list = self.namespaces.list();
-        if !list.is_empty() {
-            list.push(self.pipeline_namespace.clone());
+        if self.namespaces.list().is_empty() {
+            return Vec::new();
         }
-        list
+        self.namespaces
+            .run_namespaces(self.tekton_namespace.as_deref())
     }
 }
 
@@ -120,15 +114,8 @@ pub async fn run(
     let ready = Readiness::default();
     let admin = AdminServer::bind(args.admin.addr, registry, ready.clone()).await?;
     tracing::info!(admin = %admin.local_addr()?, consumer = %args.consumer, "stagetime-creator starting");
-    let allowed = args.allowed_namespaces();
-    if let Some(ns) = args.tekton_namespace.as_deref().filter(|n| !n.is_empty())
-        && !allowed.is_empty()
-        && !allowed.iter().any(|a| a == ns)
-    {
-        anyhow::bail!("TEKTON_NAMESPACE {ns:?} is not in STAGETIME_NAMESPACES");
-    }
     let settings = Settings {
-        allowed_namespaces: allowed,
+        allowed_namespaces: args.allowed_namespaces(),
         consumer: args.consumer.clone(),
         namespace_override: args.tekton_namespace.clone().filter(|n| !n.is_empty()),
         api_version: args.tekton_api_version.clone(),

@@ -45,13 +45,6 @@ pub struct Args {
         default_value = ""
     )]
     pub informing_namespace: String,
-    /// The server's default namespace (runs that name none go there).
-    #[arg(
-        long = "pipeline-namespace",
-        env = "PIPELINE_WORKSPACE",
-        default_value = "default"
-    )]
-    pub pipeline_namespace: String,
     /// The creator's override namespace, if it has one (every PipelineRun goes there).
     #[arg(long = "tekton-namespace", env = "TEKTON_NAMESPACE")]
     pub tekton_namespace: Option<String>,
@@ -172,11 +165,7 @@ impl Args {
     /// the same settings the server and creator use; an error names a watch too narrow.
     pub fn scope(&self) -> anyhow::Result<String> {
         self.namespaces
-            .watch_scope(
-                &self.informing_namespace,
-                &self.pipeline_namespace,
-                self.tekton_namespace.as_deref(),
-            )
+            .watch_scope(&self.informing_namespace, self.tekton_namespace.as_deref())
             .map_err(anyhow::Error::msg)
     }
 }

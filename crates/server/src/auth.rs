@@ -269,8 +269,9 @@ impl Auth {
         else {
             return Err(Status::permission_denied("no authorizer is configured"));
         };
+        let identity = caller.identity();
         for ns in namespaces {
-            let key = (caller.identity(), verb.to_string(), ns.clone());
+            let key = (identity, verb.to_string(), ns.clone());
             let allowed = match cached(decisions, &key)
                 .filter(|(at, allowed)| *allowed || at.elapsed() < DENIAL_TTL)
             {

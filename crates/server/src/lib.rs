@@ -63,13 +63,6 @@ pub struct Args {
     /// Address to bind the gRPC port on.
     #[arg(long = "bind", env = "SERVER_BIND", default_value = "0.0.0.0")]
     pub bind: std::net::IpAddr,
-    /// Namespace of PipelineRuns whose request names none.
-    #[arg(
-        long = "pipeline-namespace",
-        env = "PIPELINE_WORKSPACE",
-        default_value = "default"
-    )]
-    pub pipeline_namespace: String,
     /// apiVersion of rendered PipelineRuns.
     #[arg(
         long = "tekton-api-version",
@@ -317,7 +310,7 @@ impl LimitArgs {
 impl Args {
     fn settings(&self) -> render::RenderSettings {
         render::RenderSettings {
-            default_namespace: self.pipeline_namespace.clone(),
+            default_namespace: self.namespaces.pipeline_namespace.clone(),
             api_version: self.tekton_api_version.clone(),
             default_timeout_seconds: self.default_timeout_seconds,
             limits: self.limits.limits(),

@@ -296,8 +296,9 @@ impl Api {
         let Some(concurrency) = rendered.rr.concurrency.as_ref().filter(|_| superseding) else {
             return Ok(self.store.create(&rendered.rr, &rendered.manifests).await?);
         };
-        let mut last = None;
-        for _ in 0..ATTEMPTS {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let supersede = if caller.is_unrestricted() {
                 Supersede::Any
             } else {
@@ -311,17 +312,12 @@ impl Api {
                 .create_superseding(&rendered.rr, &rendered.manifests, &supersede)
                 .await
             {
-                Err(StoreError::GroupChanged { group, member }) => {
+                Err(StoreError::GroupChanged { group, member }) if attempt < ATTEMPTS => {
                     tracing::info!(%group, %member, "group changed while superseding; authorizing again");
-                    last = Some(StoreError::GroupChanged { group, member });
                 }
                 other => return Ok(other?),
             }
         }
-        Err(last.map_or_else(
-            || Error::FailedPrecondition("group changed".into()),
-            Error::from,
-        ))
     }
 
     /// The queued or running revision runs of `group` (other than `id`), once `caller` is
