@@ -243,8 +243,39 @@ install_tekton() {
   mark_version tekton-resolvers "$resolvers_version"
 }
 
+# Gitea, built from its Go module like Tekton: its go.mod names another module path, so
+# `go install` by path refuses and the build runs inside a writable copy. A plain build embeds no
+# assets, so the copy's `options/` (locales, templates' data) is kept under .tools/gitea/ and the
+# harness points `[server] STATIC_ROOT_PATH` at it. SQLite is pure Go: CGO stays off.
+install_gitea() {
+  { have_version gitea "$GITEA_VERSION" || have_version gitea "$GITEA_FALLBACK_VERSION"; } && return
+  local version dir="" work
+  for version in "$GITEA_VERSION" "$GITEA_FALLBACK_VERSION"; do
+    log "building Gitea v$version from its Go module (minutes; cached afterwards)"
+    dir=$(cd "$tools" && go mod download -json "code.gitea.io/gitea@v$version" 2>/dev/null |
+      python3 -c 'import json,sys; print(json.load(sys.stdin).get("Dir",""))' || true)
+    [ -n "$dir" ] && break
+    log "Gitea v$version could not be downloaded"
+  done
+  [ -n "$dir" ] || { echo "no Gitea module could be downloaded" >&2; exit 1; }
+  work="$tools/build/gitea-$version"
+  mkdir -p "$tools/build"
+  if [ ! -d "$work" ]; then
+    cp -r "$dir" "$work.tmp"
+    chmod -R u+w "$work.tmp"
+    mv "$work.tmp" "$work"
+  fi
+  (cd "$work" && CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false" GOSUMDB=off \
+    go build -trimpath -ldflags "-s -w" -o "$bin/gitea.tmp" .)
+  rm -rf "$tools/gitea.tmp" && mkdir -p "$tools/gitea.tmp"
+  cp -r "$work/options" "$tools/gitea.tmp/options"
+  rm -rf "$tools/gitea" && mv "$tools/gitea.tmp" "$tools/gitea"
+  mv "$bin/gitea.tmp" "$bin/gitea"
+  mark_version gitea "$version"
+}
+
 all=(redis etcd task grpcurl helm helmfile kube-apiserver tekton-crds crane podman
-  kube-controller-manager kube-scheduler kwok tekton)
+  kube-controller-manager kube-scheduler kwok tekton gitea)
 selected=("$@")
 [ ${#selected[@]} -gt 0 ] || selected=("${all[@]}")
 for t in "${selected[@]}"; do
@@ -258,6 +289,7 @@ for t in "${selected[@]}"; do
     kube-apiserver | kube-controller-manager | kube-scheduler) install_kube_binary "$t" ;;
     kwok) install_kwok ;;
     tekton) install_tekton ;;
+    gitea) install_gitea ;;
     tekton-crds) install_tekton_crds ;;
     crane) go_install crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION" ;;
     podman) install_podman ;;

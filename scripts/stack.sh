@@ -4,6 +4,7 @@
 # SIM_DELAY_MS sets the simulator's run time per PipelineRun (default 1500).
 # STAGETIME_TEKTON=real replaces the simulator with the real Tekton controller, plus
 # kube-controller-manager, kube-scheduler and a kwok node for its pods (built once, cached).
+# STAGETIME_FORGE=gitea also starts a Gitea on loopback (GITEA_URL, GITEA_USER, GITEA_TOKEN).
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -12,6 +13,9 @@ namespace=stagetime-demo
 scripts/install-tools.sh redis etcd kube-apiserver tekton-crds
 if [ "${STAGETIME_TEKTON:-sim}" = real ]; then
   scripts/install-tools.sh kube-controller-manager kube-scheduler kwok tekton
+fi
+if [ "${STAGETIME_FORGE:-}" = gitea ]; then
+  scripts/install-tools.sh gitea
 fi
 echo "==> building stageTime"
 cargo build --quiet --bins
@@ -49,6 +53,7 @@ start_stack() {
   # shellcheck disable=SC1091
   . "$run_dir/env"
   export REDIS_URL KUBECONFIG PIPELINE_WORKSPACE=$namespace
+  if [ -n "${GITEA_URL:-}" ]; then export GITEA_URL GITEA_USER GITEA_TOKEN; fi
   grpc_port=$(free_port)
   export STAGETIME_SERVER="http://127.0.0.1:$grpc_port"
   # Local development only: no authentication on loopback.

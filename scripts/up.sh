@@ -12,17 +12,34 @@ if [ -x "$root/.tools/bin/crane" ] && ! "$root/.tools/bin/crane" catalog --insec
   mkdir -p "$root/.tools/registry"
   start registry "$root/.tools/bin/crane" registry serve --address "$registry" --disk "$root/.tools/registry"
 fi
+forge_lines=""
+if [ -n "${GITEA_URL:-}" ]; then
+  forge_lines="export GITEA_URL=$GITEA_URL
+export GITEA_USER=$GITEA_USER
+export GITEA_TOKEN=$GITEA_TOKEN
+"
+fi
 cat <<MSG
 
 stageTime is up (namespace $namespace). In another shell:
 
 export KUBECONFIG=$KUBECONFIG
 export STAGETIME_SERVER=$STAGETIME_SERVER
-
+${forge_lines}
   kubectl apply -n $namespace -f examples/revisionrun.yaml && kubectl get rr -n $namespace -w
   grpcurl -plaintext -d @ ${STAGETIME_SERVER#http://} stagetime.v1.RevisionRuns/Create < examples/typed-create.json
   target/debug/stagetime list
   STAGETIME_REGISTRY=$registry ./taskw image    # the OCI image, pushed to the registry here
+MSG
+if [ -n "${GITEA_URL:-}" ]; then
+  cat <<MSG
+  # commit statuses on Gitea: a repository, a token Secret, a Repo with spec.provider
+  # (docs/forge.md walks through it)
+  curl -s -H "authorization: token \$GITEA_TOKEN" -H content-type:application/json \\
+    -d '{"name":"app","auto_init":true}' \$GITEA_URL/api/v1/user/repos
+MSG
+fi
+cat <<MSG
 
 Ctrl-C stops everything.
 MSG

@@ -4,6 +4,7 @@
 //! be stopped and started again to exercise restarts.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod e2e_bench;
 mod handoff;
 pub mod operator_bench;

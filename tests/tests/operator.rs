@@ -3,181 +3,23 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 use stagetime_common::{model::Phase, store::ListFilter};
-use stagetime_operator::crd::{PipelineRunTemplate, Repo, RevisionRun, RevisionRunStatus};
+use stagetime_operator::crd::RevisionRun;
 use stagetime_testenv::{git_server::GitServer, process::free_port, wait_for};
-use stagetime_tests::{Stack, procs::Service, wait_rr};
-
-const API_VERSION: &str = "stagetime.sthings.tiab.ssc.sva.de/v1beta1";
-const WAIT: Duration = Duration::from_secs(60);
-/// The label that marks a Secret as credentials.
-const CREDENTIALS: &str = "stagetime.sthings.tiab.ssc.sva.de/credentials";
-
-struct Cluster {
-    repos: Api<Repo>,
-    templates: Api<PipelineRunTemplate>,
-    rrs: Api<RevisionRun>,
-    events: Api<Event>,
-    secrets: Api<Secret>,
-}
-
-impl Cluster {
-    fn new(stack: &Stack) -> Self {
-        Self::in_namespace(stack.client.clone(), &stack.ns)
-    }
-
-    fn in_namespace(c: kube::Client, ns: &str) -> Self {
-        Self {
-            repos: Api::namespaced(c.clone(), ns),
-            templates: Api::namespaced(c.clone(), ns),
-            rrs: Api::namespaced(c.clone(), ns),
-            events: Api::namespaced(c.clone(), ns),
-            secrets: Api::namespaced(c, ns),
-        }
-    }
-
-    async fn repo(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
-        let obj = json!({"apiVersion": API_VERSION, "kind": "Repo",
-            "metadata": {"name": name}, "spec": spec});
-        self.repos
-            .create(&PostParams::default(), &serde_json::from_value(obj)?)
-            .await?;
-        Ok(())
-    }
-
-    /// Repo `app` (organization `acme`, branch `main`) and template `docker` (stage 0).
-    async fn app_with_docker(&self) -> anyhow::Result<()> {
-        self.repo(
-            "app",
-            json!({"name": "app", "organization": "acme", "branch": "main"}),
-        )
-        .await?;
-        self.template("docker", docker_template(0)).await
-    }
-
-    async fn template(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
-        let obj = json!({"apiVersion": API_VERSION, "kind": "PipelineRunTemplate",
-            "metadata": {"name": name}, "spec": spec});
-        self.templates
-            .create(&PostParams::default(), &serde_json::from_value(obj)?)
-            .await?;
-        Ok(())
-    }
-
-    async fn revision_run(
-        &self,
-        name: &str,
-        spec: serde_json::Value,
-    ) -> anyhow::Result<RevisionRun> {
-        let obj = json!({"apiVersion": API_VERSION, "kind": "RevisionRun",
-            "metadata": {"name": name}, "spec": spec});
-        Ok(self
-            .rrs
-            .create(&PostParams::default(), &serde_json::from_value(obj)?)
-            .await?)
-    }
-
-    /// A Secret `name` with Git credentials `ci` / `password`, marked as credentials or not.
-    async fn credentials(&self, name: &str, password: &str, marked: bool) -> anyhow::Result<()> {
-        let labels = if marked {
-            json!({CREDENTIALS: "true"})
-        } else {
-            json!({})
-        };
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": labels},
-            "stringData": {"username": "ci", "password": password}}))?;
-        self.secrets.create(&PostParams::default(), &secret).await?;
-        Ok(())
-    }
-
-    /// [`Self::credentials`], then Repo `repo` names that Secret.
-    async fn credentials_for(
-        &self,
-        repo: &str,
-        name: &str,
-        password: &str,
-        marked: bool,
-    ) -> anyhow::Result<()> {
-        self.credentials(name, password, marked).await?;
-        self.repos
-            .patch(
-                repo,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"credentialsSecret": name}})),
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Waits until RevisionRun `name`'s status satisfies `done`.
-    async fn wait_status(
-        &self,
-        name: &str,
-        what: &str,
-        done: impl Fn(&RevisionRunStatus) -> bool,
-    ) -> anyhow::Result<RevisionRun> {
-        wait_for(&format!("RevisionRun {name} {what}"), WAIT, || async {
-            self.rrs
-                .get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .filter(|rr| rr.status.as_ref().is_some_and(&done))
-        })
-        .await
-    }
-
-    async fn wait_waiting(&self, name: &str, reason: &str) -> anyhow::Result<RevisionRun> {
-        self.wait_status(name, &format!("waiting with {reason}"), |s| {
-            s.phase.as_deref() == Some("Waiting") && submitted(s).is_some_and(|c| c.1 == reason)
-        })
-        .await
-    }
-
-    /// Waits for a Warning/Normal event with `reason` about `name`.
-    async fn wait_event(&self, name: &str, reason: &str) -> anyhow::Result<Event> {
-        wait_for(&format!("event {reason} for {name}"), WAIT, || async {
-            self.events
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some(reason)
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                })
-        })
-        .await
-    }
-}
-
-fn submitted(s: &RevisionRunStatus) -> Option<(String, String, String)> {
-    s.conditions
-        .iter()
-        .find(|c| c.type_ == "Submitted")
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-fn phase(s: &RevisionRunStatus) -> &str {
-    s.phase.as_deref().unwrap_or_default()
-}
+use stagetime_tests::{
+    Stack,
+    cluster::{API_VERSION, Cluster, WAIT, docker_template, phase, submitted},
+    procs::Service,
+    wait_rr,
+};
 
 async fn runs_of(stack: &Stack) -> anyhow::Result<Vec<stagetime_common::model::RevisionRun>> {
     Ok(stack.store.list(&ListFilter::default()).await?.items)
-}
-
-fn docker_template(stage: i32) -> serde_json::Value {
-    json!({"stage": stage,
-        "resolver": ["url={{repo_url}}", "revision=main", "pathInRepo=pipelines/docker.yaml"],
-        "params": ["scriptTimeout=5m", "commit={{revision}}"]})
 }
 
 /// The seeds' Repo and RevisionRun, unchanged, with a `docker` template: while the Repo's
@@ -394,6 +236,15 @@ async fn the_api_server_refuses_bad_revision_runs_naming_the_field() -> anyhow::
         (
             json!({"repository": "r", "technologies": []}),
             "spec.technologies",
+        ),
+        (
+            json!({"repository": "r", "configFile": ".stagetime.yaml",
+                "technologies": [{"id": "a", "kind": "k"}]}),
+            "spec.configFile",
+        ),
+        (
+            json!({"repository": "r", "configFile": "../etc/passwd"}),
+            "spec.configFile",
         ),
         (
             json!({"repository": "r", "revision": "main", "technologies": [{"id": "a", "kind": "k"}]}),

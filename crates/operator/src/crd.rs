@@ -54,6 +54,7 @@ fn template_stage() -> i32 {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.configFile) ? (!has(self.technologies) || size(self.technologies) == 0) : (has(self.technologies) && size(self.technologies) > 0)").message("spec.technologies needs 1 to 100 entries, or spec.configFile names the file holding them (not both)"))]
 pub struct RevisionRunSpec {
     /// Name of the Repo (in this namespace, else in the operator's shared namespace).
     #[schemars(length(min = 1, max = 253))]
@@ -66,14 +67,56 @@ pub struct RevisionRunSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub author: Option<String>,
-    /// The technologies: each becomes one PipelineRun.
-    #[schemars(length(min = 1, max = 100))]
+    /// The technologies: each becomes one PipelineRun. Empty only with `configFile`.
+    #[serde(default)]
+    #[schemars(length(max = 100))]
     #[x_kube(validation = Rule::new("self.all(t, self.filter(u, u.id == t.id).size() == 1)").message("technology ids must be unique"))]
     pub technologies: Vec<Technology>,
+    /// Read `technologies` (and `concurrency`) from this file of the repository at the run's
+    /// commit, through the Repo's forge API (`spec.provider`) — how webhook runs name their
+    /// stages (`.stagetime.yaml`). Exclusive with `technologies`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.matches('(^|/)[.][.](/|$)') && !self.contains('//') && !self.endsWith('/')").message("spec.configFile must be a path inside the repository"))]
+    #[schemars(
+        length(min = 1, max = 1024),
+        pattern(r"^[A-Za-z0-9_.][A-Za-z0-9._/-]*$")
+    )]
+    pub config_file: Option<String>,
+    /// Concurrency group and policy of the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencySpec>,
     /// Retention of this run once finished; what it leaves unset comes from the Repo, then from
     /// the informer's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionSpec>,
+}
+
+/// A run's concurrency group: at most `maxConcurrent` runs of the group (scoped by namespace)
+/// run at once; `supersede` cancels the group's older runs instead of queueing.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConcurrencySpec {
+    /// Group name (default: the repository).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    pub group: Option<String>,
+    /// Most runs of the group at once (default: the server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent: Option<u32>,
+    /// `queue` (wait in arrival order) or `supersede` (cancel older runs of the group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<ConcurrencyPolicy>,
+}
+
+/// What a new run does to older runs of its group.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConcurrencyPolicy {
+    /// Wait for a slot in arrival order.
+    Queue,
+    /// Cancel the group's older queued and running runs.
+    Supersede,
 }
 
 /// Retention limits (unset = inherited; 0 = no limit of that kind).
@@ -113,7 +156,7 @@ impl RetentionSpec {
 
 /// One technology of a RevisionRun.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Technology {
     /// Unique id, the PipelineRun's run name (a DNS-1123 label).
     #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
@@ -268,6 +311,65 @@ pub struct RepoSpec {
     /// Retention of this repository's finished runs (a RevisionRun's own settings win).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionSpec>,
+    /// The Git forge hosting the repository: with it, every revision run of this Repo posts
+    /// commit statuses (one per stage and a summary `stagetime`) with key `token` of the
+    /// `credentialsSecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderSpec>,
+    /// Push webhooks from the forge (`POST /hooks/<type>/<namespace>/<name>` on the operator's
+    /// hooks port) start runs of the stages `.stagetime.yaml` names at the pushed commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
+}
+
+/// Which pushes start runs, and the secret that signs them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSpec {
+    /// A Secret in the Repo's namespace (labelled as credentials) whose key `secret` signs the
+    /// deliveries; without it no delivery is accepted.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Branches (globs with `*`) whose pushes run; empty = `spec.branch`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 255)))]
+    pub branches: Vec<String>,
+    /// Whether pushed tags run too.
+    #[serde(default)]
+    pub tags: bool,
+    /// The file naming the stages (default `.stagetime.yaml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 1024),
+        pattern(r"^[A-Za-z0-9_.][A-Za-z0-9._/-]*$")
+    )]
+    pub config_file: Option<String>,
+}
+
+/// Which forge API a Repo's commit statuses go to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderSpec {
+    /// The forge's kind.
+    #[serde(rename = "type")]
+    pub type_: ForgeKind,
+    /// Base URL of its REST API (`https://api.github.com`, `https://git.example.com/api/v1`,
+    /// `https://gitlab.example.com/api/v4`); derived from `spec.url` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), pattern(r"^(https?)://"))]
+    pub api_url: Option<String>,
+}
+
+/// A forge kind: GitHub (and GitHub Enterprise), Gitea (and Forgejo), GitLab.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeKind {
+    /// GitHub's commit status API.
+    Github,
+    /// Gitea's GitHub-shaped commit status API under `/api/v1`.
+    Gitea,
+    /// GitLab's commit status API under `/api/v4`.
+    Gitlab,
 }
 
 /// How one kind of technology runs: its stage and its resolver, params, list params and volume

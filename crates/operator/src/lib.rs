@@ -13,10 +13,14 @@
 #![forbid(unsafe_code)]
 
 pub mod crd;
+pub mod forge;
 pub mod git;
+pub mod hooks;
 pub mod metrics;
 pub mod reconcile;
+pub mod repo_file;
 pub mod request;
+pub mod secrets;
 pub mod status;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -94,7 +98,8 @@ pub struct Args {
         default_value_t = 10
     )]
     pub git_timeout_seconds: u64,
-    /// Comma-separated hosts the operator may contact to resolve branch heads (empty = any).
+    /// Comma-separated hosts the operator may contact to resolve branch heads and post commit
+    /// statuses (empty = any).
     /// Repos are user input: restrict this to your Git hosts so a Repo cannot make the operator
     /// probe internal services.
     #[arg(
@@ -104,6 +109,55 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub git_allowed_hosts: Vec<String>,
+    /// Base URL of the web view (`https://stagetime.example.com`): commit statuses link to
+    /// `<url>/runs/<id>`; empty = statuses carry no link.
+    #[arg(long = "web-url", env = "OPERATOR_WEB_URL", default_value = "")]
+    pub web_url: String,
+    /// Longest time one forge API call (a commit status) may take, in seconds.
+    #[arg(
+        long = "forge-timeout-seconds",
+        env = "OPERATOR_FORGE_TIMEOUT_SECONDS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=300)
+    )]
+    pub forge_timeout_seconds: u64,
+    /// Most commit statuses posted for one revision run (retries and attempts included).
+    #[arg(
+        long = "forge-max-statuses",
+        env = "OPERATOR_FORGE_MAX_STATUSES",
+        default_value_t = 500,
+        value_parser = clap::value_parser!(u64).range(1..=10_000)
+    )]
+    pub forge_max_statuses: u64,
+    /// How long an unavailable forge (no answer, 5xx, 429) is retried before the run's
+    /// `Reported` condition says it gave up, in seconds.
+    #[arg(
+        long = "forge-retry-seconds",
+        env = "OPERATOR_FORGE_RETRY_SECONDS",
+        default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub forge_retry_seconds: u64,
+    /// Address of the webhook receiver (`POST /hooks/{forge}/{namespace}/{repo}`); empty = no
+    /// receiver. Put TLS in front of it (an Ingress) when it is reachable beyond the cluster.
+    #[arg(long = "hooks-addr", env = "OPERATOR_HOOKS_ADDR", default_value = "")]
+    pub hooks_addr: String,
+    /// Largest webhook body accepted, in bytes.
+    #[arg(
+        long = "hooks-max-body-bytes",
+        env = "OPERATOR_HOOKS_MAX_BODY_BYTES",
+        default_value_t = 2 * 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024)
+    )]
+    pub hooks_max_body_bytes: u64,
+    /// Webhook deliveries per second one source address may send (bursts of twice as many).
+    #[arg(
+        long = "hooks-rate-per-second",
+        env = "OPERATOR_HOOKS_RATE_PER_SECOND",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=10_000)
+    )]
+    pub hooks_rate_per_second: u64,
     /// Longest time one unary server call may take, in seconds.
     #[arg(
         long = "call-timeout-seconds",
@@ -195,6 +249,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
+    let hook_metrics = hooks::Metrics::register(&mut registry);
     let readiness = Readiness::default();
     let admin = AdminServer::bind(args.admin.addr, registry, readiness.clone()).await?;
     let shutdown = Shutdown::spawn(shutdown);
@@ -208,6 +263,31 @@ pub async fn run(
         .map_err(|e| {
             anyhow::anyhow!("RevisionRuns cannot be listed (are the CRDs installed?): {e}")
         })?;
+    // Every replica receives webhooks (creating a RevisionRun is idempotent by name), the
+    // leader or not.
+    let hooks_task = if args.hooks_addr.trim().is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(args.hooks_addr.trim())
+            .await
+            .map_err(|e| anyhow::anyhow!("webhook receiver on {}: {e}", args.hooks_addr))?;
+        tracing::info!(addr = %listener.local_addr()?, "webhook receiver listening");
+        let router = hooks::router(
+            client.clone(),
+            hooks::Settings {
+                max_body_bytes: usize::try_from(args.hooks_max_body_bytes).unwrap_or(usize::MAX),
+                per_source_per_second: args.hooks_rate_per_second as f64,
+                timeout: Duration::from_secs(10),
+                watch_namespace: watched.clone(),
+            },
+            hook_metrics,
+        );
+        Some(tokio::spawn(hooks::serve(
+            listener,
+            router,
+            shutdown.clone().wait(),
+        )))
+    };
     readiness.set(true);
     let lost = if args.leader_election {
         let candidate = Candidate::new(
@@ -220,6 +300,9 @@ pub async fn run(
             leader = candidate.acquire(client.clone()) => leader,
             () = shutdown.clone().wait() => {
                 let _ = admin_task.await;
+                if let Some(task) = hooks_task {
+                    let _ = task.await;
+                }
                 return Ok(());
             }
         };
@@ -247,19 +330,30 @@ pub async fn run(
             .filter(|s| !s.is_empty())
             .collect(),
         call_timeout: Duration::from_secs(args.call_timeout_seconds.max(1)),
+        web_url: Some(args.web_url.trim().to_string()).filter(|u| !u.is_empty()),
+        max_statuses: usize::try_from(args.forge_max_statuses).unwrap_or(usize::MAX),
+        forge_retry: Duration::from_secs(args.forge_retry_seconds),
     };
+    let allowed_hosts: Vec<String> = args
+        .git_allowed_hosts
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
     let git = git::Resolver::new(
         Duration::from_secs(args.git_timeout_seconds.max(1)),
-        args.git_allowed_hosts
-            .iter()
-            .map(|h| h.trim().to_ascii_lowercase())
-            .filter(|h| !h.is_empty())
-            .collect(),
+        allowed_hosts.clone(),
+    )?;
+    // The forge is reached like Git: only the allowed hosts (a Repo is user input).
+    let forge = forge::Forge::new(
+        Duration::from_secs(args.forge_timeout_seconds),
+        allowed_hosts,
     )?;
     let ctx = Arc::new(reconcile::Context::new(
         client.clone(),
         channel,
         git,
+        forge,
         settings,
         metrics,
     ));
@@ -321,6 +415,9 @@ pub async fn run(
         anyhow::bail!("leadership lost; exiting so a new term starts clean");
     }
     let _ = admin_task.await;
+    if let Some(task) = hooks_task {
+        task.abort();
+    }
     Ok(())
 }
 

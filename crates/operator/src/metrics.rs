@@ -11,13 +11,20 @@ struct Created {
     created: &'static str,
 }
 
-/// Counters of reconciles, submissions and status writes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+/// Counters of reconciles, submissions, status writes and forge calls.
 #[derive(Clone, Default)]
 pub struct Metrics {
     reconciles: Counter,
     failures: Counter,
     submissions: Family<Created, Counter>,
     status_writes: Counter,
+    forge_calls: Family<Outcome, Counter>,
+    forge_dropped: Counter,
 }
 
 impl Metrics {
@@ -45,7 +52,25 @@ impl Metrics {
             "RevisionRun status writes",
             metrics.status_writes.clone(),
         );
+        sub.register(
+            "forge_statuses",
+            "Commit status posts by outcome: posted, retried (no answer, 5xx, 429; retried with backoff), refused (4xx or a Repo that cannot report; not retried)",
+            metrics.forge_calls.clone(),
+        );
+        sub.register(
+            "forge_statuses_dropped",
+            "Commit statuses not posted because the run reached --forge-max-statuses",
+            metrics.forge_dropped.clone(),
+        );
         metrics
+    }
+
+    pub(crate) fn forge_call(&self, outcome: &'static str) {
+        self.forge_calls.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub(crate) fn forge_dropped(&self) {
+        self.forge_dropped.inc();
     }
 
     pub(crate) fn reconciled(&self) {

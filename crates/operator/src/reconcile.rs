@@ -5,11 +5,13 @@
 //! `<namespace>/<name>/<uid>/<generation>`, so submitting it again after a crash between the
 //! call and the status write returns the same revision run.
 
+mod intake;
 mod mirror;
 mod prepare;
+mod report;
 
-use mirror::{mirror, transitions};
-use prepare::{Prepared, lookup, prepare};
+use mirror::{Followed, mirror, transitions};
+use prepare::{Prepared, lookup, opted_in_secret, prepare};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -17,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -58,6 +60,12 @@ pub struct Settings {
     pub allowed_namespaces: Vec<String>,
     /// Longest time one unary server call may take.
     pub call_timeout: Duration,
+    /// Base URL of the web view: a commit status links to `<web_url>/runs/<id>`.
+    pub web_url: Option<String>,
+    /// Most commit statuses one reporter posts for one run.
+    pub max_statuses: usize,
+    /// How long a reporter keeps retrying an unavailable forge before it gives up.
+    pub forge_retry: Duration,
 }
 
 /// A reconcile failure: retried with backoff.
@@ -89,6 +97,7 @@ pub struct Context {
     client: kube::Client,
     grpc: RevisionRunsClient<AuthedChannel>,
     git: git::Resolver,
+    forge: crate::forge::Forge,
     recorder: Recorder,
     settings: Settings,
     mirrors: Mutex<HashMap<Key, Mirror>>,
@@ -102,6 +111,7 @@ impl Context {
         client: kube::Client,
         channel: AuthedChannel,
         git: git::Resolver,
+        forge: crate::forge::Forge,
         settings: Settings,
         metrics: Metrics,
     ) -> Self {
@@ -110,6 +120,7 @@ impl Context {
             client,
             grpc: RevisionRunsClient::new(channel),
             git,
+            forge,
             recorder,
             settings,
             mirrors: Mutex::default(),
@@ -206,33 +217,20 @@ impl Context {
         Ok(())
     }
 
-    fn ensure_mirror(
-        self: &Arc<Self>,
-        key: Key,
-        reference: ObjectReference,
-        id: &str,
-        generation: i64,
-        last: RevisionRunStatus,
-    ) {
+    fn ensure_mirror(self: &Arc<Self>, followed: Followed, last: RevisionRunStatus) {
         let mut mirrors = self.mirrors.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = mirrors.get(&key) {
-            if m.id == id && !m.task.is_finished() {
+        if let Some(m) = mirrors.get(&followed.key) {
+            if m.id == followed.id && !m.task.is_finished() {
                 return;
             }
             m.task.abort();
         }
-        let task = tokio::spawn(mirror(
-            self.clone(),
-            key.clone(),
-            reference,
-            id.to_string(),
-            generation,
-            last,
-        ));
+        let (key, id) = (followed.key.clone(), followed.id.clone());
+        let task = tokio::spawn(mirror(self.clone(), followed, last));
         mirrors.insert(
             key,
             Mirror {
-                id: id.to_string(),
+                id,
                 task: task.abort_handle(),
             },
         );
@@ -280,9 +278,17 @@ async fn apply(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Error>
     {
         ctx.reset_backoff(&key);
         // A terminal status was written by the mirror, which ends by itself once its Events are
-        // recorded: stopping it here could cut off the last one.
-        if !is_terminal(old.phase.as_deref()) {
-            ctx.ensure_mirror(key, reference, &id, generation, old);
+        // recorded and its commit statuses posted: stopping it here could cut off the last
+        // ones. One whose posting a crash cut short starts again.
+        if !is_terminal(old.phase.as_deref()) || status::reporting_unfinished(&old) {
+            let followed = Followed {
+                key,
+                reference,
+                id,
+                generation,
+                repository: rr.spec.repository.clone(),
+            };
+            ctx.ensure_mirror(followed, old);
         }
         return Ok(Action::await_change());
     }
@@ -336,9 +342,16 @@ async fn apply(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Error>
     let new = status::mirrored(&old, generation, &snapshot);
     ctx.publish(&reference, &old, &new).await?;
     ctx.reset_backoff(&key);
-    if !is_terminal(new.phase.as_deref()) {
-        ctx.ensure_mirror(key, reference, &id, generation, new);
-    }
+    // Even a run that already ended gets a mirror: it posts the commit statuses (if the Repo
+    // reports) and ends after the first snapshot.
+    let followed = Followed {
+        key,
+        reference,
+        id,
+        generation,
+        repository: rr.spec.repository.clone(),
+    };
+    ctx.ensure_mirror(followed, new);
     Ok(Action::await_change())
 }
 

@@ -117,6 +117,28 @@ pub fn build(rr: &RevisionRun, inputs: &Inputs<'_>) -> Result<pb::CreateRequest,
                 })
             }
         },
+        concurrency_group: rr
+            .spec
+            .concurrency
+            .as_ref()
+            .and_then(|c| c.group.clone())
+            .unwrap_or_default(),
+        // A group exists only with a limit: `supersede` without one means the newest run
+        // alone (cancel-in-progress).
+        max_concurrent: rr
+            .spec
+            .concurrency
+            .as_ref()
+            .and_then(|c| {
+                c.max_concurrent
+                    .or((c.policy == Some(crate::crd::ConcurrencyPolicy::Supersede)).then_some(1))
+            })
+            .unwrap_or_default(),
+        concurrency_policy: match rr.spec.concurrency.as_ref().and_then(|c| c.policy) {
+            None => pb::ConcurrencyPolicy::Unspecified,
+            Some(crate::crd::ConcurrencyPolicy::Queue) => pb::ConcurrencyPolicy::Queue,
+            Some(crate::crd::ConcurrencyPolicy::Supersede) => pb::ConcurrencyPolicy::Supersede,
+        } as i32,
         ..Default::default()
     })
 }
@@ -359,6 +381,8 @@ mod tests {
             url: None,
             credentials_secret: None,
             retention: None,
+            provider: None,
+            webhook: None,
         }
     }
 

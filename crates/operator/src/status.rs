@@ -12,6 +12,33 @@ pub const SUBMITTED: &str = "Submitted";
 pub const SUCCEEDED: &str = "Succeeded";
 /// The phase shown while the operator cannot submit (see the `Submitted` condition).
 pub const WAITING: &str = "Waiting";
+/// Condition type: the run's commit statuses are on the forge (`True`), cannot be posted
+/// (`False`), or are being posted (`Unknown`). Absent for Repos without `spec.provider`.
+pub const REPORTED: &str = "Reported";
+
+/// `previous` with the `Reported` condition set.
+pub fn reported(
+    previous: &RevisionRunStatus,
+    generation: i64,
+    state: &str,
+    reason: &str,
+    message: &str,
+) -> RevisionRunStatus {
+    let mut status = previous.clone();
+    set_condition(
+        &mut status.conditions,
+        condition(REPORTED, state, reason, message, generation),
+    );
+    status
+}
+
+/// Whether posting commit statuses began and has not ended (a crash may have cut it short).
+pub fn reporting_unfinished(status: &RevisionRunStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == REPORTED && c.status == "Unknown")
+}
 
 /// The phase name as the CRD shows it.
 pub fn phase_name(phase: pb::Phase) -> &'static str {

@@ -24,7 +24,9 @@
 
 pub mod certs;
 pub mod crds;
+pub mod flaky_http;
 pub mod git_server;
+pub mod gitea;
 pub mod kube_server;
 pub mod process;
 pub mod proxy;

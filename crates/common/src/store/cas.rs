@@ -82,6 +82,20 @@ impl Store {
             .await
     }
 
+    /// Cancels revision run `id` because a newer run of its concurrency group, for commit
+    /// `by_commit`, superseded it: its reason (`Superseded`) and message say so.
+    pub async fn supersede(&self, id: &str, by_commit: &str) -> Result<Updated> {
+        self.update(id, |rr| {
+            let decision = machine::cancel(rr, &now_rfc3339());
+            if decision.changed {
+                rr.reason = Some("Superseded".to_string());
+                rr.message = Some(format!("superseded by {by_commit}"));
+            }
+            Ok(decision)
+        })
+        .await
+    }
+
     /// Starts the next attempt (see [`machine::retry`]). `manifests` are the rendered manifests
     /// under the next attempt's PipelineRun names; they are stored first (harmless if the retry
     /// then loses a race: the names belong to that attempt only).

@@ -1,7 +1,10 @@
 //! The status mirror: one task per submitted RevisionRun follows its revision run with
-//! `Watch` and writes each change into the status, with Events on transitions only.
+//! `Watch` and writes each change into the status, with Events on transitions only. When the
+//! Repo reports to a forge, the mirror feeds its [`Reporting`] every snapshot and writes the
+//! reporter's `Reported` condition, so the status has one writer.
 
 use super::*;
+use crate::reconcile::report::{Outcome, Reporting};
 
 /// The Events for the transitions from `old` to `new`: a phase change, or a `Submitted`
 /// condition that changed its status or reason.
@@ -25,6 +28,28 @@ pub(super) fn transitions(old: &RevisionRunStatus, new: &RevisionRunStatus) -> V
             reason,
             note: Some(message),
             action: "Submit".into(),
+            secondary: None,
+        });
+    }
+    let reported = |s: &RevisionRunStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::REPORTED)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    if let Some((state, reason, message)) = reported(new)
+        && state != "Unknown"
+        && reported(old).map(|(s, r, _)| (s, r)) != Some((state.clone(), reason.clone()))
+    {
+        events.push(Event {
+            type_: if state == "True" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason,
+            note: Some(message),
+            action: "Report".into(),
             secondary: None,
         });
     }
@@ -52,16 +77,57 @@ pub(super) fn transitions(old: &RevisionRunStatus, new: &RevisionRunStatus) -> V
     events
 }
 
+/// What one mirror follows.
+pub(super) struct Followed {
+    pub(super) key: Key,
+    pub(super) reference: ObjectReference,
+    pub(super) id: String,
+    pub(super) generation: i64,
+    /// The RevisionRun's `spec.repository` (its Repo may report to a forge).
+    pub(super) repository: String,
+}
+
+impl Context {
+    /// Writes `next`, retrying until it lands: the next event may be far away.
+    async fn publish_until_written(
+        &self,
+        followed: &Followed,
+        last: &RevisionRunStatus,
+        next: &RevisionRunStatus,
+    ) {
+        let mut delay = Duration::from_millis(500);
+        while let Err(error) = self.publish(&followed.reference, last, next).await {
+            tracing::warn!(rr = %followed.id, %error, "status write failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn write_outcome(
+        &self,
+        followed: &Followed,
+        last: &mut RevisionRunStatus,
+        outcome: Outcome,
+    ) {
+        let next = status::reported(
+            last,
+            followed.generation,
+            outcome.state,
+            outcome.reason,
+            &outcome.message,
+        );
+        self.publish_until_written(followed, last, &next).await;
+        *last = next;
+    }
+}
+
 /// Follows revision run `id` with `Watch` and mirrors each change into the status until it
 /// is terminal; a lost stream is resumed from the last event (a snapshot comes first anyway).
-pub(super) async fn mirror(
-    ctx: Arc<Context>,
-    key: Key,
-    reference: ObjectReference,
-    id: String,
-    generation: i64,
-    mut last: RevisionRunStatus,
-) {
+/// Then waits for the reporter (if any) to post the last statuses and writes its outcome.
+pub(super) async fn mirror(ctx: Arc<Context>, followed: Followed, mut last: RevisionRunStatus) {
+    let id = followed.id.clone();
+    let mut reporting = Reporting::start(&ctx, &followed.key.0, &followed.repository, &id);
+    let mut reporter_open = true;
     let mut after = String::new();
     let mut delay = Duration::from_millis(500);
     'connect: loop {
@@ -73,19 +139,25 @@ pub(super) async fn mirror(
             Ok(response) => {
                 let mut stream = response.into_inner();
                 loop {
-                    match stream.message().await {
+                    let message = tokio::select! {
+                        message = stream.message() => message,
+                        outcome = reporting.next(), if reporter_open => {
+                            match outcome {
+                                Some(outcome) => ctx.write_outcome(&followed, &mut last, outcome).await,
+                                None => reporter_open = false,
+                            }
+                            continue;
+                        }
+                    };
+                    match message {
                         Ok(Some(event)) => {
                             delay = Duration::from_millis(500);
                             let Some(run) = event.revision_run else {
                                 continue;
                             };
-                            let next = status::mirrored(&last, generation, &run);
-                            // Retry the write until it lands: the next event may be far away.
-                            while let Err(error) = ctx.publish(&reference, &last, &next).await {
-                                tracing::warn!(rr = %id, %error, "status write failed; retrying");
-                                tokio::time::sleep(delay).await;
-                                delay = (delay * 2).min(Duration::from_secs(5));
-                            }
+                            reporting.show(&run);
+                            let next = status::mirrored(&last, followed.generation, &run);
+                            ctx.publish_until_written(&followed, &last, &next).await;
                             after = event.event_id;
                             last = next;
                             if is_terminal(last.phase.as_deref()) {
@@ -113,8 +185,12 @@ pub(super) async fn mirror(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+    let mut outcomes = reporting.finish();
+    while let Some(outcome) = outcomes.recv().await {
+        ctx.write_outcome(&followed, &mut last, outcome).await;
+    }
     let mut mirrors = ctx.mirrors.lock().unwrap_or_else(|e| e.into_inner());
-    if mirrors.get(&key).is_some_and(|m| m.id == id) {
-        mirrors.remove(&key);
+    if mirrors.get(&followed.key).is_some_and(|m| m.id == id) {
+        mirrors.remove(&followed.key);
     }
 }

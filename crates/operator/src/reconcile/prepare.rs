@@ -3,6 +3,7 @@
 //! the request built from them — or what the RevisionRun waits for.
 
 use super::*;
+use crate::reconcile::intake;
 
 /// What a RevisionRun's generation is, once looked up: ready to submit, or waiting for
 /// something (a missing Repo or template, an unreadable branch, a refused Secret) that a
@@ -14,7 +15,10 @@ pub(super) enum Prepared {
     Waiting(Wait),
 }
 
-/// Looks the Repo and templates up, resolves the commit and builds the request.
+/// Looks the Repo and templates up, resolves the commit and builds the request. A RevisionRun
+/// with `configFile` (a webhook run) takes its technologies from that file at the commit; when
+/// the file cannot run (missing, too large, invalid, naming an unknown template) the intake
+/// failed: besides the condition, the Repo gets an Event and the commit a `failure` status.
 pub(super) async fn prepare(rr: &RevisionRun, ctx: &Context) -> Result<Prepared, Error> {
     let ns = rr.namespace().unwrap_or_default();
     let Some((repo, repo_ns)) = lookup::<Repo>(ctx, &ns, &rr.spec.repository).await? else {
@@ -27,6 +31,40 @@ pub(super) async fn prepare(rr: &RevisionRun, ctx: &Context) -> Result<Prepared,
             ),
         }));
     };
+    let Some(path) = rr.spec.config_file.as_deref() else {
+        return prepare_with(rr, ctx, &ns, repo, repo_ns).await;
+    };
+    let commit = match commit_of(ctx, rr, &repo, &repo_ns).await? {
+        Ok(commit) => commit,
+        Err(wait) => return Ok(Prepared::Waiting(wait)),
+    };
+    let prepared = match intake::read(ctx, &repo, &repo_ns, &commit, path).await? {
+        Ok(file) => {
+            let mut effective = rr.clone();
+            effective.spec.technologies = file.technologies;
+            effective.spec.concurrency = file.concurrency.or(effective.spec.concurrency);
+            effective.spec.revision = Some(commit.clone());
+            prepare_with(&effective, ctx, &ns, repo.clone(), repo_ns.clone()).await?
+        }
+        Err(wait) => Prepared::Waiting(wait),
+    };
+    if let Prepared::Waiting(wait) = &prepared
+        && intake::is_intake_failure(wait.reason)
+    {
+        intake::failed(ctx, rr, &repo, &repo_ns, &commit, path, wait).await;
+    }
+    Ok(prepared)
+}
+
+/// [`prepare`] for technologies known: templates, commit, request.
+async fn prepare_with(
+    rr: &RevisionRun,
+    ctx: &Context,
+    ns: &str,
+    repo: Repo,
+    repo_ns: String,
+) -> Result<Prepared, Error> {
+    let ns = ns.to_string();
     let mut templates: BTreeMap<String, PipelineRunTemplateSpec> = BTreeMap::new();
     for tech in &rr.spec.technologies {
         if templates.contains_key(&tech.kind) {
@@ -70,34 +108,9 @@ pub(super) async fn prepare(rr: &RevisionRun, ctx: &Context) -> Result<Prepared,
             }
         }
     }
-    let commit = match rr.spec.revision.as_deref().map(str::trim) {
-        Some(revision) if !revision.is_empty() => revision.to_ascii_lowercase(),
-        _ => {
-            let credentials = match &repo.spec.credentials_secret {
-                Some(secret) => match credentials(ctx, &repo_ns, secret).await? {
-                    Ok(c) => Some(c),
-                    Err(wait) => return Ok(Prepared::Waiting(wait)),
-                },
-                None => None,
-            };
-            let url = request::repo_url(&repo.spec);
-            match ctx
-                .git
-                .branch_head(&url, &repo.spec.branch, credentials.as_ref())
-                .await
-            {
-                Ok(commit) => commit,
-                Err(error) => {
-                    return Ok(Prepared::Waiting(Wait {
-                        reason: error.reason(),
-                        message: format!(
-                            "cannot resolve branch {:?} of Repo {:?}: {error}",
-                            repo.spec.branch, rr.spec.repository
-                        ),
-                    }));
-                }
-            }
-        }
+    let commit = match commit_of(ctx, rr, &repo, &repo_ns).await? {
+        Ok(commit) => commit,
+        Err(wait) => return Ok(Prepared::Waiting(wait)),
     };
     let inputs = request::Inputs {
         repo: &repo.spec,
@@ -152,8 +165,20 @@ where
     Ok(None)
 }
 
-/// The label a Secret must carry (value `"true"`) to be used as Git or forge credentials.
-pub const CREDENTIALS_LABEL: &str = "stagetime.sthings.tiab.ssc.sva.de/credentials";
+/// The non-empty fields of Secret `name` in `ns` when it may be used as credentials (see
+/// [`crate::secrets::opted_in`]); else what the RevisionRun waits for.
+pub(super) async fn opted_in_secret(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Result<BTreeMap<String, String>, Wait>, Error> {
+    Ok(crate::secrets::opted_in(&ctx.client, ns, name)
+        .await?
+        .map_err(|refused| Wait {
+            reason: refused.reason,
+            message: refused.message,
+        }))
+}
 
 /// Basic-auth credentials from a Secret: `username` + `password`, or `token`.
 async fn credentials(
@@ -161,66 +186,54 @@ async fn credentials(
     ns: &str,
     name: &str,
 ) -> Result<Result<Credentials, Wait>, Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret = match api.get_opt(name).await {
-        Ok(Some(secret)) => secret,
-        Ok(None) => {
-            return Ok(Err(Wait {
-                reason: "SecretNotFound",
-                message: format!("credentials Secret {name:?} not found in namespace {ns:?}"),
-            }));
-        }
-        Err(kube::Error::Api(e)) if e.code == 403 => {
-            return Ok(Err(Wait {
-                reason: "SecretForbidden",
-                message: format!("the operator may not read Secret {name:?} in {ns:?}"),
-            }));
-        }
-        Err(e) => return Err(e.into()),
+    let mut data = match opted_in_secret(ctx, ns, name).await? {
+        Ok(data) => data,
+        Err(wait) => return Ok(Err(wait)),
     };
-    // A Secret is credentials only where its owner said so: otherwise anyone who may create a
-    // Repo could have any Secret of the namespace (a ServiceAccount's token, say) sent to the
-    // Repo's URL.
-    let opted_in = secret
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(CREDENTIALS_LABEL))
-        .is_some_and(|v| v == "true");
-    if !opted_in {
-        return Ok(Err(Wait {
-            reason: "SecretNotOptedIn",
-            message: format!(
-                "Secret {name:?} lacks the label {CREDENTIALS_LABEL}=\"true\" that marks it as Git credentials"
-            ),
-        }));
-    }
-    if secret.type_.as_deref() == Some("kubernetes.io/service-account-token") {
-        return Ok(Err(Wait {
-            reason: "SecretNotAllowed",
-            message: format!(
-                "Secret {name:?} is a ServiceAccount token; it is never sent to a Git host"
-            ),
-        }));
-    }
-    let data = secret.data.unwrap_or_default();
-    let field = |k: &str| {
-        data.get(k)
-            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    match (field("username"), field("password"), field("token")) {
-        (user, Some(password), _) => Ok(Ok(Credentials {
-            username: user.unwrap_or_else(|| "git".into()),
-            password,
-        })),
-        (user, None, Some(token)) => Ok(Ok(Credentials {
-            username: user.unwrap_or_else(|| "git".into()),
-            password: token,
-        })),
-        _ => Ok(Err(Wait {
+    let username = data.remove("username").unwrap_or_else(|| "git".into());
+    match data.remove("password").or_else(|| data.remove("token")) {
+        Some(password) => Ok(Ok(Credentials { username, password })),
+        None => Ok(Err(Wait {
             reason: "SecretInvalid",
             message: format!("Secret {name:?} has neither `password` nor `token`"),
         })),
     }
+}
+
+/// The commit to run: the RevisionRun's revision, else the head of the Repo's branch.
+async fn commit_of(
+    ctx: &Context,
+    rr: &RevisionRun,
+    repo: &Repo,
+    repo_ns: &str,
+) -> Result<Result<String, Wait>, Error> {
+    Ok(Ok(match rr.spec.revision.as_deref().map(str::trim) {
+        Some(revision) if !revision.is_empty() => revision.to_ascii_lowercase(),
+        _ => {
+            let credentials = match &repo.spec.credentials_secret {
+                Some(secret) => match credentials(ctx, repo_ns, secret).await? {
+                    Ok(c) => Some(c),
+                    Err(wait) => return Ok(Err(wait)),
+                },
+                None => None,
+            };
+            let url = request::repo_url(&repo.spec);
+            match ctx
+                .git
+                .branch_head(&url, &repo.spec.branch, credentials.as_ref())
+                .await
+            {
+                Ok(commit) => commit,
+                Err(error) => {
+                    return Ok(Err(Wait {
+                        reason: error.reason(),
+                        message: format!(
+                            "cannot resolve branch {:?} of Repo {:?}: {error}",
+                            repo.spec.branch, rr.spec.repository
+                        ),
+                    }));
+                }
+            }
+        }
+    }))
 }

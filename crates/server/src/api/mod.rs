@@ -240,7 +240,7 @@ impl Api {
             // Exactly the members the store answered: all joined the group before this run,
             // and the caller was authorized for each of them.
             for older in &created.superseded {
-                match self.store.cancel(older).await {
+                match self.store.supersede(older, &req.commit_id).await {
                     Ok(cancelled) => {
                         tracing::info!(rr = %older, by = %created.id, phase = %cancelled.rr.phase, "superseded");
                     }

@@ -2,7 +2,9 @@
 //! the Tekton PipelineRun CRD) and keeps it up until SIGINT/SIGTERM. Writes the connection
 //! settings as shell `export` lines to `--env-file` once everything is ready. With
 //! `STAGETIME_TEKTON=real` it also starts kube-controller-manager, kube-scheduler, a kwok node
-//! and the real Tekton controller (see `stagetime_testenv::tekton`).
+//! and the real Tekton controller (see `stagetime_testenv::tekton`). With `STAGETIME_FORGE=gitea`
+//! it also starts a Gitea on loopback (admin user and token made; see
+//! `stagetime_testenv::gitea`) and adds `GITEA_URL`, `GITEA_USER` and `GITEA_TOKEN` lines.
 use clap::Parser;
 use stagetime_testenv::TestEnv;
 
@@ -37,16 +39,27 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let gitea = if std::env::var("STAGETIME_FORGE").as_deref() == Ok("gitea") {
+        Some(stagetime_testenv::gitea::Gitea::start().await?)
+    } else {
+        None
+    };
     let kubeconfig = env.kube.kubeconfig().canonicalize()?;
     let tmp = args.env_file.with_extension("tmp");
-    std::fs::write(
-        &tmp,
-        format!(
-            "export REDIS_URL={}\nexport KUBECONFIG={}\n",
-            env.redis.url(),
-            kubeconfig.display()
-        ),
-    )?;
+    let mut lines = format!(
+        "export REDIS_URL={}\nexport KUBECONFIG={}\n",
+        env.redis.url(),
+        kubeconfig.display()
+    );
+    if let Some(gitea) = &gitea {
+        lines.push_str(&format!(
+            "export GITEA_URL={}\nexport GITEA_USER={}\nexport GITEA_TOKEN={}\n",
+            gitea.url(),
+            stagetime_testenv::gitea::USER,
+            gitea.token()
+        ));
+    }
+    std::fs::write(&tmp, lines)?;
     std::fs::rename(&tmp, &args.env_file)?;
     eprintln!("local environment ready: {}", args.env_file.display());
     stagetime_common::shutdown::signal().await;
