@@ -61,8 +61,11 @@ start_stack() {
   start creator target/debug/stagetime-creator --consumer local-creator --admin-addr "127.0.0.1:$(free_port)"
   start informer target/debug/stagetime-informer --admin-addr "127.0.0.1:$(free_port)"
   # Branch heads only from loopback Git servers: nothing here talks to another host.
+  hooks_port=$(free_port)
+  export STAGETIME_HOOKS="http://127.0.0.1:$hooks_port"
   start operator target/debug/stagetime-operator --admin-addr "127.0.0.1:$(free_port)" \
-    --lease-namespace "$namespace" --git-allowed-hosts 127.0.0.1,localhost
+    --lease-namespace "$namespace" --git-allowed-hosts 127.0.0.1,localhost \
+    --hooks-addr "127.0.0.1:$hooks_port"
   if [ "${STAGETIME_TEKTON:-sim}" != real ]; then
     start tekton-sim target/debug/stagetime-tekton-sim --delay-ms "${SIM_DELAY_MS:-1500}"
   fi

@@ -25,6 +25,7 @@ stageTime is up (namespace $namespace). In another shell:
 
 export KUBECONFIG=$KUBECONFIG
 export STAGETIME_SERVER=$STAGETIME_SERVER
+export STAGETIME_HOOKS=$STAGETIME_HOOKS
 ${forge_lines}
   kubectl apply -n $namespace -f examples/revisionrun.yaml && kubectl get rr -n $namespace -w
   grpcurl -plaintext -d @ ${STAGETIME_SERVER#http://} stagetime.v1.RevisionRuns/Create < examples/typed-create.json
@@ -37,6 +38,7 @@ if [ -n "${GITEA_URL:-}" ]; then
   # (docs/forge.md walks through it)
   curl -s -H "authorization: token \$GITEA_TOKEN" -H content-type:application/json \\
     -d '{"name":"app","auto_init":true}' \$GITEA_URL/api/v1/user/repos
+  # pushes that start runs: a webhook to \$STAGETIME_HOOKS/hooks/gitea/$namespace/app
 MSG
 fi
 cat <<MSG

@@ -283,10 +283,19 @@ impl Stack {
         .collect()
     }
 
-    /// An in-process operator with [`Self::operator_args`]; `extra` flags go last and win.
+    /// An in-process operator with [`Self::operator_args`]; a flag in `extra` replaces the
+    /// default's.
     pub fn spawn_operator(&self, extra: &[&str]) -> Component {
         let mut argv = vec!["stagetime-operator".to_string()];
-        argv.extend(self.operator_args());
+        // A flag given in `extra` replaces the default's flag and value.
+        let mut base = self.operator_args().into_iter();
+        while let Some(flag) = base.next() {
+            if extra.contains(&flag.as_str()) {
+                base.next();
+            } else {
+                argv.push(flag);
+            }
+        }
         argv.extend(extra.iter().map(|s| s.to_string()));
         let args = <stagetime_operator::Args as clap::Parser>::parse_from(argv);
         Component::spawn(|stop| async move {

@@ -193,7 +193,12 @@ fn run(
         params.push(pb::Param {
             name: key,
             value: Some(pb::param::Value::ArrayValue(pb::StringList {
-                values: value.split(',').map(|v| v.trim().to_string()).collect(),
+                // `,` or the original's `;` (only a template item can hold `;`: it separates
+                // the items of an override string).
+                values: value
+                    .split([',', ';'])
+                    .map(|v| v.trim().to_string())
+                    .collect(),
             })),
         });
     }
@@ -202,12 +207,13 @@ fn run(
         .into_iter()
         .enumerate()
     {
-        let parts: Vec<&str> = value.split(',').map(str::trim).collect();
+        // `storageClass,accessMode,size`, or the original's `storageClass;accessMode;size`.
+        let parts: Vec<&str> = value.split([',', ';']).map(str::trim).collect();
         let [storage_class, access_mode, size] = parts[..] else {
             return Err(BuildError {
                 reason: "InvalidOverride",
                 message: format!(
-                    "technology {:?}: vclaims item {} {key:?}: expected workspace=storageClass,accessMode,size",
+                    "technology {:?}: vclaims item {} {key:?}: expected workspace=storageClass,accessMode,size (or ; between them)",
                     tech.id,
                     i + 1
                 ),
@@ -476,6 +482,36 @@ mod tests {
             &run.params[2].value,
             Some(pb::param::Value::ArrayValue(l)) if l.values == ["a", "b"]
         ));
+    }
+
+    #[test]
+    fn the_originals_semicolon_items_are_accepted_in_templates() {
+        let original = PipelineRunTemplateSpec {
+            vclaims: vec!["source=openebs-hostpath;ReadWriteOnce;20Mi".into()],
+            listparams: vec!["k=a;b;c".into()],
+            ..docker()
+        };
+        let templates = BTreeMap::from([("docker".to_string(), original)]);
+        let req = build_with(&sample(), &templates, &[]).unwrap();
+        let run = &req.runs[0];
+        let claim = &run.volume_claim_templates[0];
+        assert_eq!(
+            (
+                claim.name.as_str(),
+                claim.storage_class.as_str(),
+                claim.access_mode.as_str(),
+                claim.size.as_str()
+            ),
+            ("source", "openebs-hostpath", "ReadWriteOnce", "20Mi")
+        );
+        assert!(run.params.iter().any(|p| p.name == "k"
+            && matches!(&p.value,
+                Some(pb::param::Value::ArrayValue(l)) if l.values == ["a", "b", "c"])));
+        // In an override `;` separates items, so a claim there still needs `,`.
+        let mut rr = sample();
+        rr.spec.technologies[0].vclaims = Some("source=local;ReadWriteOnce;1Gi".into());
+        let error = build_with(&rr, &templates, &[]).unwrap_err();
+        assert_eq!(error.reason, "InvalidOverride", "{}", error.message);
     }
 
     #[test]

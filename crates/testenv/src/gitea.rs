@@ -269,6 +269,90 @@ impl Gitea {
             .context("branch without commit id")
     }
 
+    /// Pushes one commit holding `files` (path, content) onto `branch` of repository `name`
+    /// with `git push` over HTTP (the token as password); returns the commit.
+    pub async fn push_files(
+        &self,
+        name: &str,
+        branch: &str,
+        message: &str,
+        files: &[(&str, &[u8])],
+    ) -> anyhow::Result<String> {
+        let dir = scratch_dir("gitea-push")?;
+        let remote = format!(
+            "http://{USER}:{}@{}/{USER}/{name}.git",
+            self.token,
+            self.base.trim_start_matches("http://")
+        );
+        let git = |args: &[&str]| -> anyhow::Result<String> {
+            let out = Command::new("git")
+                .args([
+                    "-c",
+                    "user.name=stagetime",
+                    "-c",
+                    "user.email=ci@example.invalid",
+                ])
+                .args(args)
+                .current_dir(&dir)
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("HOME", &dir)
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .output()
+                .context("run git")?;
+            if !out.status.success() {
+                bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        let dir_arg = dir.join("work").display().to_string();
+        git(&["clone", "--quiet", "--branch", branch, &remote, &dir_arg])?;
+        let work = dir.join("work");
+        for (path, content) in files {
+            let file = work.join(path);
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&file, content)?;
+        }
+        let c = |args: &[&str]| {
+            let mut full = vec!["-C", dir_arg.as_str()];
+            full.extend_from_slice(args);
+            git(&full)
+        };
+        c(&["add", "--all"])?;
+        c(&["commit", "--quiet", "--allow-empty", "-m", message])?;
+        c(&["push", "--quiet", "origin", branch])?;
+        let sha = c(&["rev-parse", "HEAD"])?;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(sha)
+    }
+
+    /// Adds a push webhook of type `gitea` to repository `name`, signed with `secret`;
+    /// returns its id.
+    pub async fn add_hook(&self, name: &str, url: &str, secret: &str) -> anyhow::Result<u64> {
+        let hook = self
+            .expect(
+                http::Method::POST,
+                &format!("/api/v1/repos/{USER}/{name}/hooks"),
+                Some(json!({"type": "gitea", "active": true, "events": ["push"],
+                    "config": {"url": url, "content_type": "json", "secret": secret}})),
+            )
+            .await?;
+        hook["id"].as_u64().context("hook without id")
+    }
+
+    /// Asks Gitea to deliver hook `id` again for the branch head (its "test delivery": a push
+    /// event of the last commit, with a new delivery id).
+    pub async fn test_hook(&self, name: &str, id: u64) -> anyhow::Result<()> {
+        self.expect(
+            http::Method::POST,
+            &format!("/api/v1/repos/{USER}/{name}/hooks/{id}/tests"),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
     /// Gitea's combined state of `sha` (what branch protection reads).
     pub async fn combined_state(&self, name: &str, sha: &str) -> anyhow::Result<String> {
         let combined = self

@@ -27,6 +27,7 @@ pub mod crds;
 pub mod flaky_http;
 pub mod git_server;
 pub mod gitea;
+pub mod http_client;
 pub mod kube_server;
 pub mod process;
 pub mod proxy;
