@@ -487,10 +487,19 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
             &runs,
             true,
         ),
+        // Deletes the RevisionRuns its webhook receiver made once retention removed their
+        // runs (it may patch them anyway).
         (
             sa("stagetime-operator"),
             "delete",
             "revisionruns.stagetime.sthings.tiab.ssc.sva.de",
+            &runs,
+            true,
+        ),
+        (
+            sa("stagetime-operator"),
+            "delete",
+            "repos.stagetime.sthings.tiab.ssc.sva.de",
             &runs,
             false,
         ),

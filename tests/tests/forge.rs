@@ -328,3 +328,34 @@ async fn an_unavailable_forge_is_retried_and_a_bad_token_is_a_condition() -> any
     assert!(gitea.statuses(&denied, &other).await?.is_empty());
     Ok(())
 }
+
+/// A Repo of the operator's shared namespace lends its token to nobody: a tenant's RevisionRun
+/// naming it runs, but posts nothing on the platform repository's commit (whose `stagetime`
+/// check branch protection may require) and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_repo_does_not_report_for_another_namespace() -> anyhow::Result<()> {
+    let gitea = Gitea::shared().await?;
+    let stack = Stack::start("forge-shared", Duration::from_millis(200)).await?;
+    let shared_ns = stack.env.namespace("forge-platform").await?;
+    let platform = Cluster::in_namespace(stack.client.clone(), &shared_ns);
+    let (repo, sha) = forge_repo(&platform, gitea, &shared_ns, "app", gitea.token(), None).await?;
+    let tenant = Cluster::new(&stack);
+    templates(&tenant).await?;
+    let _operator = stack.spawn_operator(&["--shared-namespace", &shared_ns]);
+    tenant
+        .revision_run(
+            "borrowed",
+            json!({"repository": "app", "revision": sha, "technologies": [
+                {"id": "build", "kind": "job"}]}),
+        )
+        .await?;
+    let refused = wait_reported(&tenant, "borrowed", "False").await?;
+    let status = refused.status.unwrap_or_default();
+    let (_, reason, _) = condition(&status, "Reported").unwrap_or_default();
+    assert_eq!(reason, "SharedRepo");
+    tenant
+        .wait_status("borrowed", "to succeed", |s| phase(s) == "Succeeded")
+        .await?;
+    assert!(gitea.statuses(&repo, &sha).await?.is_empty());
+    Ok(())
+}

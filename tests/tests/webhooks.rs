@@ -234,10 +234,33 @@ async fn a_push_runs_the_stages_its_file_names() -> anyhow::Result<()> {
     let runs = h.runs().await?;
     assert_eq!(runs.len(), 1, "one push, one RevisionRun");
     assert_eq!(runs[0].metadata.uid, rr.metadata.uid);
-    assert_eq!(
-        stack.store.list(&ListFilter::default()).await?.items.len(),
-        1
-    );
+    let stored = stack.store.list(&ListFilter::default()).await?.items;
+    assert_eq!(stored.len(), 1);
+
+    // Retention removes the run (as housekeeping does); the webhook's RevisionRun goes with it
+    // at its next reconcile (a touch here instead of waiting for the periodic check).
+    assert!(stack.store.purge(&stored[0]).await?);
+    h.cluster
+        .rrs
+        .patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})),
+        )
+        .await?;
+    wait_for(
+        "the webhook RevisionRun to go with its run",
+        WAIT,
+        || async {
+            h.cluster
+                .rrs
+                .get_opt(&name)
+                .await
+                .ok()
+                .and_then(|o| o.is_none().then_some(()))
+        },
+    )
+    .await?;
     Ok(())
 }
 
@@ -368,6 +391,9 @@ async fn hostile_deliveries_are_refused_and_bad_files_fail_the_intake() -> anyho
         assert_eq!(got, 202, "{text}");
         let (again, text) = h.deliver(delivery, &body, Some(secret)).await?;
         assert_eq!(again, 409, "a replayed delivery id: {text}");
+        let renamed = format!("{delivery}-renamed");
+        let (again, text) = h.deliver(&renamed, &body, Some(secret)).await?;
+        assert_eq!(again, 409, "the same signed body under a new id: {text}");
         let rr = h.run_of(commit).await?;
         let name = rr.metadata.name.unwrap_or_default();
         h.cluster.wait_waiting(&name, reason).await?;

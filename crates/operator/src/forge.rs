@@ -43,14 +43,17 @@ impl Target {
         let uri: http::Uri = url
             .trim()
             .parse()
-            .map_err(|e| TargetError(format!("spec.url {url:?} is not a URL: {e}")))?;
+            .map_err(|_| TargetError("spec.url is not a URL".to_string()))?;
         let (scheme, authority) = match (uri.scheme_str(), uri.authority()) {
-            (Some(s @ ("http" | "https")), Some(a)) => (s, a.as_str()),
-            _ => {
-                return Err(TargetError(format!(
-                    "spec.url {url:?} is not an http(s) URL"
-                )));
+            // Credentials in the URL would end up in messages and in every API URL: they
+            // belong in the credentialsSecret.
+            (_, Some(a)) if a.as_str().contains('@') => {
+                return Err(TargetError(
+                    "spec.url carries credentials; put them in the credentialsSecret".to_string(),
+                ));
             }
+            (Some(s @ ("http" | "https")), Some(a)) => (s, a.as_str()),
+            _ => return Err(TargetError("spec.url is not an http(s) URL".to_string())),
         };
         let segments: Vec<&str> = uri
             .path()
@@ -60,9 +63,9 @@ impl Target {
             .filter(|s| !s.is_empty())
             .collect();
         if segments.len() < 2 {
-            return Err(TargetError(format!(
-                "spec.url {url:?} names no owner/repository path"
-            )));
+            return Err(TargetError(
+                "spec.url names no owner/repository path".to_string(),
+            ));
         }
         let kind = provider.type_;
         // GitLab projects nest in groups: the whole path is the project. GitHub and Gitea have
@@ -78,6 +81,12 @@ impl Target {
             }
         };
         let api = match provider.api_url.as_deref().map(str::trim) {
+            Some(api) if api.contains('@') => {
+                return Err(TargetError(
+                    "spec.provider.apiUrl carries credentials; put them in the credentialsSecret"
+                        .to_string(),
+                ));
+            }
             Some(api) if !api.is_empty() => api.trim_end_matches('/').to_string(),
             _ => match kind {
                 ForgeKind::Github if authority.eq_ignore_ascii_case("github.com") => {
@@ -109,16 +118,30 @@ impl Target {
         }
     }
 
-    /// Where the latest status of every context of `sha` is read.
-    pub fn latest_url(&self, sha: &str) -> String {
+    /// How many entries one page of the status list holds (Gitea caps pages at 50 and reads
+    /// `limit`; GitHub and GitLab read `per_page`, up to 100).
+    pub fn page_size(&self) -> usize {
+        match self.kind {
+            ForgeKind::Gitea => 50,
+            _ => 100,
+        }
+    }
+
+    /// Where page `page` (from 1) of the latest status of every context of `sha` is read.
+    pub fn latest_url(&self, sha: &str, page: usize) -> String {
+        let size = self.page_size();
         match self.kind {
             ForgeKind::Gitlab => format!(
-                "{}/projects/{}/repository/commits/{sha}/statuses?per_page=100",
+                "{}/projects/{}/repository/commits/{sha}/statuses?per_page={size}&page={page}",
                 self.api,
                 self.gitlab_project()
             ),
-            _ => format!(
-                "{}/repos/{}/commits/{sha}/status?per_page=100",
+            ForgeKind::Gitea => format!(
+                "{}/repos/{}/commits/{sha}/status?limit={size}&page={page}",
+                self.api, self.path
+            ),
+            ForgeKind::Github => format!(
+                "{}/repos/{}/commits/{sha}/status?per_page={size}&page={page}",
                 self.api, self.path
             ),
         }
@@ -180,13 +203,13 @@ pub enum ForgeError {
         /// How long the forge asked to wait.
         after: Option<Duration>,
     },
-    /// A refusal that will not change by retrying (a bad token, an unknown repository).
-    #[error("HTTP {status}: {detail}")]
+    /// A refusal that will not change by retrying (a bad token, an unknown repository). The
+    /// answer's body is not kept: a URL a Repo chose may point anywhere, and what answered
+    /// must not be echoed into conditions.
+    #[error("HTTP {status}")]
     Refused {
         /// The HTTP status.
         status: u16,
-        /// The forge's message, clipped.
-        detail: String,
     },
     /// The request may not be sent at all (host not allowed, token over plain HTTP).
     #[error("{0}")]
@@ -333,10 +356,7 @@ impl Forge {
                     detail: format!("rate limit of {host} exhausted (HTTP {status})"),
                     after,
                 }),
-                _ => Err(ForgeError::Refused {
-                    status,
-                    detail: mapping::clip(String::from_utf8_lossy(&body).trim(), 200),
-                }),
+                _ => Err(ForgeError::Refused { status }),
             }
         };
         tokio::time::timeout(self.timeout, exchange)
@@ -396,28 +416,36 @@ impl Forge {
         token: &str,
         sha: &str,
     ) -> Result<HashMap<String, String>, ForgeError> {
-        let body = self
-            .call(
-                target,
-                token,
-                http::Method::GET,
-                &target.latest_url(sha),
-                None,
-            )
-            .await?;
-        let shown: Vec<Shown> = match target.kind {
-            // GitLab lists the newest status of every name (without `all=true`).
-            ForgeKind::Gitlab => serde_json::from_slice(&body),
-            _ => serde_json::from_slice::<Combined>(&body).map(|c| c.statuses.unwrap_or_default()),
-        }
-        .map_err(|e| ForgeError::Retry {
-            detail: format!("unreadable status list: {e}"),
-            after: None,
-        })?;
         let mut latest = HashMap::new();
-        for s in shown {
-            // Lists are newest first: the first entry of a context is its state.
-            latest.entry(s.context).or_insert(s.state);
+        // At most 10 pages (500-1000 contexts): more than any run posts.
+        for page in 1..=10 {
+            let body = self
+                .call(
+                    target,
+                    token,
+                    http::Method::GET,
+                    &target.latest_url(sha, page),
+                    None,
+                )
+                .await?;
+            let shown: Vec<Shown> = match target.kind {
+                // GitLab lists the newest status of every name (without `all=true`).
+                ForgeKind::Gitlab => serde_json::from_slice(&body),
+                _ => serde_json::from_slice::<Combined>(&body)
+                    .map(|c| c.statuses.unwrap_or_default()),
+            }
+            .map_err(|e| ForgeError::Retry {
+                detail: format!("unreadable status list: {e}"),
+                after: None,
+            })?;
+            let full = shown.len() >= target.page_size();
+            for s in shown {
+                // Lists are newest first: the first entry of a context is its state.
+                latest.entry(s.context).or_insert(s.state);
+            }
+            if !full {
+                break;
+            }
         }
         Ok(latest)
     }
@@ -480,8 +508,8 @@ mod tests {
         assert_eq!(gitea.api, "http://127.0.0.1:3000/git/api/v1");
         assert_eq!(gitea.path, "acme/app");
         assert_eq!(
-            gitea.latest_url("abc"),
-            "http://127.0.0.1:3000/git/api/v1/repos/acme/app/commits/abc/status?per_page=100"
+            gitea.latest_url("abc", 2),
+            "http://127.0.0.1:3000/git/api/v1/repos/acme/app/commits/abc/status?limit=50&page=2"
         );
         let gitlab = t(
             "https://gitlab.example.com/group/sub/app.git",
@@ -503,6 +531,13 @@ mod tests {
             Target::of(&repo("https://github.com/app", ForgeKind::Github, None)).is_err(),
             "one path segment names no repository"
         );
+        let leaky = Target::of(&repo(
+            "https://oauth2:glpat-secret@gitlab.example.com/g/app.git",
+            ForgeKind::Gitlab,
+            None,
+        ))
+        .unwrap_err();
+        assert!(!leaky.0.contains("glpat-secret"), "{leaky}");
         let mut plain = repo("https://github.com/acme/app", ForgeKind::Github, None);
         plain.provider = None;
         assert_eq!(Target::of(&plain), Ok(None));

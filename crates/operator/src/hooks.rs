@@ -21,8 +21,7 @@ use std::{
 
 use axum::{
     Router,
-    body::Bytes,
-    extract::{ConnectInfo, DefaultBodyLimit, Path, State},
+    extract::{ConnectInfo, Path, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::post,
@@ -58,6 +57,8 @@ const SEEN_TTL: Duration = Duration::from_secs(24 * 3600);
 const SEEN_MAX: usize = 100_000;
 /// Most sources tracked by the rate limiter at once.
 const SOURCES_MAX: usize = 10_000;
+/// Most deliveries read and judged at once (bounds the memory of bodies in flight).
+const IN_FLIGHT_MAX: usize = 32;
 
 /// Limits of the receiver.
 #[derive(Clone, Debug)]
@@ -134,6 +135,7 @@ struct Shared {
     metrics: Metrics,
     sources: Mutex<HashMap<IpAddr, Bucket>>,
     seen: Mutex<Seen>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 /// An answer: status, the result label, and the reason in words.
@@ -165,17 +167,16 @@ impl From<Refusal> for Answer {
 
 /// The receiver's routes.
 pub fn router(client: kube::Client, settings: Settings, metrics: Metrics) -> Router {
-    let limit = settings.max_body_bytes;
     let shared = Arc::new(Shared {
         client,
         settings,
         metrics,
         sources: Mutex::default(),
         seen: Mutex::default(),
+        in_flight: tokio::sync::Semaphore::new(IN_FLIGHT_MAX),
     });
     Router::new()
         .route("/hooks/{forge}/{namespace}/{repo}", post(receive))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
 }
 
@@ -197,41 +198,49 @@ async fn receive(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((forge, namespace, repo)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    request: axum::extract::Request,
 ) -> Response {
-    let answer = match body {
-        Err(rejection) => Answer::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!(
-                "{rejection} (at most {} bytes)",
-                shared.settings.max_body_bytes
+    // Before a byte of the body is read: the rate limit per source, then a bound on bodies in
+    // flight, then the body itself within the size limit and the deadline.
+    let answer = if !shared.allow(peer.ip()) {
+        Answer::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many deliveries from this source",
+        )
+    } else if let Ok(_permit) = shared.in_flight.try_acquire() {
+        let deadline = tokio::time::Instant::now() + shared.settings.timeout;
+        let (parts, body) = request.into_parts();
+        let limit = shared.settings.max_body_bytes;
+        match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit)).await {
+            Err(_) => Answer::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "unavailable",
+                "the body did not arrive in time",
             ),
-        ),
-        Ok(body) => {
-            match tokio::time::timeout(
-                shared.settings.timeout,
-                judge(
-                    &shared,
-                    peer.ip(),
-                    &forge,
-                    &namespace,
-                    &repo,
-                    &headers,
-                    &body,
-                ),
-            )
-            .await
-            {
-                Ok(answer) => answer,
-                Err(_) => Answer::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the delivery took too long; the forge may retry it",
-                ),
+            Ok(Err(_)) => Answer::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is larger than {limit} bytes"),
+            ),
+            Ok(Ok(body)) => {
+                let judged = judge(&shared, &forge, &namespace, &repo, &parts.headers, &body);
+                match tokio::time::timeout_at(deadline, judged).await {
+                    Ok(answer) => answer,
+                    Err(_) => Answer::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "the delivery took too long; the forge may retry it",
+                    ),
+                }
             }
         }
+    } else {
+        Answer::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "too many deliveries at once; the forge may retry",
+        )
     };
     shared
         .metrics
@@ -308,23 +317,14 @@ pub fn run_name(repo: &str, sha: &str) -> String {
     format!("{}-{short}", base.trim_end_matches(['-', '.']))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn judge(
     shared: &Shared,
-    source: IpAddr,
     forge: &str,
     namespace: &str,
     repo_name: &str,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Answer {
-    if !shared.allow(source) {
-        return Answer::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many deliveries from this source",
-        );
-    }
     let json = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -428,13 +428,20 @@ async fn judge(
         Ok(id) => id,
         Err(refusal) => return refusal.into(),
     };
+    // Remembered by id and by the body's digest: the id header is not signed, so a captured
+    // delivery replayed under a new id is refused too.
+    let digest: String = ring::digest::digest(&ring::digest::SHA256, body)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let seen_key = format!("{namespace}/{repo_name}/{id}");
-    if shared
-        .seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(&seen_key)
-    {
+    let body_key = format!("{namespace}/{repo_name}/sha256:{digest}");
+    let replayed = {
+        let mut seen = shared.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.contains(&seen_key) || seen.contains(&body_key)
+    };
+    if replayed {
         return Answer::new(
             StatusCode::CONFLICT,
             "duplicate",
@@ -469,10 +476,7 @@ async fn judge(
         return Answer::new(
             StatusCode::FORBIDDEN,
             "foreign",
-            format!(
-                "the push is for {:?}, not this Repo's {own}",
-                push.urls.first().cloned().unwrap_or_default()
-            ),
+            "the push is for another repository than this Repo's spec.url",
         );
     }
     let ignored = |why: String| Answer::new(StatusCode::ACCEPTED, "ignored", why);
@@ -576,11 +580,10 @@ async fn judge(
             );
         }
     };
-    shared
-        .seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(seen_key);
+    let mut seen = shared.seen.lock().unwrap_or_else(|e| e.into_inner());
+    seen.insert(seen_key);
+    seen.insert(body_key);
+    drop(seen);
     answer
 }
 

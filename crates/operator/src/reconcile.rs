@@ -289,8 +289,9 @@ async fn apply(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Error>
                 repository: rr.spec.repository.clone(),
             };
             ctx.ensure_mirror(followed, old);
+            return Ok(Action::await_change());
         }
-        return Ok(Action::await_change());
+        return retire_webhook_run(&rr, &ctx, &id).await;
     }
     let request = match prepare(&rr, &ctx).await? {
         Prepared::Ready(request) => *request,
@@ -353,6 +354,40 @@ async fn apply(rr: Arc<RevisionRun>, ctx: Arc<Context>) -> Result<Action, Error>
     };
     ctx.ensure_mirror(followed, new);
     Ok(Action::await_change())
+}
+
+/// How often an ended webhook RevisionRun checks whether housekeeping removed its run.
+const RETIRE_CHECK: Duration = Duration::from_secs(600);
+
+/// A RevisionRun the webhook receiver created lives as long as its revision run: once
+/// housekeeping removed the run (retention), the object goes too, so webhook runs do not pile
+/// up. Hand-made RevisionRuns are their authors' to delete.
+async fn retire_webhook_run(rr: &RevisionRun, ctx: &Context, id: &str) -> Result<Action, Error> {
+    let from_webhook = rr
+        .annotations()
+        .contains_key(crate::hooks::ANNOTATION_DELIVERY);
+    if !from_webhook {
+        return Ok(Action::await_change());
+    }
+    match ctx
+        .unary(ctx.grpc.clone().get(pb::GetRequest { id: id.to_string() }))
+        .await
+    {
+        Ok(_) => Ok(Action::requeue(RETIRE_CHECK)),
+        Err(s) if s.code() == Code::NotFound => {
+            let api: Api<RevisionRun> =
+                Api::namespaced(ctx.client.clone(), &rr.namespace().unwrap_or_default());
+            match api.delete(&rr.name_any(), &Default::default()).await {
+                Ok(_) => {
+                    tracing::info!(rr = %rr.name_any(), revision_run = %id, "webhook RevisionRun removed with its run");
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(Action::await_change())
+        }
+        Err(s) => Err(Error::Server(s.message().to_string())),
+    }
 }
 
 async fn waiting(

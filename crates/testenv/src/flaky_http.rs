@@ -110,7 +110,9 @@ impl FlakyHttp {
             failures_left: AtomicUsize::new(failures),
             failed: AtomicUsize::new(0),
             forwarded: AtomicUsize::new(0),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build_http(),
         });
         let listener =
             tokio::net::TcpListener::bind(("127.0.0.1", crate::process::free_port()?)).await?;

@@ -161,7 +161,9 @@ impl Gitea {
             _process: process,
             base: format!("http://127.0.0.1:{port}"),
             token,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build_http(),
         };
         crate::wait_for("gitea to answer", Duration::from_secs(60), || async {
             server

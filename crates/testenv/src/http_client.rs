@@ -14,7 +14,9 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> anyhow::Result<(u16, String)> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http();
     let mut request = hyper::Request::builder().method(method).uri(url);
     for (name, value) in headers {
         request = request.header(*name, *value);

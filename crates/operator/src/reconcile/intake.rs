@@ -29,6 +29,7 @@ pub(super) fn is_intake_failure(reason: &str) -> bool {
 /// Reads and parses `path` at `commit`.
 pub(super) async fn read(
     ctx: &Context,
+    rr: &RevisionRun,
     repo: &Repo,
     repo_ns: &str,
     commit: &str,
@@ -40,7 +41,8 @@ pub(super) async fn read(
             message: format!("configFile {path:?} is not a relative path inside the repository"),
         }));
     }
-    let (target, token) = match access(ctx, repo, repo_ns).await? {
+    let rr_ns = rr.namespace().unwrap_or_default();
+    let (target, token) = match access(ctx, repo, repo_ns, &rr_ns).await? {
         Ok(Some(access)) => access,
         Ok(None) => {
             return Ok(Err(Wait {
@@ -99,6 +101,9 @@ pub(super) async fn failed(
     path: &str,
     wait: &Wait,
 ) {
+    if rr.namespace().as_deref() != Some(repo_ns) {
+        return;
+    }
     let event = Event {
         type_: EventType::Warning,
         reason: wait.reason.to_string(),
@@ -113,7 +118,8 @@ pub(super) async fn failed(
     if let Err(error) = ctx.recorder.publish(&event, &repo.object_ref(&())).await {
         tracing::warn!(%error, "event not recorded");
     }
-    let Ok(Ok(Some((target, token)))) = access(ctx, repo, repo_ns).await else {
+    let rr_ns = rr.namespace().unwrap_or_default();
+    let Ok(Ok(Some((target, token)))) = access(ctx, repo, repo_ns, &rr_ns).await else {
         return;
     };
     let status = mapping::Status {

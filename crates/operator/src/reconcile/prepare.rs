@@ -38,11 +38,20 @@ pub(super) async fn prepare(rr: &RevisionRun, ctx: &Context) -> Result<Prepared,
         Ok(commit) => commit,
         Err(wait) => return Ok(Prepared::Waiting(wait)),
     };
-    let prepared = match intake::read(ctx, &repo, &repo_ns, &commit, path).await? {
+    let prepared = match intake::read(ctx, rr, &repo, &repo_ns, &commit, path).await? {
         Ok(file) => {
             let mut effective = rr.clone();
             effective.spec.technologies = file.technologies;
-            effective.spec.concurrency = file.concurrency.or(effective.spec.concurrency);
+            // A group the file names is the Repo's own: a pusher cannot join (or supersede)
+            // another repository's group.
+            let repo_name = repo.name_any();
+            effective.spec.concurrency = file
+                .concurrency
+                .map(|mut c| {
+                    c.group = c.group.map(|g| format!("{repo_name}-{g}"));
+                    c
+                })
+                .or(effective.spec.concurrency);
             effective.spec.revision = Some(commit.clone());
             prepare_with(&effective, ctx, &ns, repo.clone(), repo_ns.clone()).await?
         }

@@ -105,12 +105,16 @@ enum Setup {
     Ready(Target, String),
 }
 
-/// Where `repo`'s statuses and files are read and written, and the token: `Ok(None)` when the
-/// Repo names no provider; a [`Wait`] when it does but cannot be used.
+/// Where `repo`'s statuses and files are read and written, and the token, for a RevisionRun
+/// of namespace `rr_ns`: `Ok(None)` when the Repo names no provider; a [`Wait`] when it does but
+/// cannot be used. Only a Repo of the RevisionRun's own namespace lends its token: a tenant
+/// naming a shared Repo must not post statuses (the check branch protection requires) on the
+/// platform's repository, nor read its files, with the platform's token.
 pub(super) async fn access(
     ctx: &Context,
     repo: &Repo,
     repo_ns: &str,
+    rr_ns: &str,
 ) -> Result<Result<Option<(Target, String)>, Wait>, Error> {
     let name = repo.name_any();
     let target = match Target::of(&repo.spec) {
@@ -123,6 +127,14 @@ pub(super) async fn access(
             }));
         }
     };
+    if repo_ns != rr_ns {
+        return Ok(Err(Wait {
+            reason: "SharedRepo",
+            message: format!(
+                "Repo {name:?} of namespace {repo_ns:?} reports to its forge only for RevisionRuns of its own namespace"
+            ),
+        }));
+    }
     let Some(secret) = repo.spec.credentials_secret.as_deref() else {
         return Ok(Err(Wait {
             reason: "TokenMissing",
@@ -149,7 +161,7 @@ async fn setup(ctx: &Context, ns: &str, repository: &str) -> Result<Setup, Error
     let Some((repo, repo_ns)) = lookup::<Repo>(ctx, ns, repository).await? else {
         return Ok(Setup::Silent);
     };
-    Ok(match access(ctx, &repo, &repo_ns).await? {
+    Ok(match access(ctx, &repo, &repo_ns, ns).await? {
         Ok(Some((target, token))) => Setup::Ready(target, token),
         Ok(None) => Setup::Silent,
         Err(wait) => Setup::Broken(Outcome::new("False", wait.reason, wait.message)),
