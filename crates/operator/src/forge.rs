@@ -8,7 +8,7 @@ use std::{collections::HashMap, time::Duration};
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use hyper_util::client::legacy::Client;
 use serde::Deserialize;
 
 use crate::{
@@ -226,13 +226,11 @@ const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// The longest wait a forge's rate-limit headers can impose on one call.
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(300);
 
-type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
-
 /// A forge client: one connection pool, every call bounded by `timeout`, only `allowed_hosts`
 /// (when non-empty) contacted, tokens sent only over https (or http to loopback).
 #[derive(Clone)]
 pub struct Forge {
-    client: Client<Https, Full<Bytes>>,
+    client: Client<crate::git::Https, Full<Bytes>>,
     timeout: Duration,
     allowed_hosts: Vec<String>,
 }
@@ -255,13 +253,8 @@ struct Shown {
 impl Forge {
     /// A client whose every call ends within `timeout`.
     pub fn new(timeout: Duration, allowed_hosts: Vec<String>) -> anyhow::Result<Self> {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()?
-            .https_or_http()
-            .enable_http1()
-            .build();
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(https),
+            client: crate::git::https_client()?,
             timeout,
             allowed_hosts,
         })

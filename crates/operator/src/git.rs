@@ -111,7 +111,22 @@ pub fn may_carry_credentials(uri: &http::Uri) -> bool {
     }
 }
 
-type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+pub(crate) type Https =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// An HTTP/1.1 client for http and https (rustls, the system's CA roots), one pool.
+pub(crate) fn https_client<B>() -> anyhow::Result<Client<Https, B>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
 
 /// A reusable resolver (one connection pool, the system's CA roots).
 #[derive(Clone)]
@@ -125,13 +140,8 @@ impl Resolver {
     /// A resolver whose every lookup ends within `timeout`; with `allowed_hosts` non-empty it
     /// contacts only those hosts (a Repo cannot make the operator probe internal services).
     pub fn new(timeout: Duration, allowed_hosts: Vec<String>) -> anyhow::Result<Self> {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()?
-            .https_or_http()
-            .enable_http1()
-            .build();
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(https),
+            client: https_client()?,
             timeout,
             allowed_hosts,
         })

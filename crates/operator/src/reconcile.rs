@@ -507,5 +507,16 @@ mod tests {
             )
             .is_empty()
         );
+        let posting = status::reported(&running, 1, "Unknown", "Reporting", "posting");
+        assert!(
+            transitions(&running, &posting).is_empty(),
+            "posting is no Event"
+        );
+        let refused = status::reported(&posting, 1, "False", "ForgeRefused", "HTTP 401");
+        let events = transitions(&posting, &refused);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].reason, "ForgeRefused");
+        assert!(matches!(events[0].type_, EventType::Warning));
+        assert!(transitions(&refused, &refused).is_empty());
     }
 }

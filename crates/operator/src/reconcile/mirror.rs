@@ -6,53 +6,17 @@
 use super::*;
 use crate::reconcile::report::{Outcome, Reporting};
 
-/// The Events for the transitions from `old` to `new`: a phase change, or a `Submitted`
-/// condition that changed its status or reason.
+/// The Events for the transitions from `old` to `new`: a phase change, or a `Submitted` or
+/// `Reported` condition that changed its status or reason.
 pub(super) fn transitions(old: &RevisionRunStatus, new: &RevisionRunStatus) -> Vec<Event> {
-    let mut events = Vec::new();
-    let submitted = |s: &RevisionRunStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == SUBMITTED)
-            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-    };
-    if let Some((state, reason, message)) = submitted(new)
-        && submitted(old).map(|(s, r, _)| (s, r)) != Some((state.clone(), reason.clone()))
-    {
-        events.push(Event {
-            type_: if state == "True" {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason,
-            note: Some(message),
-            action: "Submit".into(),
-            secondary: None,
-        });
-    }
-    let reported = |s: &RevisionRunStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == status::REPORTED)
-            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-    };
-    if let Some((state, reason, message)) = reported(new)
-        && state != "Unknown"
-        && reported(old).map(|(s, r, _)| (s, r)) != Some((state.clone(), reason.clone()))
-    {
-        events.push(Event {
-            type_: if state == "True" {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason,
-            note: Some(message),
-            action: "Report".into(),
-            secondary: None,
-        });
-    }
+    let mut events: Vec<Event> = [
+        condition_event(old, new, SUBMITTED, "Submit", true),
+        // `Reported` says `Unknown` while posting: only its outcome is an Event.
+        condition_event(old, new, status::REPORTED, "Report", false),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     if new.phase != old.phase
         && let Some(phase) = &new.phase
         && phase != status::WAITING
@@ -119,6 +83,40 @@ impl Context {
         self.publish_until_written(followed, last, &next).await;
         *last = next;
     }
+}
+
+/// The Event for condition `type_` when its status or reason changed from `old` to `new`
+/// (Normal when `True`, else Warning); an `Unknown` one only when `unknown` says so.
+fn condition_event(
+    old: &RevisionRunStatus,
+    new: &RevisionRunStatus,
+    type_: &str,
+    action: &str,
+    unknown: bool,
+) -> Option<Event> {
+    let find = |s: &RevisionRunStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let (state, reason, message) = find(new)?;
+    if (!unknown && state == "Unknown")
+        || find(old).map(|(s, r, _)| (s, r)) == Some((state.clone(), reason.clone()))
+    {
+        return None;
+    }
+    Some(Event {
+        type_: if state == "True" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason,
+        note: Some(message),
+        action: action.into(),
+        secondary: None,
+    })
 }
 
 /// Follows revision run `id` with `Watch` and mirrors each change into the status until it
