@@ -19,6 +19,7 @@ has() { [ -n "$(rr_field "$1")" ]; }
 wait_for "the operator to submit the RevisionRun" 60 has revisionRunId
 id=$(rr_field revisionRunId)
 echo "revision run: $id"
+if [ -n "${STAGETIME_WEB:-}" ]; then echo "in the browser: $STAGETIME_WEB/runs/$id"; fi
 status=0
 target/debug/stagetime watch "$id" || status=$?
 

@@ -19,7 +19,7 @@ crane="$root/.tools/bin/crane"
 log() { printf '==> %s\n' "$*" >&2; }
 
 target=x86_64-unknown-linux-musl
-bins=(stagetime stagetime-server stagetime-creator stagetime-informer stagetime-operator)
+bins=(stagetime stagetime-server stagetime-creator stagetime-informer stagetime-operator stagetime-web)
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)

@@ -205,6 +205,14 @@ install_podman() {
   apt_install podman runc musl-tools
 }
 
+# Headless Chromium and its WebDriver for the web view's browser test (Debian packages; tests
+# start them with a fresh profile and no background network traffic).
+install_browser() {
+  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return
+  log "installing chromium and chromium-driver (Debian packages)"
+  apt_install chromium chromium-driver
+}
+
 # The Tekton controller and remote resolvers, built from the pinned Tekton module: the module
 # proxy refuses version listings for it, so the module is downloaded at its exact version and
 # built inside a writable copy (its own go.mod and replace lines apply). The copy also provides
@@ -275,7 +283,7 @@ install_gitea() {
 }
 
 all=(redis etcd task grpcurl helm helmfile kube-apiserver tekton-crds crane podman
-  kube-controller-manager kube-scheduler kwok tekton gitea)
+  kube-controller-manager kube-scheduler kwok tekton gitea browser)
 selected=("$@")
 [ ${#selected[@]} -gt 0 ] || selected=("${all[@]}")
 for t in "${selected[@]}"; do
@@ -293,6 +301,7 @@ for t in "${selected[@]}"; do
     tekton-crds) install_tekton_crds ;;
     crane) go_install crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION" ;;
     podman) install_podman ;;
+    browser) install_browser ;;
     *) echo "unknown tool: $t (known: ${all[*]})" >&2; exit 2 ;;
   esac
 done

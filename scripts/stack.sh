@@ -66,6 +66,9 @@ start_stack() {
   start operator target/debug/stagetime-operator --admin-addr "127.0.0.1:$(free_port)" \
     --lease-namespace "$namespace" --git-allowed-hosts 127.0.0.1,localhost \
     --hooks-addr "127.0.0.1:$hooks_port"
+  web_port=$(free_port)
+  export STAGETIME_WEB="http://127.0.0.1:$web_port"
+  start web target/debug/stagetime-web --bind 127.0.0.1 --port "$web_port"
   if [ "${STAGETIME_TEKTON:-sim}" != real ]; then
     start tekton-sim target/debug/stagetime-tekton-sim --delay-ms "${SIM_DELAY_MS:-1500}"
   fi

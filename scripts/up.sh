@@ -26,10 +26,12 @@ stageTime is up (namespace $namespace). In another shell:
 export KUBECONFIG=$KUBECONFIG
 export STAGETIME_SERVER=$STAGETIME_SERVER
 export STAGETIME_HOOKS=$STAGETIME_HOOKS
+export STAGETIME_WEB=$STAGETIME_WEB
 ${forge_lines}
   kubectl apply -n $namespace -f examples/revisionrun.yaml && kubectl get rr -n $namespace -w
   grpcurl -plaintext -d @ ${STAGETIME_SERVER#http://} stagetime.v1.RevisionRuns/Create < examples/typed-create.json
   target/debug/stagetime list
+  # the web view (no sign-in: this local server runs with --auth none): $STAGETIME_WEB
   STAGETIME_REGISTRY=$registry ./taskw image    # the OCI image, pushed to the registry here
 MSG
 if [ -n "${GITEA_URL:-}" ]; then

@@ -97,6 +97,14 @@ impl Stack {
         Self::start_inner(test, None, stagetime_server::auth::Auth::none()).await
     }
 
+    /// [`Self::start_on_tekton`] with the server behind `auth`.
+    pub async fn start_on_tekton_with_auth(
+        test: &str,
+        auth: stagetime_server::auth::Auth,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(test, None, auth).await
+    }
+
     /// [`Self::start`] with the server behind `auth`.
     pub async fn start_with_auth(
         test: &str,
@@ -129,7 +137,8 @@ impl Stack {
             },
             stagetime_server::metrics::Metrics::register(&mut Registry::default()),
         )
-        .with_auth(auth);
+        .with_auth(auth)
+        .with_kube(client.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let server = Component::spawn(|stop| async move {
@@ -303,6 +312,28 @@ impl Stack {
                 eprintln!("operator stopped: {error:#}");
             }
         })
+    }
+
+    /// The web view in front of this stack's server, at most `max_streams` event streams open;
+    /// returns its base URL and its task.
+    pub async fn spawn_web(&self, max_streams: usize) -> anyhow::Result<(String, Component)> {
+        let channel = tonic::transport::Endpoint::from_shared(self.url())?.connect_lazy();
+        let sessions = stagetime_web::session::Sessions::new(
+            &stagetime_web::session::random_key()?,
+            "x-forwarded-access-token",
+            true,
+        )?;
+        let web = stagetime_web::Web::new(channel, sessions)
+            .with_max_streams(max_streams)
+            .with_keep_alive(Duration::from_secs(1));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let task = Component::spawn(|stop| async move {
+            if let Err(error) = stagetime_web::serve(listener, web, stop).await {
+                eprintln!("web view stopped: {error:#}");
+            }
+        });
+        Ok((url, task))
     }
 
     /// gRPC endpoint URL.

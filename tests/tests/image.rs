@@ -17,12 +17,13 @@ use stagetime_testenv::{
 };
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-const BINARIES: [&str; 5] = [
+const BINARIES: [&str; 6] = [
     "stagetime",
     "stagetime-server",
     "stagetime-creator",
     "stagetime-informer",
     "stagetime-operator",
+    "stagetime-web",
 ];
 
 fn run(cmd: &mut Command) -> anyhow::Result<Output> {

@@ -8,6 +8,8 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use anyhow::Context as _;
+
 use kube::api::{DynamicObject, ListParams, PostParams};
 use prometheus_client::registry::Registry;
 use stagetime_common::{
@@ -45,8 +47,57 @@ async fn real_tekton() -> anyhow::Result<()> {
 /// A stack on real Tekton with the test Pipelines in its namespace. Pipelines' task names decide
 /// what their pods do: `fail` fails, `sleep` never ends, anything else succeeds.
 async fn stack(test: &str) -> anyhow::Result<Stack> {
+    stack_with(test, stagetime_server::auth::Auth::none()).await
+}
+
+/// [`stack`] with the server behind `auth`.
+async fn stack_with(test: &str, auth: stagetime_server::auth::Auth) -> anyhow::Result<Stack> {
     real_tekton().await?;
-    let stack = Stack::start_on_tekton(test).await?;
+    let stack = Stack::start_on_tekton_with_auth(test, auth).await?;
+    // Pipelines whose steps kwok serves logs of (`workloads::LOGGED_STEPS`): `logged` runs
+    // task `checkout` (steps fetch, build), then `verify` (step test); `watched` runs both
+    // steps in a task named `sleep`, which stays running until the test lets it end.
+    let logged = [
+        (
+            "logged",
+            vec![
+                ("checkout", vec!["fetch", "build"]),
+                ("verify", vec!["test"]),
+            ],
+        ),
+        ("watched", vec![("sleep", vec!["fetch", "build"])]),
+    ];
+    let resource = kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("tekton.dev", "v1", "Pipeline"),
+        "pipelines",
+    );
+    let api: kube::Api<DynamicObject> =
+        kube::Api::namespaced_with(stack.client.clone(), &stack.ns, &resource);
+    for (name, tasks) in logged {
+        let mut previous: Option<&str> = None;
+        let tasks: Vec<serde_json::Value> = tasks
+            .iter()
+            .map(|(task, steps)| {
+                let steps: Vec<serde_json::Value> = steps
+                    .iter()
+                    .map(
+                        |s| serde_json::json!({"name": s, "image": "busybox", "command": ["true"]}),
+                    )
+                    .collect();
+                let mut t = serde_json::json!({"name": task, "taskSpec": {"steps": steps}});
+                if let Some(p) = previous {
+                    t["runAfter"] = serde_json::json!([p]);
+                }
+                previous = Some(task);
+                t
+            })
+            .collect();
+        let pipeline: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tekton.dev/v1", "kind": "Pipeline",
+            "metadata": { "name": name }, "spec": { "tasks": tasks },
+        }))?;
+        api.create(&PostParams::default(), &pipeline).await?;
+    }
     let pipelines = [
         ("build", vec!["compile", "test"]),
         ("unit-tests", vec!["unit"]),
@@ -55,12 +106,6 @@ async fn stack(test: &str) -> anyhow::Result<Stack> {
         ("unit-fails", vec!["fail"]),
         ("sleepy", vec!["sleep"]),
     ];
-    let resource = kube::core::ApiResource::from_gvk_with_plural(
-        &kube::core::GroupVersionKind::gvk("tekton.dev", "v1", "Pipeline"),
-        "pipelines",
-    );
-    let api: kube::Api<DynamicObject> =
-        kube::Api::namespaced_with(stack.client.clone(), &stack.ns, &resource);
     for (name, tasks) in pipelines {
         let mut previous: Option<&str> = None;
         let tasks: Vec<serde_json::Value> = tasks
@@ -551,5 +596,298 @@ async fn the_git_resolver_fetches_pipelines_from_a_loopback_git_server() -> anyh
             "provenance {source}"
         );
     }
+    Ok(())
+}
+
+/// `stagetime logs ID -f` as `token`'s holder; returns the exit code, stdout and stderr.
+async fn cli_logs(
+    stack: &Stack,
+    id: &str,
+    token: &str,
+    extra: &[&str],
+) -> anyhow::Result<(i32, String, String)> {
+    let dir = stagetime_testenv::process::scratch_dir("cli-token")?;
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token)?;
+    let mut command =
+        tokio::process::Command::new(stagetime_tests::procs::binaries()?.join("stagetime"));
+    command
+        .arg("--server")
+        .arg(stack.url())
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["logs", id])
+        .args(extra)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(FINISH, command.output())
+        .await
+        .map_err(|_| anyhow::anyhow!("`stagetime logs` did not end in {FINISH:?}"))??;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+/// Lets ServiceAccount `sa` read pod logs in `ns`, as `kubectl logs` needs.
+async fn grant_pod_logs(client: &kube::Client, ns: &str, sa: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let name = format!("{sa}-pod-logs");
+    kube::Api::<Role>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": name},
+                "rules": [{"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]}))?,
+        )
+        .await?;
+    kube::Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]}))?,
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_follow_the_steps_in_order_and_need_pods_log_rbac() -> anyhow::Result<()> {
+    use stagetime_testenv::workloads::{OTHER_STEP_LINE, step_line};
+    use stagetime_tests::rbac::{grant, service_account_token};
+    let admin = TestEnv::shared().await?.kube_client().await?;
+    let auth = stagetime_server::auth::Auth::kubernetes(admin.clone());
+    let stack = stack_with("tekton-logs", auth).await?;
+    // `dev` may start runs and read their logs; `viewer` may read runs but not pod logs.
+    let dev = service_account_token(&admin, &stack.ns, "dev").await?;
+    grant(
+        &admin,
+        &stack.ns,
+        (&stack.ns, "dev"),
+        &["create", "get", "list"],
+    )
+    .await?;
+    grant_pod_logs(&admin, &stack.ns, "dev").await?;
+    let viewer = service_account_token(&admin, &stack.ns, "viewer").await?;
+    grant(&admin, &stack.ns, (&stack.ns, "viewer"), &["get", "list"]).await?;
+
+    let mut client = RevisionRunsClient::connect(stack.url()).await?;
+    let mut request = tonic::Request::new(pb::CreateRequest {
+        repo_name: "stagetime".into(),
+        commit_id: "1095abcd".into(),
+        author: "tekton-test".into(),
+        runs: vec![
+            run("compile", 0, "logged", false),
+            run("package", 1, "package", false),
+        ],
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {dev}").parse()?);
+    let id = client.create(request).await?.into_inner().id;
+
+    // Following from the start: the lines of every step in order, then the end with the run.
+    let (code, out, err) = cli_logs(&stack, &id, &dev, &["-f"]).await?;
+    assert_eq!(code, 0, "{err}");
+    let rr = stack.store.get(&id).await?;
+    assert_eq!(rr.phase, Phase::Succeeded, "`-f` ended when the run did");
+    let mut expected = Vec::new();
+    for (task, step) in [
+        ("checkout", "fetch"),
+        ("checkout", "build"),
+        ("verify", "test"),
+    ] {
+        for n in 1..=stagetime_testenv::workloads::LOGGED_LINES {
+            expected.push(format!("[compile/{task}/{step}] {}", step_line(step, n)));
+        }
+    }
+    expected.push(format!("[package/package/package] {OTHER_STEP_LINE}"));
+    let got: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        got, expected,
+        "the steps' lines in stage, task and step order"
+    );
+
+    // The same through kubectl's route, for one step: the API server's own pods/log.
+    let pods = stagetime_common::pod_logs::task_pods(
+        &admin,
+        &stack.ns,
+        &run_of(&rr, "compile").pipeline_run,
+    )
+    .await?;
+    assert_eq!(
+        pods.iter().map(|p| p.task.as_str()).collect::<Vec<_>>(),
+        ["checkout", "verify"]
+    );
+    let direct =
+        stagetime_common::pod_logs::tail(&admin, &stack.ns, &pods[0].pod, "step-build", 100)
+            .await?;
+    assert_eq!(
+        direct,
+        (1..=3).map(|n| step_line("build", n)).collect::<Vec<_>>()
+    );
+
+    // One run, the last line of each step.
+    let (code, out, err) =
+        cli_logs(&stack, &id, &dev, &["--run", "compile", "--tail", "1"]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+
+    // May read the run, may not read pod logs: PERMISSION_DENIED, no line.
+    let (code, out, err) = cli_logs(&stack, &id, &viewer, &[]).await?;
+    assert_ne!(code, 0);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("PermissionDenied") || err.contains("may not get pods/log"),
+        "{err}"
+    );
+    let mut request = tonic::Request::new(pb::LogsRequest {
+        id: id.clone(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {viewer}").parse()?);
+    let status = client.logs(request).await.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status.message().contains("pods/log"),
+        "{}",
+        status.message()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_web_view_follows_a_run_live_in_a_browser() -> anyhow::Result<()> {
+    use stagetime_testenv::{
+        browser::Browser,
+        workloads::{OTHER_STEP_LINE, step_line},
+    };
+    let stack = stack("tekton-web").await?;
+    let (web, _web) = stack.spawn_web(100).await?;
+    let id = create(
+        &stack,
+        "0eb0eb0eb0",
+        vec![
+            run("watched", 0, "watched", false),
+            run("lint", 0, "lint-fails", true),
+            run("package", 1, "package", false),
+        ],
+    )
+    .await?;
+    let rr = wait_rr(&stack.store, &id, "running on Tekton", FINISH, |rr| {
+        run_of(rr, "watched").state == RunState::Running
+    })
+    .await?;
+    let browser = Browser::start().await?;
+    let page = &browser.client;
+    page.goto(&format!("{web}/")).await?;
+    browser
+        .wait_js(
+            "the run in the list",
+            FINISH,
+            &format!("return document.querySelector('tr[data-id=\"{id}\"] a') !== null"),
+        )
+        .await?;
+    page.find(fantoccini::Locator::Css(&format!("tr[data-id=\"{id}\"] a")))
+        .await?
+        .click()
+        .await?;
+    browser
+        .wait_js(
+            "the run page",
+            FINISH,
+            "return location.pathname.startsWith('/runs/')",
+        )
+        .await?;
+    // A mark only this page load carries: still there at the end means no reload happened.
+    page.execute("window.stayed = 'yes'; return true", vec![])
+        .await?;
+    browser
+        .wait_js(
+            "the watched card Running",
+            FINISH,
+            "const c = document.querySelector('.card[data-run=\"watched\"]'); \
+             return c && c.dataset.state === 'Running'",
+        )
+        .await?;
+    let first = step_line("fetch", 1);
+    browser
+        .wait_js(
+            "the running step's log lines",
+            FINISH,
+            &format!("return document.getElementById('log').textContent.includes('{first}')"),
+        )
+        .await?;
+    let running = browser.screenshot("web-run-running").await?;
+    println!("screenshot: {}", running.display());
+
+    // Let the sleeping pod finish: kwok completes TaskRun pods of any task but `sleep`.
+    let pr = run_of(&rr, "watched").pipeline_run.clone();
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(stack.client.clone(), &stack.ns);
+    let pod = pods
+        .list(&ListParams::default().labels(&format!("tekton.dev/pipelineRun={pr}")))
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .and_then(|p| p.metadata.name)
+        .context("no pod of the watched run")?;
+    pods.patch(
+        &pod,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            serde_json::json!({"metadata": {"labels": {"tekton.dev/pipelineTask": "done"}}}),
+        ),
+    )
+    .await?;
+    browser
+        .wait_js(
+            "the card to turn Succeeded without a reload",
+            FINISH,
+            "const c = document.querySelector('.card[data-run=\"watched\"]'); \
+             return c && c.dataset.state === 'Succeeded' && window.stayed === 'yes'",
+        )
+        .await?;
+    browser
+        .wait_js("the run to end on the page", FINISH,
+            "const h = document.getElementById('run-head'); \
+             return h && h.dataset.phase === 'Succeeded, allowed failures' && window.stayed === 'yes'")
+        .await?;
+    let last = step_line("build", 3);
+    let text = browser
+        .wait_js(
+            "every log line and the end of the logs",
+            FINISH,
+            &format!(
+                "const t = document.getElementById('log').textContent; \
+             return document.getElementById('log-state').textContent === 'complete' \
+               && t.includes('{last}') && t.includes('{OTHER_STEP_LINE}') ? t : ''"
+            ),
+        )
+        .await?;
+    let text = text.as_str().unwrap_or_default();
+    assert!(
+        text.find(&first) < text.find(&last),
+        "fetch before build: {text}"
+    );
+    // The failed canfail run shows its reason on its card.
+    let lint = page
+        .find(fantoccini::Locator::Css(".card[data-run=\"lint\"]"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        lint.contains("Failed") && lint.contains("canfail"),
+        "{lint}"
+    );
+    let done = browser.screenshot("web-run").await?;
+    println!("screenshot: {}", done.display());
+    page.goto(&format!("{web}/")).await?;
+    browser.screenshot("web-list").await?;
+    browser.close().await?;
     Ok(())
 }

@@ -87,6 +87,20 @@ enum Command {
         /// Revision run id.
         id: String,
     },
+    /// Print the step logs of a revision run's runs, stage by stage (like `tkn pr logs`).
+    Logs {
+        /// Revision run id.
+        id: String,
+        /// Only this run (its name in the revision run).
+        #[arg(long)]
+        run: Option<String>,
+        /// Keep following until the runs have ended.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last lines of each step.
+        #[arg(long, default_value_t = 0)]
+        tail: u32,
+    },
     /// Probe a service's admin endpoint (for container health checks: the image has no shell or
     /// curl). Exit 0 when it answers 200, 1 otherwise.
     Health {
@@ -203,6 +217,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", table::render(&rr));
         }
         Command::Watch { id } => return watch(connection.connect().await?, id).await,
+        Command::Logs {
+            id,
+            run,
+            follow,
+            tail,
+        } => {
+            let request = pb::LogsRequest {
+                id,
+                run: run.unwrap_or_default(),
+                follow,
+                tail_lines: tail,
+            };
+            return logs(connection.connect().await?, request).await;
+        }
         Command::Health { admin, path } => return Ok(health(&admin, &path).await),
     }
     Ok(ExitCode::SUCCESS)
@@ -237,6 +265,24 @@ async fn health(admin: &str, path: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints each line as `[run/task/step] text`: every line carries where it came from, so `grep`
+/// keeps it.
+async fn logs(channel: AuthedChannel, request: pb::LogsRequest) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let mut client = RevisionRunsClient::new(channel);
+    let mut stream = client.logs(request).await?.into_inner();
+    let stdout = std::io::stdout();
+    while let Some(line) = stream.message().await? {
+        let mut out = stdout.lock();
+        writeln!(
+            out,
+            "[{}/{}/{}] {}",
+            line.run, line.task, line.step, line.line
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn watch(channel: AuthedChannel, id: String) -> anyhow::Result<ExitCode> {

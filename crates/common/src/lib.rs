@@ -32,6 +32,7 @@ pub mod machine;
 pub mod model;
 pub mod names;
 pub mod patch;
+pub mod pod_logs;
 pub mod request;
 pub mod retention;
 pub mod shutdown;

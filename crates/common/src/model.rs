@@ -202,6 +202,22 @@ pub struct FailedTaskRun {
     pub reason: String,
     /// Tekton's message (clipped).
     pub message: String,
+    /// Its steps that exited non-zero, with their last log lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_steps: Vec<FailedStep>,
+}
+
+/// A step that exited non-zero, and the end of its log.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedStep {
+    /// Step name.
+    pub name: String,
+    /// Its exit code.
+    pub exit_code: i32,
+    /// Its last lines (credentials redacted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_lines: Vec<String>,
 }
 
 /// One stage: runs that start together.

@@ -10,7 +10,8 @@ use std::{
 use kube::api::DynamicObject;
 use stagetime_common::{
     machine::ObjectIdentity,
-    model::{Diagnosis, FailedTaskRun},
+    model::{Diagnosis, FailedStep, FailedTaskRun},
+    pod_logs,
     store::Store,
     tekton::{self, PipelineRunStatus},
     validate::clip_to,
@@ -21,6 +22,10 @@ use stagetime_common::{
 const REMEMBERED: usize = 50_000;
 /// TaskRuns read per PipelineRun at most.
 const MAX_CHILDREN: usize = 100;
+/// Lines kept of each failed step's log.
+const LAST_LINES: i64 = 20;
+/// Failed steps kept per TaskRun.
+const MAX_FAILED_STEPS: usize = 10;
 /// Diagnoses running at once, off the watch loop; one that finds no free slot is left for the
 /// next event or re-list.
 const IN_FLIGHT: usize = 4;
@@ -104,6 +109,55 @@ impl Diagnoser {
         }
     }
 
+    /// The steps of `taskrun`'s pod that exited non-zero, each with its last
+    /// [`LAST_LINES`] lines. A pod or log that cannot be read (gone already, no `pods/log`
+    /// permission) leaves the lines out: the diagnosis never waits on them.
+    async fn failed_steps(&self, taskrun: &DynamicObject, namespace: &str) -> Vec<FailedStep> {
+        let Some(pod) = taskrun
+            .data
+            .pointer("/status/podName")
+            .and_then(|p| p.as_str())
+            .filter(|p| !p.is_empty())
+        else {
+            return Vec::new();
+        };
+        let task_pod = match pod_logs::task_pod(&self.client, namespace, pod).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Vec::new(),
+            Err(error) => {
+                tracing::debug!(%error, pod, "cannot read the TaskRun's pod");
+                return Vec::new();
+            }
+        };
+        let mut steps = Vec::new();
+        for step in task_pod.steps.iter().take(MAX_FAILED_STEPS) {
+            let pod_logs::StepState::Terminated(exit_code) = step.state else {
+                continue;
+            };
+            if exit_code == 0 {
+                continue;
+            }
+            let last_lines = pod_logs::tail(
+                &self.client,
+                namespace,
+                pod,
+                &step.container,
+                LAST_LINES,
+            )
+            .await
+            .unwrap_or_else(|error| {
+                tracing::debug!(%error, pod, step = %step.name, "cannot read the step's log");
+                Vec::new()
+            });
+            steps.push(FailedStep {
+                name: step.name.clone(),
+                exit_code,
+                last_lines,
+            });
+        }
+        steps
+    }
+
     async fn diagnose(&self, obj: &DynamicObject) {
         let status = PipelineRunStatus::of(obj);
         let Some(rr) = tekton::revision_run_of(obj) else {
@@ -134,11 +188,13 @@ impl Diagnoser {
                         continue;
                     };
                     if condition.status == "False" {
+                        let failed_steps = self.failed_steps(&taskrun, identity.namespace).await;
                         failed_task_runs.push(FailedTaskRun {
                             name: child.name.clone(),
                             pipeline_task: child.pipeline_task_name.clone(),
                             reason: condition.reason,
                             message: clip_to(&condition.message, 1024),
+                            failed_steps,
                         });
                     }
                 }

@@ -238,11 +238,13 @@ mod tests {
                     number: 0,
                     state: "SucceededWithAllowedFailures".into(),
                     runs: vec![run("Succeeded", "a"), run("Failed", "lint")],
+                    ..Default::default()
                 },
                 pb::StageStatus {
                     number: 1,
                     state: "Open".into(),
                     runs: vec![run("Running", "b"), run("Created", "c")],
+                    ..Default::default()
                 },
             ],
             ..Default::default()

@@ -78,6 +78,18 @@ pub fn is_plaintext_beyond_loopback(url: &str) -> bool {
 }
 
 impl Connection {
+    /// A lazily connecting channel with no credentials of its own: each call carries its
+    /// caller's (the web view forwards the signed-in user's token). Plain `http://` only to
+    /// loopback, since those calls carry tokens.
+    pub fn channel_for_callers(&self) -> anyhow::Result<Channel> {
+        anyhow::ensure!(
+            !is_plaintext_beyond_loopback(&self.url),
+            "refusing to send callers' tokens over plain http to {}: use https:// (plain http only to loopback)",
+            self.url
+        );
+        Ok(self.endpoint()?.connect_lazy())
+    }
+
     fn endpoint(&self) -> anyhow::Result<Endpoint> {
         let has_token = self
             .token_file

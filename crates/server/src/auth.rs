@@ -30,6 +30,45 @@ pub const GROUP: &str = "stagetime.sthings.tiab.ssc.sva.de";
 /// The resource RBAC rules name for revision runs.
 pub const RESOURCE: &str = "revisionruns";
 
+/// What a permission is asked for: an API group, a resource and maybe a subresource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Resource {
+    /// API group (`""` for the core group).
+    pub group: &'static str,
+    /// Resource (plural).
+    pub resource: &'static str,
+    /// Subresource (`log` of `pods`), or `""`.
+    pub subresource: &'static str,
+}
+
+impl Resource {
+    /// RevisionRuns: what every call but Logs is authorized against.
+    pub const REVISION_RUNS: Resource = Resource {
+        group: GROUP,
+        resource: RESOURCE,
+        subresource: "",
+    };
+    /// `pods/log`: reading a run's logs, as `kubectl logs` needs.
+    pub const POD_LOGS: Resource = Resource {
+        group: "",
+        resource: "pods",
+        subresource: "log",
+    };
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.resource)?;
+        if !self.subresource.is_empty() {
+            write!(f, "/{}", self.subresource)?;
+        }
+        if !self.group.is_empty() {
+            write!(f, ".{}", self.group)?;
+        }
+        Ok(())
+    }
+}
+
 /// How long a TokenReview or SubjectAccessReview answer is reused; a refusal only briefly, so a
 /// RoleBinding just granted takes effect within seconds.
 const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -78,8 +117,8 @@ impl Caller {
 }
 
 type Digest32 = [u8; 32];
-/// (identity: user, groups, uid, extra; verb, namespace) → when decided, allowed.
-type Decisions = Mutex<HashMap<(Digest32, String, String), (Instant, bool)>>;
+/// (identity: user, groups, uid, extra; resource; verb, namespace) → when decided, allowed.
+type Decisions = Mutex<HashMap<(Digest32, Resource, String, String), (Instant, bool)>>;
 
 // One value per server, behind an Arc: the size difference costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -260,6 +299,18 @@ impl Auth {
         verb: &str,
         namespaces: &[String],
     ) -> Result<(), Status> {
+        self.authorize_on(caller, Resource::REVISION_RUNS, verb, namespaces)
+            .await
+    }
+
+    /// `PERMISSION_DENIED` unless `caller` may `verb` `resource` in every one of `namespaces`.
+    pub async fn authorize_on(
+        &self,
+        caller: &Caller,
+        resource: Resource,
+        verb: &str,
+        namespaces: &[String],
+    ) -> Result<(), Status> {
         if caller.unrestricted {
             return Ok(());
         }
@@ -271,7 +322,7 @@ impl Auth {
         };
         let identity = caller.identity();
         for ns in namespaces {
-            let key = (identity, verb.to_string(), ns.clone());
+            let key = (identity, resource, verb.to_string(), ns.clone());
             let allowed = match cached(decisions, &key)
                 .filter(|(at, allowed)| *allowed || at.elapsed() < DENIAL_TTL)
             {
@@ -286,8 +337,10 @@ impl Auth {
                             resource_attributes: Some(ResourceAttributes {
                                 namespace: Some(ns.clone()),
                                 verb: Some(verb.to_string()),
-                                group: Some(GROUP.to_string()),
-                                resource: Some(RESOURCE.to_string()),
+                                group: Some(resource.group.to_string()),
+                                resource: Some(resource.resource.to_string()),
+                                subresource: Some(resource.subresource.to_string())
+                                    .filter(|s| !s.is_empty()),
                                 ..ResourceAttributes::default()
                             }),
                             ..SubjectAccessReviewSpec::default()
@@ -308,7 +361,7 @@ impl Auth {
             };
             if !allowed {
                 return Err(Status::permission_denied(format!(
-                    "{} may not {verb} {RESOURCE}.{GROUP} in namespace {ns:?}",
+                    "{} may not {verb} {resource} in namespace {ns:?}",
                     caller.name
                 )));
             }

@@ -210,6 +210,8 @@ fn stage_status(s: &Stage) -> pb::StageStatus {
     pb::StageStatus {
         number: s.number,
         state: s.state.as_str().to_string(),
+        opened_at: s.opened_at.clone().unwrap_or_default(),
+        finished_at: s.finished_at.clone().unwrap_or_default(),
         runs: s
             .runs
             .iter()
@@ -221,6 +223,7 @@ fn stage_status(s: &Stage) -> pb::StageStatus {
                 state: r.state.as_str().to_string(),
                 reason: r.reason.clone().unwrap_or_default(),
                 message: r.message.clone().unwrap_or_default(),
+                finished_at: r.finished_at.clone().unwrap_or_default(),
                 started_at: diagnosis(r)
                     .and_then(|d| d.started_at.clone())
                     .unwrap_or_default(),
@@ -236,6 +239,15 @@ fn stage_status(s: &Stage) -> pb::StageStatus {
                                 pipeline_task: t.pipeline_task.clone(),
                                 reason: t.reason.clone(),
                                 message: t.message.clone(),
+                                failed_steps: t
+                                    .failed_steps
+                                    .iter()
+                                    .map(|s| pb::FailedStep {
+                                        name: s.name.clone(),
+                                        exit_code: s.exit_code,
+                                        last_lines: s.last_lines.clone(),
+                                    })
+                                    .collect(),
                             })
                             .collect()
                     })

@@ -8,6 +8,7 @@
 //! - [`render`]: validation and PipelineRun manifests.
 //! - [`api`]: the shared submit path, and each gRPC API's service (`api::compat`, `api::v1`).
 //! - [`watch`]: the Watch stream.
+//! - [`logs`]: the Logs stream (step logs from the TaskRun pods).
 //! - [`auth`]: authentication (tokens, Kubernetes TokenReview) and RBAC authorization.
 //! - [`tls`]: TLS from certificate files, reloaded when they change.
 //! - [`metrics`], [`error`].
@@ -19,6 +20,7 @@ pub mod compat;
 pub mod convert;
 pub mod error;
 pub mod grammar;
+pub mod logs;
 pub mod metrics;
 pub mod render;
 pub mod tls;
@@ -346,6 +348,14 @@ pub async fn run(
         metrics::Metrics::register(&mut registry),
     )
     .with_auth(auth);
+    // Logs need Kubernetes access; without it every other call still works.
+    let api = match args.kube.client().await {
+        Ok(client) => api.with_kube(client),
+        Err(error) => {
+            tracing::warn!(%error, "no Kubernetes access: the Logs call is unavailable");
+            api
+        }
+    };
     let ready = Readiness::default();
     let admin = AdminServer::bind(args.admin.addr, registry, ready.clone()).await?;
     let listener = TcpListener::bind(SocketAddr::new(args.bind, args.port)).await?;

@@ -22,6 +22,7 @@
 //!   without containers), started on demand.
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod certs;
 pub mod crds;
 pub mod flaky_http;
@@ -33,6 +34,7 @@ pub mod process;
 pub mod proxy;
 pub mod redis_server;
 pub mod simulator;
+pub mod sse;
 pub mod tekton;
 pub mod workloads;
 

@@ -71,6 +71,7 @@ impl Workloads {
             &dir.join("kube-scheduler.log"),
             None,
         )?;
+        let kubelet_port = free_port()?;
         let kwok = Supervised::spawn(
             "kwok",
             &tool("kwok", "kwok")?,
@@ -86,10 +87,14 @@ impl Workloads {
                 ),
                 "--manage-all-nodes=false".into(),
                 format!("--manage-nodes-with-annotation-selector={NODE_SELECTOR}"),
+                // Container logs: the API server proxies `pods/log` to the node's kubelet
+                // endpoint, which kwok serves on this one loopback port (the node advertises
+                // `--node-port`, kwok listens on `--server-address`: they must be the same).
+                format!("--config={}", write_log_config(&dir)?.display()),
                 "--node-ip=127.0.0.1".into(),
                 "--node-name=127.0.0.1".into(),
-                format!("--node-port={}", free_port()?),
-                format!("--server-address=127.0.0.1:{}", free_port()?),
+                format!("--node-port={kubelet_port}"),
+                format!("--server-address=127.0.0.1:{kubelet_port}"),
                 "--cidr=127.0.0.0/8".into(),
             ],
             &dir.join("kwok.log"),
@@ -110,6 +115,54 @@ impl Workloads {
         add_storage_class(kube).await?;
         Ok(workloads)
     }
+}
+
+/// Steps whose containers kwok serves a log of their own: `step-<name>` logs
+/// `<name> line 1 of 3` … `<name> line 3 of 3`. Every other container logs [`OTHER_STEP_LINE`].
+pub const LOGGED_STEPS: [&str; 3] = ["fetch", "build", "test"];
+/// Lines of each of [`LOGGED_STEPS`].
+pub const LOGGED_LINES: usize = 3;
+/// The one line every container not in [`LOGGED_STEPS`] logs.
+pub const OTHER_STEP_LINE: &str = "a step with no log of its own";
+
+/// The line `n` (from 1) of step `name`'s log.
+pub fn step_line(name: &str, n: usize) -> String {
+    format!("{name} line {n} of {LOGGED_LINES}")
+}
+
+/// Writes the log files and kwok's ClusterLogs configuration naming them; returns its path.
+/// kwok reads logs in the CRI format (`<time> stdout F <text>`).
+fn write_log_config(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let cri = |lines: &[String]| {
+        lines
+            .iter()
+            .map(|l| format!("2026-01-01T00:00:00.000000000Z stdout F {l}\n"))
+            .collect::<String>()
+    };
+    let mut entries = String::new();
+    for name in LOGGED_STEPS {
+        let file = logs.join(format!("step-{name}.log"));
+        let lines: Vec<String> = (1..=LOGGED_LINES).map(|n| step_line(name, n)).collect();
+        std::fs::write(&file, cri(&lines))?;
+        entries.push_str(&format!(
+            "  - containers: [step-{name}]\n    logsFile: {}\n",
+            file.display()
+        ));
+    }
+    let other = logs.join("other.log");
+    std::fs::write(&other, cri(&[OTHER_STEP_LINE.to_string()]))?;
+    entries.push_str(&format!("  - logsFile: {}\n", other.display()));
+    let config = dir.join("kwok-logs.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterLogs\nmetadata:\n  name: \
+             stagetime-steps\nspec:\n  logs:\n{entries}"
+        ),
+    )?;
+    Ok(config)
 }
 
 /// Creates the fake node (or reuses it), waits until kwok reports it Ready, and removes the

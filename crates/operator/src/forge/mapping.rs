@@ -303,6 +303,7 @@ mod tests {
             number,
             state: state.into(),
             runs,
+            ..Default::default()
         }
     }
 

@@ -63,6 +63,9 @@ pub struct Api {
     pub(crate) hub: Arc<tokio::sync::OnceCell<EventHub>>,
     /// Who may call (default: everyone — the binary refuses to start without a choice).
     pub(crate) auth: Auth,
+    /// Reads pods and their logs for the Logs call (`None`: no Kubernetes access, no logs).
+    pub(crate) kube: Option<kube::Client>,
+    pub(crate) log_limits: crate::logs::LogLimits,
 }
 
 impl Api {
@@ -76,7 +79,21 @@ impl Api {
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
             hub: Arc::default(),
             auth: Auth::none(),
+            kube: None,
+            log_limits: crate::logs::LogLimits::default(),
         }
+    }
+
+    /// The same API reading logs with `client`.
+    pub fn with_kube(mut self, client: kube::Client) -> Self {
+        self.kube = Some(client);
+        self
+    }
+
+    /// The same API with other bounds on Logs calls.
+    pub fn with_log_limits(mut self, limits: crate::logs::LogLimits) -> Self {
+        self.log_limits = limits;
+        self
     }
 
     /// The same API behind `auth`.

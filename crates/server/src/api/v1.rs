@@ -8,9 +8,10 @@ use stagetime_proto::stagetime::v1::{self as pb, revision_runs_server::RevisionR
 use tonic::{Request, Response, Status};
 
 use super::Api;
-use crate::{convert, error::Error};
+use crate::{auth::Resource, convert, error::Error, logs};
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RevisionRuns for Api {
@@ -109,6 +110,62 @@ impl RevisionRuns for Api {
         }
         .await
         .map(|s| Response::new(Box::pin(s) as WatchStream))
+        .map_err(Status::from);
+        timer.finish(&result);
+        result
+    }
+
+    type LogsStream = LogsStream;
+
+    async fn logs(
+        &self,
+        request: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let timer = self.metrics.start("Logs");
+        let result = async {
+            let caller = self.caller(request.metadata()).await?;
+            let req = request.get_ref();
+            let rr = self.get_for(&caller, req.id.trim()).await?;
+            let wanted = req.run.trim();
+            let runs: Vec<(u32, stagetime_common::model::Run)> = rr
+                .stages
+                .iter()
+                .flat_map(|s| s.runs.iter().map(|r| (s.number, r.clone())))
+                .filter(|(_, r)| wanted.is_empty() || r.name == wanted)
+                .collect();
+            if runs.is_empty() {
+                return Err(Error::InvalidArgument {
+                    field: "run".into(),
+                    reason: format!("revision run {} has no run named {wanted:?}", rr.id),
+                });
+            }
+            let mut namespaces: Vec<String> =
+                runs.iter().map(|(_, r)| r.namespace.clone()).collect();
+            namespaces.sort();
+            namespaces.dedup();
+            self.auth
+                .authorize_on(&caller, Resource::POD_LOGS, "get", &namespaces)
+                .await
+                .map_err(Error::Access)?;
+            let client = self.kube.clone().ok_or_else(|| {
+                Error::Access(Status::failed_precondition(
+                    "this server has no Kubernetes access to read logs with",
+                ))
+            })?;
+            Ok(logs::stream(
+                client,
+                self.store.clone(),
+                self.log_limits,
+                logs::Request {
+                    id: rr.id.clone(),
+                    runs,
+                    follow: req.follow,
+                    tail_lines: Some(i64::from(req.tail_lines)).filter(|n| *n > 0),
+                },
+            ))
+        }
+        .await
+        .map(|s| Response::new(Box::pin(s) as LogsStream))
         .map_err(Status::from);
         timer.finish(&result);
         result
