@@ -407,6 +407,7 @@ fn the_flags_page_lists_every_flag_of_every_binary() -> anyhow::Result<()> {
         "stagetime-creator",
         "stagetime-informer",
         "stagetime-operator",
+        "stagetime-web",
         "stagetime",
     ] {
         let out = Command::new(bins.join(bin)).arg("--help").output()?;
