@@ -351,7 +351,8 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
             "stagetime-creator",
             "stagetime-informer",
             "stagetime-operator",
-            "stagetime-server"
+            "stagetime-server",
+            "stagetime-web"
         ]
     );
     let sa = |name: &str| name.to_string();
@@ -466,6 +467,15 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
             false,
         ),
         (sa("stagetime-server"), "get", "secrets", &ns, false),
+        // Logs: the runs' pods and their logs, nowhere else.
+        (sa("stagetime-server"), "get", "pods#log", &runs, true),
+        (sa("stagetime-server"), "list", "pods", &runs, true),
+        (sa("stagetime-server"), "get", "pods#log", &kube_system, false),
+        (sa("stagetime-server"), "delete", "pods", &runs, false),
+        (sa("stagetime-informer"), "get", "pods#log", &runs, true),
+        (sa("stagetime-creator"), "get", "pods#log", &runs, false),
+        (sa("stagetime-web"), "get", "pods#log", &runs, false),
+        (sa("stagetime-web"), "list", "revisionruns.stagetime.sthings.tiab.ssc.sva.de", &runs, false),
         (
             sa("stagetime-operator"),
             "patch",
@@ -648,7 +658,7 @@ async fn helm_install_wait_sees_every_deployment_available() -> anyhow::Result<(
     let client = env.kube_client().await?;
     let deployments: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &ns);
     let listed = deployments.list(&Default::default()).await?.items;
-    assert_eq!(listed.len(), 4);
+    assert_eq!(listed.len(), 5, "server, creator, informer, operator, web");
     for d in &listed {
         let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let available = d
@@ -673,7 +683,7 @@ async fn helm_install_wait_sees_every_deployment_available() -> anyhow::Result<(
         String::from_utf8_lossy(&synced.stderr)
     );
     let stagetime: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), "stagetime");
-    assert_eq!(stagetime.list(&Default::default()).await?.items.len(), 4);
+    assert_eq!(stagetime.list(&Default::default()).await?.items.len(), 5);
     let redis: kube::Api<StatefulSet> = kube::Api::namespaced(client, "stagetime-redis");
     let redis = redis.get("redis-stack").await?;
     assert_eq!(redis.status.and_then(|s| s.ready_replicas), Some(1));
