@@ -470,12 +470,24 @@ async fn helm_install_creates_every_object_with_least_privilege() -> anyhow::Res
         // Logs: the runs' pods and their logs, nowhere else.
         (sa("stagetime-server"), "get", "pods#log", &runs, true),
         (sa("stagetime-server"), "list", "pods", &runs, true),
-        (sa("stagetime-server"), "get", "pods#log", &kube_system, false),
+        (
+            sa("stagetime-server"),
+            "get",
+            "pods#log",
+            &kube_system,
+            false,
+        ),
         (sa("stagetime-server"), "delete", "pods", &runs, false),
         (sa("stagetime-informer"), "get", "pods#log", &runs, true),
         (sa("stagetime-creator"), "get", "pods#log", &runs, false),
         (sa("stagetime-web"), "get", "pods#log", &runs, false),
-        (sa("stagetime-web"), "list", "revisionruns.stagetime.sthings.tiab.ssc.sva.de", &runs, false),
+        (
+            sa("stagetime-web"),
+            "list",
+            "revisionruns.stagetime.sthings.tiab.ssc.sva.de",
+            &runs,
+            false,
+        ),
         (
             sa("stagetime-operator"),
             "patch",

@@ -21,7 +21,9 @@ use stagetime_informer::housekeeping::{Housekeeper, Metrics};
 use stagetime_proto::stagetime::v1::{
     self as pb, pipeline_ref::Ref, revision_runs_client::RevisionRunsClient,
 };
-use stagetime_testenv::{TestEnv, tekton::Tekton, wait_for, workloads::Workloads};
+use stagetime_testenv::{
+    TestEnv, sse::EventStream, tekton::Tekton, wait_for, workloads::Workloads,
+};
 use stagetime_tests::{Stack, wait_rr};
 use tokio::sync::OnceCell;
 
@@ -756,6 +758,70 @@ async fn logs_follow_the_steps_in_order_and_need_pods_log_rbac() -> anyhow::Resu
         "{}",
         status.message()
     );
+
+    // Through the web view: the viewer's log stream is refused, a stranger's event stream finds
+    // no run at all, and neither gets an event.
+    let (web, _web) = stack.spawn_web(100).await?;
+    let stranger = service_account_token(&admin, &stack.ns, "stranger").await?;
+    let logs_url = format!("{web}/runs/{id}/logs");
+    let events_url = format!("{web}/runs/{id}/events");
+    for (url, token, status) in [
+        (&logs_url, &viewer, 403),
+        (&events_url, &stranger, 404),
+        (&logs_url, &stranger, 404),
+    ] {
+        let bearer = format!("Bearer {token}");
+        let refused = EventStream::open(url, &[("authorization", &bearer)]).await?;
+        assert_eq!(refused.status, status, "{url}");
+        let body = refused.text().await?;
+        assert!(!body.contains("event:") && !body.contains("line"), "{body}");
+    }
+    let bearer = format!("Bearer {dev}");
+    let mut lines = EventStream::open(&logs_url, &[("authorization", &bearer)]).await?;
+    assert_eq!(lines.status, 200);
+    let first = lines.next_named("line", FINISH).await?;
+    assert!(
+        first.data.contains(&step_line("fetch", 1)),
+        "{}",
+        first.data
+    );
+
+    // A failed step's last lines outlive its pod: the diagnosis keeps them, and Logs sends them
+    // once the PipelineRun (and with it the pod) is gone.
+    let mut request = tonic::Request::new(pb::CreateRequest {
+        repo_name: "stagetime".into(),
+        commit_id: "1095dead".into(),
+        runs: vec![run("lint", 0, "lint-fails", false)],
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {dev}").parse()?);
+    let failed = client.create(request).await?.into_inner().id;
+    let rr = wait_rr(&stack.store, &failed, "diagnosed", FINISH, |rr| {
+        run_of(rr, "lint").diagnosis.is_some()
+    })
+    .await?;
+    let diagnosis = run_of(&rr, "lint")
+        .diagnosis
+        .clone()
+        .context("no diagnosis")?;
+    let steps = &diagnosis.failed_task_runs[0].failed_steps;
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert_eq!((steps[0].name.as_str(), steps[0].exit_code), ("fail", 1));
+    assert_eq!(steps[0].last_lines, [OTHER_STEP_LINE]);
+    let pr = run_of(&rr, "lint").pipeline_run.clone();
+    tekton::pipelinerun_api(stack.client.clone(), tekton::API_VERSION, &stack.ns)
+        .delete(&pr, &Default::default())
+        .await?;
+    let selector = format!("tekton.dev/pipelineRun={pr}");
+    wait_for("the failed run's pod to be gone", FINISH, || async {
+        (count(&stack, "pods", "Pod", &selector).await.ok()? == 0).then_some(())
+    })
+    .await?;
+    let (code, out, err) = cli_logs(&stack, &failed, &dev, &[]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("[lint/fail/fail] {OTHER_STEP_LINE}"));
     Ok(())
 }
 
