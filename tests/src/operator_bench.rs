@@ -166,9 +166,33 @@ pub async fn bench_operator() -> anyhow::Result<()> {
     );
     apply_revision_runs(&rrs, N, MORE).await?;
     wait_all_succeeded(&rrs, MORE).await?;
+    let rss_more = rss_mib(operator.0.id())?;
+    // What one cached object weighs as the API server sends it, and as the cache keeps it.
+    let listed = Api::<RevisionRun>::namespaced(stack.client.clone(), &stack.ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let size = |rr: &RevisionRun| serde_json::to_vec(rr).map_or(0, |v| v.len());
+    let full: usize = listed.iter().map(size).sum();
+    let slim: usize = listed
+        .iter()
+        .map(|rr| {
+            let mut rr = rr.clone();
+            stagetime_operator::slim(&mut rr);
+            size(&rr)
+        })
+        .sum();
+    let n = listed.len().max(1) as f64;
     println!(
-        "operator: rss at {N} RevisionRuns {rss_200:.1} MiB, at {MORE} {:.1} MiB",
-        rss_mib(operator.0.id())?
+        "operator: a RevisionRun as listed {:.1} KiB, as cached {:.1} KiB (JSON, mean of {})",
+        full as f64 / n / 1024.0,
+        slim as f64 / n / 1024.0,
+        listed.len()
+    );
+    println!(
+        "operator: rss at {N} RevisionRuns {rss_200:.1} MiB, at {MORE} {rss_more:.1} MiB: \
+         {:.1} KiB per RevisionRun",
+        (rss_more - rss_200) * 1024.0 / (MORE - N) as f64
     );
     Ok(())
 }

@@ -29,7 +29,7 @@ use clap::Parser;
 use futures::StreamExt as _;
 use kube::{
     Api, ResourceExt,
-    runtime::{Controller, reflector::ObjectRef, watcher},
+    runtime::{Controller, WatchStreamExt as _, reflector::ObjectRef, watcher},
 };
 use prometheus_client::registry::Registry;
 use stagetime_common::{
@@ -230,6 +230,16 @@ fn naming(
 }
 
 /// The API of `K` in namespace `ns`, or in every namespace when `ns` is empty.
+/// Annotation `kubectl apply` keeps a whole copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// `rr` without what the operator never reads: its managed fields and kubectl's last-applied
+/// copy (about two thirds of a typical RevisionRun's size).
+pub fn slim(rr: &mut RevisionRun) {
+    rr.managed_fields_mut().clear();
+    rr.annotations_mut().remove(LAST_APPLIED);
+}
+
 fn scoped<K>(client: &kube::Client, ns: &str) -> Api<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -357,11 +367,18 @@ pub async fn run(
         settings,
         metrics,
     ));
-    let controller = Controller::new(
+    // The cache keeps what reconcile reads and nothing else: managedFields and kubectl's
+    // last-applied copy of the spec are most of a stored object's size and never read.
+    let (store, writer) = kube::runtime::reflector::store();
+    let revision_runs = watcher(
         scoped::<RevisionRun>(&client, &watched),
         watcher::Config::default(),
-    );
-    let store = controller.store();
+    )
+    .default_backoff()
+    .modify(slim)
+    .reflect(writer)
+    .applied_objects();
+    let controller = Controller::for_stream(revision_runs, store.clone());
     let (by_repo, by_template) = (store.clone(), store);
     let (shared_a, shared_b) = (shared.clone(), shared);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -419,6 +436,37 @@ pub async fn run(
         task.abort();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod slim_tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_drops_managed_fields_and_the_last_applied_copy_only() {
+        let mut rr: RevisionRun = serde_json::from_value(serde_json::json!({
+            "apiVersion": "stagetime.sthings.tiab.ssc.sva.de/v1beta1",
+            "kind": "RevisionRun",
+            "metadata": {
+                "name": "app-1", "namespace": "team-a",
+                "annotations": {LAST_APPLIED: "{\"big\": true}", "keep": "me"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                                   "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}],
+            },
+            "spec": {"repository": "app", "technologies": [{"id": "build", "kind": "build"}]},
+        }))
+        .unwrap();
+        let before = serde_json::to_vec(&rr).unwrap().len();
+        slim(&mut rr);
+        assert!(rr.managed_fields().is_empty());
+        assert_eq!(
+            rr.annotations().keys().collect::<Vec<_>>(),
+            ["keep"],
+            "other annotations stay"
+        );
+        assert_eq!(rr.spec.repository, "app");
+        assert!(serde_json::to_vec(&rr).unwrap().len() < before);
+    }
 }
 
 #[cfg(test)]
