@@ -34,7 +34,7 @@ ref="$registry/stagetime:$version"
 log "building static binaries ($target, profile image)"
 rustup target list --installed 2>/dev/null | grep -qx "$target" || rustup target add "$target" >&2
 packages=()
-for p in cli server creator informer operator; do packages+=(-p "stagetime-$p"); done
+for p in cli server creator informer operator web; do packages+=(-p "stagetime-$p"); done
 cargo build --quiet --profile image --target "$target" "${packages[@]}" --bins
 out="target/$target/image"
 
