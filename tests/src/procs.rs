@@ -156,6 +156,9 @@ pub fn service_env(
         // The invariants checked over whole histories need the history: housekeeping has
         // tests of its own.
         ("HOUSEKEEPING_SECONDS", "0".to_string()),
+        // The figures measured here are stageTime's own; the client-side rate limit of
+        // Kubernetes calls has a test of its own (`binaries.rs`).
+        ("KUBE_QPS", "0".to_string()),
         ("RUST_LOG", "info".to_string()),
     ]
     .into_iter()

@@ -438,3 +438,32 @@ fn the_flags_page_lists_every_flag_of_every_binary() -> anyhow::Result<()> {
     assert!(missing.is_empty(), "docs/flags.md lacks: {missing:?}");
     Ok(())
 }
+
+/// Kubernetes calls of one client keep to `--kube-qps` after `--kube-burst`: 12 reads at 5 per
+/// second with a burst of 2 take at least (12 - 2) / 5 = 2 s, and the wait is counted.
+#[tokio::test]
+async fn kubernetes_calls_keep_to_the_client_side_rate_limit() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let env = TestEnv::shared().await?;
+    let args = stagetime_common::config::KubeArgs {
+        kubeconfig: Some(env.kube.kubeconfig().to_path_buf()),
+        qps: 5.0,
+        burst: 2,
+    };
+    let client = args.client().await?;
+    let namespaces: kube::Api<Namespace> = kube::Api::all(client);
+    let throttled = stagetime_common::kube_throttle::throttled().get();
+    let started = Instant::now();
+    for _ in 0..12 {
+        namespaces.list(&Default::default()).await?;
+    }
+    let took = started.elapsed();
+    let waited = stagetime_common::kube_throttle::throttled().get() - throttled;
+    println!(
+        "12 reads at 5/s, burst 2: {:.2} s, {waited:.2} s of it throttled",
+        took.as_secs_f64()
+    );
+    assert!(took >= Duration::from_millis(1950), "{took:?}");
+    assert!(waited >= 1.5, "the wait is counted: {waited}");
+    Ok(())
+}

@@ -173,11 +173,37 @@ fn percent_encode(raw: &str) -> String {
 }
 
 /// How to reach the Kubernetes API server.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct KubeArgs {
     /// Kubeconfig file; without it the in-cluster config or `~/.kube/config` is used.
     #[arg(id = "kubeconfig", long = "kubeconfig", env = "KUBECONFIG")]
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// Kubernetes requests per second on average, client-side (0 = no limit).
+    #[arg(
+        id = "kube_qps",
+        long = "kube-qps",
+        env = "KUBE_QPS",
+        default_value_t = 50.0
+    )]
+    pub qps: f64,
+    /// Kubernetes requests at once before the rate applies.
+    #[arg(
+        id = "kube_burst",
+        long = "kube-burst",
+        env = "KUBE_BURST",
+        default_value_t = 100
+    )]
+    pub burst: u32,
+}
+
+impl Default for KubeArgs {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            qps: 50.0,
+            burst: 100,
+        }
+    }
 }
 
 impl KubeArgs {
@@ -195,7 +221,17 @@ impl KubeArgs {
                 .await
                 .map_err(kube::Error::InferConfig)?,
         };
-        kube::Client::try_from(config)
+        let builder = kube::client::ClientBuilder::try_from(config)?;
+        if self.qps > 0.0 {
+            Ok(builder
+                .with_layer(&crate::kube_throttle::ThrottleLayer {
+                    qps: self.qps,
+                    burst: self.burst,
+                })
+                .build())
+        } else {
+            Ok(builder.build())
+        }
     }
 }
 

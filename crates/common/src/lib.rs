@@ -27,6 +27,7 @@ pub mod error;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixture;
 pub mod keys;
+pub mod kube_throttle;
 pub mod lease;
 pub mod machine;
 pub mod model;

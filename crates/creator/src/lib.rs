@@ -110,6 +110,7 @@ pub async fn run(
     let store = args.redis.store().await?;
     let client = args.kube.client().await?;
     let mut registry = Registry::default();
+    stagetime_common::kube_throttle::register(&mut registry);
     let metrics = metrics::Metrics::register(&mut registry);
     let ready = Readiness::default();
     let admin = AdminServer::bind(args.admin.addr, registry, ready.clone()).await?;

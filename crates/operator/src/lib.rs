@@ -258,6 +258,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
+    stagetime_common::kube_throttle::register(&mut registry);
     let metrics = metrics::Metrics::register(&mut registry);
     let hook_metrics = hooks::Metrics::register(&mut registry);
     let readiness = Readiness::default();

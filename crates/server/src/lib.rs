@@ -342,6 +342,7 @@ pub async fn run(
     let tls = args.security.tls()?;
     let store = args.redis.store().await?;
     let mut registry = Registry::default();
+    stagetime_common::kube_throttle::register(&mut registry);
     let api = Api::new(
         store.clone(),
         args.settings(),

@@ -28,7 +28,13 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = stagetime_common::telemetry::init(&args.log, "stagetime-tekton-sim");
-    let client = args.kube.client().await?;
+    // The simulator stands in for Tekton's controller, which has its own limits: never slow it.
+    let client = stagetime_common::config::KubeArgs {
+        qps: 0.0,
+        ..args.kube.clone()
+    }
+    .client()
+    .await?;
     let config = SimConfig {
         delay: Duration::from_millis(args.delay_ms),
         failure_rate: args.failure_rate.clamp(0.0, 1.0),
