@@ -25,5 +25,20 @@ pub mod stagetime {
     }
 }
 
+impl stagetime::v1::Phase {
+    /// Succeeded (with or without allowed failures), Failed or Cancelled: it never changes
+    /// again but by a retry.
+    pub fn is_terminal(self) -> bool {
+        use stagetime::v1::Phase;
+        matches!(
+            self,
+            Phase::Succeeded
+                | Phase::SucceededWithAllowedFailures
+                | Phase::Failed
+                | Phase::Cancelled
+        )
+    }
+}
+
 /// Encoded `FileDescriptorSet` of both packages, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("descriptors");

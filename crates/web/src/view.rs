@@ -34,13 +34,7 @@ pub fn phase_by_word(word: &str) -> Option<pb::Phase> {
 }
 
 fn is_terminal(p: i32) -> bool {
-    matches!(
-        pb::Phase::try_from(p),
-        Ok(pb::Phase::Succeeded
-            | pb::Phase::SucceededWithAllowedFailures
-            | pb::Phase::Failed
-            | pb::Phase::Cancelled)
-    )
+    pb::Phase::try_from(p).is_ok_and(pb::Phase::is_terminal)
 }
 
 /// A stage's or run's state word as a CSS class.

@@ -287,13 +287,7 @@ async fn report(
     loop {
         let latest = runs.borrow_and_update().clone();
         if let Some(run) = latest.filter(|r| !r.commit_id.is_empty()) {
-            let ended = matches!(
-                run.phase(),
-                pb::Phase::Succeeded
-                    | pb::Phase::SucceededWithAllowedFailures
-                    | pb::Phase::Failed
-                    | pb::Phase::Cancelled
-            );
+            let ended = run.phase().is_terminal();
             match poster.sync(&run).await {
                 Ok(()) => {
                     delay = Duration::from_secs(1);
