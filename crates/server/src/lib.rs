@@ -225,7 +225,7 @@ fn list(values: &[String]) -> Vec<String> {
 
 impl SecurityArgs {
     /// The authenticator the flags choose; an error without a choice.
-    pub async fn auth(&self, kube: &KubeArgs) -> anyhow::Result<auth::Auth> {
+    pub fn auth(&self, kube: &Result<kube::Client, kube::Error>) -> anyhow::Result<auth::Auth> {
         match self.auth {
             Some(AuthMode::None) => {
                 tracing::warn!(
@@ -244,7 +244,9 @@ impl SecurityArgs {
                 auth::Auth::tokens(&text)
             }
             Some(AuthMode::Kubernetes) => Ok(auth::Auth::kubernetes_for(
-                kube.client().await?,
+                kube.as_ref()
+                    .map_err(|e| anyhow::anyhow!("--auth kubernetes needs Kubernetes access: {e}"))?
+                    .clone(),
                 Some(self.auth_audience.trim().to_string()).filter(|a| !a.is_empty()),
             )),
             None => anyhow::bail!(
@@ -338,7 +340,13 @@ pub async fn run(
     args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let auth = args.security.auth(&args.kube).await?;
+    // One Kubernetes client (one rate limit) for authorization and Logs. Without one, Logs is
+    // unavailable and `--auth kubernetes` refuses to start; every other call works.
+    let kube = args.kube.client().await;
+    if let Err(error) = &kube {
+        tracing::warn!(%error, "no Kubernetes access: the Logs call is unavailable");
+    }
+    let auth = args.security.auth(&kube)?;
     let tls = args.security.tls()?;
     let store = args.redis.store().await?;
     let mut registry = Registry::default();
@@ -349,13 +357,9 @@ pub async fn run(
         metrics::Metrics::register(&mut registry),
     )
     .with_auth(auth);
-    // Logs need Kubernetes access; without it every other call still works.
-    let api = match args.kube.client().await {
+    let api = match kube {
         Ok(client) => api.with_kube(client),
-        Err(error) => {
-            tracing::warn!(%error, "no Kubernetes access: the Logs call is unavailable");
-            api
-        }
+        Err(_) => api,
     };
     let ready = Readiness::default();
     let admin = AdminServer::bind(args.admin.addr, registry, ready.clone()).await?;
