@@ -81,9 +81,10 @@ impl Connection {
     /// A lazily connecting channel with no credentials of its own: each call carries its
     /// caller's (the web view forwards the signed-in user's token). Plain `http://` only to
     /// loopback, since those calls carry tokens.
-    pub fn channel_for_callers(&self) -> anyhow::Result<Channel> {
+    /// `allow_plaintext` lifts that rule (a local cluster whose server runs without TLS).
+    pub fn channel_for_callers(&self, allow_plaintext: bool) -> anyhow::Result<Channel> {
         anyhow::ensure!(
-            !is_plaintext_beyond_loopback(&self.url),
+            allow_plaintext || !is_plaintext_beyond_loopback(&self.url),
             "refusing to send callers' tokens over plain http to {}: use https:// (plain http only to loopback)",
             self.url
         );

@@ -33,6 +33,9 @@ use stagetime_common::config::LogArgs;
 use stagetime_proto::client::Connection;
 use tokio::net::TcpListener;
 
+/// Event streams open at once unless `--max-streams` says otherwise.
+pub const DEFAULT_MAX_STREAMS: usize = 2000;
+
 /// Flags of `stagetime-web`.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "stagetime-web", version, about = "stageTime web view")]
@@ -108,7 +111,7 @@ impl Web {
         Self {
             channel,
             sessions,
-            streams: Arc::new(tokio::sync::Semaphore::new(2000)),
+            streams: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_STREAMS)),
             keep_alive: Duration::from_secs(15),
         }
     }
@@ -205,17 +208,13 @@ pub async fn run(
         ca_file: args.ca_file.clone(),
         token_file: None,
     };
-    let channel = if args.insecure_plaintext_server {
+    if args.insecure_plaintext_server {
         tracing::warn!(
             server = %args.server,
             "--insecure-plaintext-server: callers' tokens may cross the network in clear text"
         );
-        tonic::transport::Endpoint::from_shared(args.server.clone())?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy()
-    } else {
-        connection.channel_for_callers()?
-    };
+    }
+    let channel = connection.channel_for_callers(args.insecure_plaintext_server)?;
     let key = match &args.csrf_key_file {
         Some(file) => {
             let key = std::fs::read(file)?;

@@ -175,12 +175,14 @@ pub async fn run(State(web): State<Web>, headers: HeaderMap, Path(id): Path<Stri
         Ok(rr) => rr.into_inner(),
         Err(status) => return problem(&caller, &status),
     };
-    let mut runs: Vec<String> = rr
+    // Each name once (the same name may run in several stages; Logs shows them all).
+    let mut seen = std::collections::HashSet::new();
+    let runs: Vec<String> = rr
         .stages
         .iter()
         .flat_map(|s| s.runs.iter().map(|r| r.name.clone()))
+        .filter(|name| seen.insert(name.clone()))
         .collect();
-    runs.dedup();
     page(&RunPage {
         signed_in: caller.signed_in(),
         csrf: caller.csrf.clone(),
