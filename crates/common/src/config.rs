@@ -196,16 +196,6 @@ pub struct KubeArgs {
     pub burst: u32,
 }
 
-impl Default for KubeArgs {
-    fn default() -> Self {
-        Self {
-            kubeconfig: None,
-            qps: 50.0,
-            burst: 100,
-        }
-    }
-}
-
 impl KubeArgs {
     /// Builds a client from the kubeconfig flag, or infers the config (in-cluster, then default file).
     pub async fn client(&self) -> Result<kube::Client, kube::Error> {

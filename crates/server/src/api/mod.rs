@@ -38,6 +38,16 @@ pub(crate) fn check_id(id: &str) -> Result<(), Error> {
     }
 }
 
+/// The namespaces `runs` use, each once.
+pub(crate) fn namespaces_of<'a>(
+    runs: impl Iterator<Item = &'a stagetime_common::model::Run>,
+) -> Vec<String> {
+    let mut namespaces: Vec<String> = runs.map(|r| r.namespace.clone()).collect();
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces
+}
+
 /// Runs of one commit a lookup by commit reads at most, newest first.
 const COMMIT_LOOKUP_LIMIT: usize = 50;
 
@@ -121,14 +131,7 @@ impl Api {
         verb: &str,
         rr: &RevisionRun,
     ) -> Result<(), Error> {
-        let mut namespaces: Vec<String> = rr
-            .stages
-            .iter()
-            .flat_map(|s| &s.runs)
-            .map(|r| r.namespace.clone())
-            .collect();
-        namespaces.sort();
-        namespaces.dedup();
+        let mut namespaces = namespaces_of(rr.stages.iter().flat_map(|s| &s.runs));
         if namespaces.is_empty() {
             namespaces.push(self.settings.default_namespace.clone());
         }

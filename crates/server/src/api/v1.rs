@@ -139,10 +139,7 @@ impl RevisionRuns for Api {
                     reason: format!("revision run {} has no run named {wanted:?}", rr.id),
                 });
             }
-            let mut namespaces: Vec<String> =
-                runs.iter().map(|(_, r)| r.namespace.clone()).collect();
-            namespaces.sort();
-            namespaces.dedup();
+            let namespaces = super::namespaces_of(runs.iter().map(|(_, r)| r));
             self.auth
                 .authorize_on(&caller, Resource::POD_LOGS, "get", &namespaces)
                 .await
