@@ -94,3 +94,12 @@ pub async fn grant(
         .await?;
     Ok(())
 }
+
+/// `message` as a call of `token`'s holder (`authorization: Bearer <token>`).
+pub fn as_caller<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(request)
+}

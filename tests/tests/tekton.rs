@@ -656,7 +656,7 @@ async fn grant_pod_logs(client: &kube::Client, ns: &str, sa: &str) -> anyhow::Re
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_follow_the_steps_in_order_and_need_pods_log_rbac() -> anyhow::Result<()> {
     use stagetime_testenv::workloads::{OTHER_STEP_LINE, step_line};
-    use stagetime_tests::rbac::{grant, service_account_token};
+    use stagetime_tests::rbac::{as_caller, grant, service_account_token};
     let admin = TestEnv::shared().await?.kube_client().await?;
     let auth = stagetime_server::auth::Auth::kubernetes(admin.clone());
     let stack = stack_with("tekton-logs", auth).await?;
@@ -674,19 +674,19 @@ async fn logs_follow_the_steps_in_order_and_need_pods_log_rbac() -> anyhow::Resu
     grant(&admin, &stack.ns, (&stack.ns, "viewer"), &["get", "list"]).await?;
 
     let mut client = RevisionRunsClient::connect(stack.url()).await?;
-    let mut request = tonic::Request::new(pb::CreateRequest {
-        repo_name: "stagetime".into(),
-        commit_id: "1095abcd".into(),
-        author: "tekton-test".into(),
-        runs: vec![
-            run("compile", 0, "logged", false),
-            run("package", 1, "package", false),
-        ],
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {dev}").parse()?);
+    let request = as_caller(
+        pb::CreateRequest {
+            repo_name: "stagetime".into(),
+            commit_id: "1095abcd".into(),
+            author: "tekton-test".into(),
+            runs: vec![
+                run("compile", 0, "logged", false),
+                run("package", 1, "package", false),
+            ],
+            ..Default::default()
+        },
+        &dev,
+    )?;
     let id = client.create(request).await?.into_inner().id;
 
     // Following from the start: the lines of every step in order, then the end with the run.
@@ -744,13 +744,13 @@ async fn logs_follow_the_steps_in_order_and_need_pods_log_rbac() -> anyhow::Resu
         err.contains("PermissionDenied") || err.contains("may not get pods/log"),
         "{err}"
     );
-    let mut request = tonic::Request::new(pb::LogsRequest {
-        id: id.clone(),
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {viewer}").parse()?);
+    let request = as_caller(
+        pb::LogsRequest {
+            id: id.clone(),
+            ..Default::default()
+        },
+        &viewer,
+    )?;
     let status = client.logs(request).await.expect_err("refused");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert!(
@@ -788,15 +788,15 @@ async fn logs_follow_the_steps_in_order_and_need_pods_log_rbac() -> anyhow::Resu
 
     // A failed step's last lines outlive its pod: the diagnosis keeps them, and Logs sends them
     // once the PipelineRun (and with it the pod) is gone.
-    let mut request = tonic::Request::new(pb::CreateRequest {
-        repo_name: "stagetime".into(),
-        commit_id: "1095dead".into(),
-        runs: vec![run("lint", 0, "lint-fails", false)],
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {dev}").parse()?);
+    let request = as_caller(
+        pb::CreateRequest {
+            repo_name: "stagetime".into(),
+            commit_id: "1095dead".into(),
+            runs: vec![run("lint", 0, "lint-fails", false)],
+            ..Default::default()
+        },
+        &dev,
+    )?;
     let failed = client.create(request).await?.into_inner().id;
     let rr = wait_rr(&stack.store, &failed, "diagnosed", FINISH, |rr| {
         run_of(rr, "lint").diagnosis.is_some()

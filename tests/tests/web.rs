@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use stagetime_common::model::Phase;
 use stagetime_proto::stagetime::v1::{self as pb, revision_runs_client::RevisionRunsClient};
 use stagetime_testenv::{http_client, sse::EventStream};
-use stagetime_tests::{Stack, example, submit, wait_rr};
+use stagetime_tests::{Stack, example, rbac::as_caller, submit, wait_rr};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -112,21 +112,21 @@ async fn callers_without_a_valid_token_get_nothing_and_forms_need_their_csrf_tok
     let stack = Stack::start_with_auth("web-auth", Duration::from_secs(600), auth).await?;
     let (web, _web) = stack.spawn_web(100).await?;
     let mut client = RevisionRunsClient::connect(stack.url()).await?;
-    let mut create = tonic::Request::new(pb::CreateRequest {
-        repo_name: "web-auth".into(),
-        commit_id: "aaaabbbbccccdddd".into(),
-        runs: vec![pb::RunSpec {
-            name: "build".into(),
-            pipeline_ref: Some(pb::PipelineRef {
-                r#ref: Some(pb::pipeline_ref::Ref::Name("build".into())),
-            }),
+    let create = as_caller(
+        pb::CreateRequest {
+            repo_name: "web-auth".into(),
+            commit_id: "aaaabbbbccccdddd".into(),
+            runs: vec![pb::RunSpec {
+                name: "build".into(),
+                pipeline_ref: Some(pb::PipelineRef {
+                    r#ref: Some(pb::pipeline_ref::Ref::Name("build".into())),
+                }),
+                ..Default::default()
+            }],
             ..Default::default()
-        }],
-        ..Default::default()
-    });
-    create
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+        },
+        TOKEN,
+    )?;
     let id = client.create(create).await?.into_inner().id;
 
     let events = format!("{web}/runs/{id}/events");
