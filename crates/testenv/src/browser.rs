@@ -10,14 +10,23 @@ use crate::{
     wait_for,
 };
 
-/// A chromedriver process and a browser session through it; the session ends and the driver
-/// stops on drop.
+/// A chromedriver process and a browser session through it. On drop the driver's whole
+/// process group is killed, Chromium with it, so a failed test leaves no browser running.
 pub struct Browser {
     /// The WebDriver client.
     pub client: fantoccini::Client,
-    _driver: tokio::process::Child,
-    /// Where screenshots go.
-    pub dir: PathBuf,
+    driver: tokio::process::Child,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
 }
 
 fn program(var: &str, candidates: &[&str]) -> anyhow::Result<PathBuf> {
@@ -56,6 +65,7 @@ impl Browser {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .with_context(|| format!("start {}", driver.display()))?;
         let url = format!("http://127.0.0.1:{port}");
@@ -104,11 +114,7 @@ impl Browser {
                 tail.join("\n")
             )
         })?;
-        Ok(Self {
-            client,
-            _driver: driver,
-            dir,
-        })
+        Ok(Self { client, driver })
     }
 
     /// Saves a screenshot of the page as `name`.png in the repository's `target/` and returns
@@ -148,7 +154,7 @@ impl Browser {
 
     /// Ends the session.
     pub async fn close(self) -> anyhow::Result<()> {
-        self.client.close().await?;
+        self.client.clone().close().await?;
         Ok(())
     }
 }
